@@ -1,0 +1,94 @@
+//! The `weir` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// weir: a progressive-delivery proxy that splits, matches and measures each version.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (and, once configured, the controller) from a weir.yaml.
+    Run {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// Run the data plane only.
+    Proxy {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a weir.yaml and explain every error.
+    Check {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// A self-contained demo: two built-in versions, the proxy at 90/10, a load loop and
+    /// a live view of the split, success rates and p99s.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } | Command::Proxy { config } => crate::run::run(&config).await,
+            Command::Check { config } => crate::run::check(&config),
+            Command::Demo(args) => crate::demo::demo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

@@ -1,0 +1,85 @@
+//! `weir run` and `weir check`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use weir_proxy::{Config, Proxy};
+
+/// `weir check -c FILE`: prints every error with its field path; exit code 1 when invalid.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let versions: usize = cfg.services.iter().map(|s| s.versions.len()).sum();
+            println!(
+                "{}: ok ({} services, {} versions)",
+                path.display(),
+                cfg.services.len(),
+                versions
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{}: {errors}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `weir run -c FILE`: serves until SIGTERM or SIGINT, then drains; SIGHUP reloads the file.
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{}: {errors}", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let proxy = Proxy::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    let admin = TcpListener::bind(&cfg.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", cfg.admin))?;
+    // Tests and scripts read these lines to learn the ports when the config says :0.
+    println!("weir: proxy listening on {}", listener.local_addr()?);
+    println!("weir: admin listening on {}", admin.local_addr()?);
+    tracing::info!(services = cfg.services.len(), "weir started");
+
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let reloader = proxy.clone();
+    let file = path.to_path_buf();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload_from(&file);
+        }
+    });
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let admin_proxy = proxy.clone();
+    let admin_task = tokio::spawn(async move {
+        let mut rx = admin_stopped;
+        admin_proxy
+            .serve_admin(admin, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    proxy
+        .serve(listener, async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        })
+        .await;
+    let _ = stop_admin.send(true);
+    let _ = admin_task.await;
+    tracing::info!("weir stopped");
+    Ok(ExitCode::SUCCESS)
+}

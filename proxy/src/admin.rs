@@ -1,0 +1,126 @@
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::ResponseBody;
+use crate::Inner;
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The effective routes and weights, as served on `/config`.
+pub fn config_json(inner: &Inner) -> serde_json::Value {
+    let table = inner.table.load_full();
+    let services: Vec<serde_json::Value> = table
+        .services()
+        .iter()
+        .map(|svc| {
+            let weights = svc.weights();
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let versions: Vec<serde_json::Value> = svc
+                .versions
+                .iter()
+                .zip(&weights)
+                .map(|(v, w)| {
+                    let share = if total == 0 {
+                        0.0
+                    } else {
+                        100.0 * f64::from(*w) / total as f64
+                    };
+                    serde_json::json!({
+                        "name": v.name,
+                        "weight": w,
+                        "percent": share,
+                        "endpoints": v.upstream.settings.endpoints,
+                        "revision": v.upstream.settings.revision,
+                        "http2": v.upstream.http2,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": svc.name, "versions": versions })
+        })
+        .collect();
+    serde_json::json!({ "services": services, "config": &*table.config })
+}
+
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ResponseBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "weir admin: only GET\n",
+        );
+    }
+    match req.uri().path() {
+        "/metrics" | "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            inner.resources.families.render(),
+        ),
+        "/ready" => {
+            if inner.draining.load(Ordering::SeqCst) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
+            } else {
+                reply(StatusCode::OK, "text/plain", "LIVE\n")
+            }
+        }
+        "/live" => reply(StatusCode::OK, "text/plain", "OK\n"),
+        "/config" | "/config_dump" => {
+            let body = serde_json::to_vec_pretty(&config_json(&inner)).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "weir admin: try /metrics, /ready, /live or /config\n",
+        ),
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let inner = inner.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(handle(inner, req).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! Upstream pools: one pooled keep-alive client per endpoint of a version, used round robin.
+//!
+//! Each endpoint has its own client whose connector always dials that endpoint, so the
+//! request URI can carry the user's Host (HTTP/1 `Host`, HTTP/2 `:authority`) unchanged.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::config::VersionConfig;
+use crate::measure::FailureReason;
+
+/// Dials one fixed endpoint whatever the request URI says.
+#[derive(Clone)]
+pub struct EndpointConnector {
+    inner: HttpConnector,
+    target: Uri,
+}
+
+impl tower_service::Service<Uri> for EndpointConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        self.inner.call(self.target.clone())
+    }
+}
+
+type EndpointClient = Client<EndpointConnector, RequestBody>;
+
+/// One endpoint of a version.
+pub struct Endpoint {
+    /// `host:port`.
+    pub address: String,
+    client: EndpointClient,
+}
+
+/// The endpoints of one version and how to reach them.
+pub struct Upstream {
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    /// Speaks HTTP/2 to the endpoints.
+    pub http2: bool,
+    /// The settings it was built from (a reload reuses the pools when they are unchanged).
+    pub settings: VersionConfig,
+}
+
+impl Upstream {
+    /// Builds the pools of a version.
+    pub fn new(cfg: &VersionConfig) -> Result<Upstream, String> {
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|address| {
+                let target: Uri = format!("http://{address}")
+                    .parse()
+                    .map_err(|e| format!("endpoint {address:?}: {e}"))?;
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(cfg.connect_timeout.0));
+                http.enforce_http(false);
+                http.set_keepalive(Some(Duration::from_secs(30)));
+                let connector = EndpointConnector {
+                    inner: http,
+                    target,
+                };
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.idle_timeout.0)
+                    .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
+                    .http2_only(cfg.http2)
+                    .set_host(true)
+                    .build(connector);
+                Ok(Endpoint {
+                    address: address.clone(),
+                    client,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Upstream {
+            endpoints,
+            next: AtomicUsize::new(0),
+            http2: cfg.http2,
+            settings: cfg.clone(),
+        })
+    }
+
+    /// The next endpoint, round robin.
+    pub fn next_endpoint(&self) -> &Endpoint {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        &self.endpoints[i]
+    }
+}
+
+impl Endpoint {
+    /// Sends a request on a pooled connection.
+    pub fn send(
+        &self,
+        req: http::Request<RequestBody>,
+    ) -> impl Future<
+        Output = Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    > + Send
+           + 'static {
+        self.client.request(req)
+    }
+}
+
+/// Classifies a client error into a failure reason.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureReason {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    let connect = err.is_connect();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut if connect => return FailureReason::ConnectTimeout,
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                    if connect =>
+                {
+                    return FailureReason::ConnectRefused
+                }
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return FailureReason::Reset
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return FailureReason::Reset;
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return FailureReason::Protocol;
+            }
+        }
+        source = e.source();
+    }
+    if connect {
+        // "connect timeout" from HttpConnector carries TimedOut above; anything else failed to dial.
+        FailureReason::ConnectRefused
+    } else {
+        FailureReason::Reset
+    }
+}
