@@ -83,8 +83,8 @@ pub struct ServiceConfig {
     /// Namespace (the Envoy cluster name is `<namespace>_<name>-<version>_<port>`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// Host names this service answers; `*` makes it the default service,
-    /// `*.example.com` matches any subdomain.
+    /// Host names this service answers; `*` (or no hosts at all) makes it the default
+    /// service, `*.example.com` matches any subdomain.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// The service port, used in the Envoy cluster name.
@@ -541,6 +541,16 @@ impl Config {
                     format!("{p}.name"),
                     format!("service {:?} is already defined at services[{j}]", svc.name),
                 );
+            }
+            if svc.hosts.is_empty() {
+                if let Some(j) = hosts.insert("*".to_string(), i) {
+                    err(
+                        format!("{p}.hosts"),
+                        format!(
+                            "no hosts makes this the default service, but services[{j}] already is"
+                        ),
+                    );
+                }
             }
             for (h, host) in svc.hosts.iter().enumerate() {
                 let key = host.to_ascii_lowercase();

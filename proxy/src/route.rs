@@ -382,6 +382,9 @@ impl Resources {
                     (None, Some(c)) => Some(StickyKey::Cookie(c.clone())),
                     (None, None) => None,
                 });
+            if svc.hosts.is_empty() {
+                default = Some(i);
+            }
             for host in &svc.hosts {
                 let host = host.to_ascii_lowercase();
                 if host == "*" {
@@ -404,9 +407,6 @@ impl Resources {
         }
         // Longest suffix first, so `*.a.example.com` wins over `*.example.com`.
         wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        if default.is_none() && config.services.len() == 1 {
-            default = Some(0);
-        }
         cache.extend(created);
         // Forget versions that are gone.
         let live: std::collections::HashSet<(String, String)> = config

@@ -1,0 +1,695 @@
+//! End to end: the real `weir` binary between real clients and real upstreams on loopback.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_cookie_and_weight_rules_route_to_the_right_version() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(
+        &primary,
+        &canary,
+        r#"      - match: { headers: { x-canary: { exact: always } } }
+        to: canary
+      - match: { cookies: { beta: { present: true } } }
+        to: canary
+      - match: { path: { prefix: /v2/ }, method: POST }
+        to: canary
+      - split: { primary: 100, canary: 0 }"#,
+    ));
+    let served = |g: &Got| g.headers["x-served-by"].to_str().unwrap_or("").to_string();
+    assert_eq!(served(&get(&weir.url("/"), &[]).await), "primary");
+    assert_eq!(
+        served(&get(&weir.url("/"), &[("x-canary", "always")]).await),
+        "canary"
+    );
+    assert_eq!(
+        served(&get(&weir.url("/"), &[("x-canary", "sometimes")]).await),
+        "primary"
+    );
+    assert_eq!(
+        served(&get(&weir.url("/"), &[("cookie", "a=1; beta=yes")]).await),
+        "canary"
+    );
+    let post = Request::post(weir.url("/v2/items"))
+        .body(full("x"))
+        .expect("request");
+    assert_eq!(served(&send(&http1_client(), post).await), "canary");
+    assert_eq!(served(&get(&weir.url("/v2/items"), &[]).await), "primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realised_split_over_100k_requests_is_within_binomial_noise() {
+    let mut ups = Vec::new();
+    let mut yaml = String::from("services:\n");
+    for (i, (canary_w, primary_w)) in [(1u32, 999u32), (5, 95), (50, 50)].iter().enumerate() {
+        let p = Upstream::start("primary").await;
+        let c = Upstream::start("canary").await;
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    hosts: [s{i}]\n    versions:\n      primary: {{ endpoints: [\"{}\"] }}\n      canary: {{ endpoints: [\"{}\"] }}\n    routes: [ {{ split: {{ primary: {primary_w}, canary: {canary_w} }} }} ]\n",
+            p.endpoint(),
+            c.endpoint()
+        ));
+        ups.push((p, c, *canary_w, *primary_w));
+    }
+    let weir = Weir::start(&yaml);
+    let client = h2_client();
+    const N: usize = 100_000;
+    for (i, (_, canary, cw, pw)) in ups.iter().enumerate() {
+        let url = weir.url("/");
+        let host = format!("s{i}");
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..64 {
+            let (client, url, host) = (client.clone(), url.clone(), host.clone());
+            tasks.spawn(async move {
+                let mut n = worker;
+                while n < N {
+                    let req = Request::get(&url)
+                        .header("host", &host)
+                        .body(full(Bytes::new()))
+                        .expect("request");
+                    let got = send(&client, req).await;
+                    assert_eq!(got.status, 200);
+                    n += 64;
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("worker");
+        }
+        let p = f64::from(*cw) / f64::from(cw + pw);
+        let mean = N as f64 * p;
+        let sd = (N as f64 * p * (1.0 - p)).sqrt();
+        let hits = canary.count() as f64;
+        assert!(
+            (hits - mean).abs() <= 5.0 * sd,
+            "canary weight {cw}/{}: {hits} of {N} requests, expected {mean} ± {:.0}",
+            cw + pw,
+            5.0 * sd
+        );
+        let counted = weir
+            .metric(
+                "weir_requests_total",
+                &[("service", host.as_str()), ("version", "canary")],
+            )
+            .await;
+        assert_eq!(
+            counted, hits,
+            "weir's own count matches what the canary saw"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_keep_host_and_lose_hop_by_hop_headers() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    let req = Request::get(weir.url("/headers?x=1"))
+        .header("host", "podinfo.test:9898")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-custom", "kept")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let got = send(&http1_client(), req).await;
+    assert_eq!(got.status, 200);
+    let seen = primary.last_seen();
+    assert_eq!(seen.path, "/headers");
+    assert_eq!(seen.headers["host"], "podinfo.test:9898");
+    for gone in ["x-drop-me", "keep-alive", "proxy-connection"] {
+        assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(seen.headers["te"], "trailers");
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    let id = seen.headers["x-request-id"].to_str().expect("ascii");
+    assert_eq!(id.len(), 36, "generated request id {id}");
+    let req = Request::get(weir.url("/"))
+        .header("x-request-id", "given-id")
+        .body(full(Bytes::new()))
+        .expect("request");
+    send(&http1_client(), req).await;
+    assert_eq!(primary.last_seen().headers["x-request-id"], "given-id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_and_http2_upstreams_get_trailers_through() {
+    let primary = Upstream::start("primary").await;
+    let h2 = Upstream::start("h2").await;
+    let weir = Weir::start(&format!(
+        r#"services:
+  - name: a
+    hosts: [a]
+    versions:
+      v1: {{ endpoints: ["{}"] }}
+  - name: b
+    hosts: [b]
+    versions:
+      v1: {{ endpoints: ["{}"], http2: true }}
+"#,
+        primary.endpoint(),
+        h2.endpoint()
+    ));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(ResolveToProxy(weir.proxy));
+    // h2c client -> HTTP/1.1 upstream: `:authority` becomes Host.
+    let req = Request::get("http://a/hello")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(primary.last_seen().version, http::Version::HTTP_11);
+    assert_eq!(primary.last_seen().headers["host"], "a");
+    // h2c client -> h2c upstream with trailers.
+    let req = Request::get("http://b/trailers")
+        .header("te", "trailers")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    assert_eq!(parts.status, 200);
+    assert_eq!(h2.last_seen().version, http::Version::HTTP_2);
+    assert_eq!(
+        collected.trailers().map(|t| t["x-checksum"].clone()),
+        Some("abc123".parse().expect("value"))
+    );
+    assert_eq!(collected.to_bytes(), "with trailers\n");
+}
+
+/// Dials the proxy whatever the URI's host is, so a test can send `:authority: b`.
+#[derive(Clone)]
+struct ResolveToProxy(std::net::SocketAddr);
+
+impl tower_service::Service<http::Uri> for ResolveToProxy {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::connect(addr).await?,
+            ))
+        })
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes or `limit`.
+fn raw(addr: std::net::SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_edge_cases_pass_transparently() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    let addr = weir.proxy;
+    let out = tokio::task::spawn_blocking(move || {
+        raw(addr, b"GET /one HTTP/1.0\r\n\r\n", Duration::from_secs(5))
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.starts_with("HTTP/1.0 200"),
+        "HTTP/1.0 without Host: {out}"
+    );
+    assert!(out.ends_with("primary"), "{out}");
+    let out = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET /two HTTP/1.0\r\nHost: podinfo\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(out.starts_with("HTTP/1.0 200"), "HTTP/1.0 with Host: {out}");
+    assert_eq!(primary.last_seen().headers["host"], "podinfo");
+    let out = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("11"),
+        "chunked upload: {out}"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\n0"),
+        "content-length 0: {out}"
+    );
+    assert_eq!(primary.last_seen().headers["content-length"], "0");
+    let head = Request::head(weir.url("/download/1000"))
+        .body(full(Bytes::new()))
+        .expect("request");
+    let got = send(&http1_client(), head).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-length"], "1000");
+    assert!(got.body.is_empty());
+    let got = get(&weir.url("/status/204"), &[]).await;
+    assert_eq!(got.status, 204);
+    assert!(got.body.is_empty());
+    let got = get(&weir.url("/status/304"), &[]).await;
+    assert_eq!(got.status, 304);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_upload_and_download_stream_with_flat_memory() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    const SIZE: usize = 100 * 1024 * 1024;
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let chunks = (0..SIZE / chunk.len())
+        .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone())));
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+        futures_util::stream::iter(chunks),
+    ));
+    let req = Request::post(weir.url("/upload"))
+        .body(body)
+        .expect("request");
+    let got = send(&http1_client(), req).await;
+    assert_eq!(got.text(), SIZE.to_string());
+    let resp = http1_client()
+        .request(
+            Request::get(weir.url(&format!("/download/{SIZE}")))
+                .body(full(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let mut body = resp.into_body();
+    let mut n = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if let Some(d) = frame.expect("frame").data_ref() {
+            n += d.len();
+        }
+    }
+    assert_eq!(n, SIZE);
+    let peak = weir.peak_rss_kib();
+    assert!(
+        peak < 48 * 1024,
+        "peak RSS {peak} KiB for 100 MiB each way: bodies were buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_502_504_and_are_counted_against_the_version() {
+    let primary = Upstream::start("primary").await;
+    let dead = closed_port();
+    let weir = Weir::start(&format!(
+        r#"services:
+  - name: podinfo
+    namespace: test
+    port: 9898
+    hosts: [podinfo]
+    versions:
+      primary: {{ endpoints: ["{}"] }}
+      canary: {{ endpoints: ["127.0.0.1:{dead}"] }}
+    routes:
+      - match: {{ headers: {{ x-canary: {{ exact: always }} }} }}
+        to: canary
+      - match: {{ path: {{ prefix: /slow }} }}
+        to: primary
+        timeout: 200ms
+      - to: primary
+"#,
+        primary.endpoint()
+    ));
+    let got = get(
+        &weir.url("/"),
+        &[("host", "podinfo"), ("x-canary", "always")],
+    )
+    .await;
+    assert_eq!(got.status, 502);
+    assert!(
+        got.text().contains("service podinfo version canary"),
+        "{}",
+        got.text()
+    );
+    assert!(got.text().contains("refused"), "{}", got.text());
+    let got = get(&weir.url("/slow/2000"), &[("host", "podinfo")]).await;
+    assert_eq!(got.status, 504);
+    assert!(
+        got.text().contains("service podinfo version primary"),
+        "{}",
+        got.text()
+    );
+    let got = get(&weir.url("/reset"), &[("host", "podinfo")]).await;
+    assert_eq!(got.status, 502);
+    assert!(got.text().contains("reset"), "{}", got.text());
+    let got = get(&weir.url("/"), &[("host", "unknown.example")]).await;
+    assert_eq!(got.status, 404);
+    assert!(got.text().contains("unknown.example"), "{}", got.text());
+
+    let m = |name: &'static str, labels: Vec<(&'static str, &'static str)>| {
+        let weir = &weir;
+        async move { weir.metric(name, &labels).await }
+    };
+    let sv = |v| vec![("service", "podinfo"), ("version", v)];
+    assert_eq!(
+        m(
+            "weir_upstream_errors_total",
+            [sv("canary"), vec![("reason", "connect_refused")]].concat()
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "weir_upstream_errors_total",
+            [sv("primary"), vec![("reason", "timeout")]].concat()
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "weir_upstream_errors_total",
+            [sv("primary"), vec![("reason", "reset")]].concat()
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "weir_requests_total",
+            [sv("canary"), vec![("code_class", "5xx")]].concat()
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "weir_requests_total",
+            [sv("primary"), vec![("code_class", "5xx")]].concat()
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        m(
+            "envoy_cluster_upstream_rq",
+            vec![
+                ("envoy_cluster_name", "test_podinfo-canary_9898"),
+                ("envoy_response_code", "502")
+            ]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(m("weir_unrouted_requests_total", vec![]).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_pooled_and_endpoints_used_round_robin() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let weir = Weir::start(&format!(
+        "services:\n  - name: s\n    versions:\n      v1: {{ endpoints: [\"{}\", \"{}\"] }}\n",
+        a.endpoint(),
+        b.endpoint()
+    ));
+    for _ in 0..100 {
+        assert_eq!(get(&weir.url("/"), &[]).await.status, 200);
+    }
+    assert_eq!(a.count(), 50);
+    assert_eq!(b.count(), 50);
+    assert_eq!(
+        a.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection per endpoint"
+    );
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection per endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_bad_file_keeps_the_running_config_and_counts_the_failure() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    let good = std::fs::read_to_string(&weir.config_path).expect("read config");
+    let bad = good.replace("      - to: primary", "      - to: nightly\n      - match: { headers: { x: { regex: \"(\" } } }\n        to: canary");
+    std::fs::write(&weir.config_path, &bad).expect("write bad config");
+    weir.signal("HUP");
+    wait_for(
+        "the reload failure to be counted",
+        Duration::from_secs(10),
+        || async { weir.metric("weir_config_reload_failures_total", &[]).await == 1.0 },
+    )
+    .await;
+    let logs = weir.logs();
+    assert!(
+        logs.contains("services[0].routes[0].to: unknown version \\\"nightly\\\"")
+            || logs.contains("services[0].routes[0].to: unknown version \"nightly\""),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("services[0].routes[1].match.headers.x.regex: unclosed group"),
+        "{logs}"
+    );
+    assert_eq!(
+        get(&weir.url("/"), &[]).await.headers["x-served-by"],
+        "primary"
+    );
+    std::fs::write(
+        &weir.config_path,
+        good.replace("      - to: primary", "      - to: canary"),
+    )
+    .expect("write good config");
+    weir.signal("HUP");
+    wait_for("the new routes", Duration::from_secs(10), || async {
+        get(&weir.url("/"), &[]).await.headers["x-served-by"] == "canary"
+    })
+    .await;
+    assert_eq!(weir.metric("weir_config_reloads_total", &[]).await, 1.0);
+    let config: serde_json::Value =
+        serde_json::from_str(&get_text(&weir.admin_url("/config")).await).expect("json");
+    assert_eq!(config["services"][0]["versions"][1]["weight"], 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let mut weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    let url = weir.url("/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    wait_for(
+        "the slow request to reach the upstream",
+        Duration::from_secs(5),
+        || async { primary.count() > 0 },
+    )
+    .await;
+    weir.signal("TERM");
+    wait_for(
+        "admin /ready to say draining",
+        Duration::from_secs(5),
+        || async {
+            match tokio::time::timeout(Duration::from_secs(1), async {
+                get(&weir.admin_url("/ready"), &[]).await.status
+            })
+            .await
+            {
+                Ok(s) => s == 503,
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    assert!(
+        tokio::net::TcpStream::connect(weir.proxy).await.is_err(),
+        "new connections are refused while draining"
+    );
+    let got = in_flight.await.expect("join");
+    assert_eq!(got.status, 200, "the in-flight request finished");
+    assert_eq!(got.text(), "primary slow\n");
+    let status = tokio::task::spawn_blocking(move || weir.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "weir exits 0 after draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_and_slow_clients_are_cut_off() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&format!(
+        "limits: {{ maxHeaders: 20, headerReadTimeout: 500ms }}\n{}",
+        two_versions(&primary, &canary, "      - to: primary")
+    ));
+    let addr = weir.proxy;
+    let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: p\r\n{many}\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(out.starts_with("HTTP/1.1 431"), "too many headers: {out}");
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: p\r\nX-Slow:",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a slowloris client is cut off: {out:?}"
+    );
+    assert!(!out.contains("200 OK"));
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || raw(addr, b"", Duration::from_secs(5)))
+        .await
+        .expect("join");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a silent client is cut off: {out:?}"
+    );
+    assert_eq!(primary.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_liveness_readiness_and_config() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(
+        &primary,
+        &canary,
+        "      - split: { primary: 999, canary: 1 }",
+    ));
+    assert_eq!(get(&weir.admin_url("/live"), &[]).await.status, 200);
+    let ready = get(&weir.admin_url("/ready"), &[]).await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.text().as_str()),
+        (200, "LIVE\n")
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&get_text(&weir.admin_url("/config")).await).expect("json");
+    let canary_v = &config["services"][0]["versions"][1];
+    assert_eq!(canary_v["name"], "canary");
+    assert_eq!(canary_v["weight"], 1);
+    assert_eq!(canary_v["percent"], 0.1);
+    assert_eq!(
+        weir.metric(
+            "weir_route_weight",
+            &[("service", "podinfo"), ("version", "primary")]
+        )
+        .await,
+        999.0
+    );
+}
+
+#[test]
+fn weir_check_reports_every_error_with_its_field_path() {
+    let dir = temp_dir("check");
+    let path = dir.join("weir.yaml");
+    std::fs::write(
+        &path,
+        r#"services:
+  - name: podinfo
+    colour: blue
+    versions:
+      primary: { endpoints: ["127.0.0.1:1"] }
+    routes:
+      - match: { headers: { x-canary: { regex: "(abc" } } }
+        to: primary
+      - split: { primary: 0 }
+"#,
+    )
+    .expect("write");
+    let out = std::process::Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services[0].colour: unknown field `colour`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("services[0].routes[0].match.headers.x-canary.regex: unclosed group"),
+        "{err}"
+    );
+    assert!(
+        err.contains("services[0].routes[1].split: the weights sum to 0"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "services:\n  - name: ok\n    versions: { v1: { endpoints: [\"127.0.0.1:1\"] } }\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,476 @@
+//! Test support: real upstream servers on loopback, the real `weir` binary, HTTP clients,
+//! `/metrics` scraping and waiting for conditions with a deadline.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// What an upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 + h2c upstream on 127.0.0.1:0.
+///
+/// Paths: `/status/N` answers N; `/slow/MS` waits MS first; `/download/N` streams N bytes;
+/// `/upload` counts the request body; `/trailers` answers with trailers; `/reset` drops the
+/// connection; anything else answers 200 `<name>`. Every answer carries `x-served-by`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, r, s, n) = (
+            connections.clone(),
+            requests.clone(),
+            seen.clone(),
+            name.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, s, n) = (r.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        answer(req, n.clone(), s.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            connections,
+            requests,
+            seen,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, std::io::Error> {
+    let path = req.uri().path().to_string();
+    let (parts, body) = req.into_parts();
+    let mut body_len = 0usize;
+    let mut body = body;
+    // Read the body as a stream, never holding it whole.
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_len += d.len();
+                }
+            }
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
+    seen.lock().expect("lock").push(Seen {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
+    let head = parts_iter.next().unwrap_or("");
+    let arg = parts_iter.next().unwrap_or("");
+    let mut resp = match head {
+        "status" => {
+            let mut r = Response::new(full(format!("{name} status {arg}\n")));
+            *r.status_mut() = arg
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            r
+        }
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(1000))).await;
+            Response::new(full(format!("{name} slow\n")))
+        }
+        "download" => {
+            let total: usize = arg.parse().unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let chunks = (0..total.div_ceil(64 * 1024)).map(move |i| {
+                let len = (total - i * 64 * 1024).min(64 * 1024);
+                Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
+            });
+            let stream = futures_util::stream::iter(chunks);
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut().insert("content-length", total.into());
+            r
+        }
+        "upload" => Response::new(full(format!("{body_len}"))),
+        "trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", "abc123".parse().expect("value"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"with trailers\n"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+        }
+        "reset" => return Err(std::io::Error::other("reset on purpose")),
+        _ => Response::new(full(name.clone())),
+    };
+    resp.headers_mut()
+        .insert("x-served-by", name.parse().expect("name is a header value"));
+    Ok(resp)
+}
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "weir-test-{}-{}-{tag}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// The real `weir` binary running `weir run -c <file>`.
+pub struct Weir {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+impl Weir {
+    /// Writes `yaml` (with `listen`/`admin` on port 0 unless given) and starts weir on it.
+    pub fn start(yaml: &str) -> Weir {
+        let dir = temp_dir("weir");
+        let path = dir.join("weir.yaml");
+        let mut text = String::new();
+        if !yaml.contains("listen:") {
+            text.push_str("listen: 127.0.0.1:0\n");
+        }
+        if !yaml.contains("admin:") {
+            text.push_str("admin: 127.0.0.1:0\n");
+        }
+        text.push_str(yaml);
+        std::fs::write(&path, text).expect("write config");
+        Weir::start_file(path)
+    }
+
+    pub fn start_file(path: PathBuf) -> Weir {
+        let mut child = Command::new(weir_bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start weir");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut proxy = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while proxy.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "weir did not report its addresses; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                )
+            });
+            if let Some(a) = line.strip_prefix("weir: proxy listening on ") {
+                proxy = a.parse().ok();
+            }
+            if let Some(a) = line.strip_prefix("weir: admin listening on ") {
+                admin = a.parse().ok();
+            }
+        }
+        Weir {
+            child,
+            proxy: proxy.expect("proxy address"),
+            admin: admin.expect("admin address"),
+            config_path: path,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Scrapes `/metrics` and returns the value of one series (0 when absent).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = get_text(&self.admin_url("/metrics")).await;
+        metric_value(&text, name, labels)
+    }
+
+    /// Peak resident memory of the process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+/// The value of a series in Prometheus text; labels must all match (others are ignored).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, l)) => (m, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let parsed: HashMap<&str, &str> = label_text
+            .split("\",")
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim_matches(','), v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| parsed.get(k) == Some(v)) {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// An HTTP/1.1 client (keep-alive pool).
+pub fn http1_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends a request and reads the whole response (with trailers).
+pub async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    req: Request<TestBody>,
+) -> Got {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("response within 30s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// GET with optional headers over HTTP/1.1.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(
+        &http1_client(),
+        b.body(full(Bytes::new())).expect("request"),
+    )
+    .await
+}
+
+/// GET a URL and return the body as text.
+pub async fn get_text(url: &str) -> String {
+    get(url, &[]).await.text()
+}
+
+/// Waits until `check` returns true, or panics after `limit` with `what`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A loopback port nothing listens on (bound then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The standard two-version service config used by many tests.
+pub fn two_versions(primary: &Upstream, canary: &Upstream, routes: &str) -> String {
+    format!(
+        r#"services:
+  - name: podinfo
+    namespace: test
+    hosts: ["*"]
+    port: 9898
+    versions:
+      primary: {{ endpoints: ["{}"] }}
+      canary: {{ endpoints: ["{}"] }}
+    routes:
+{routes}
+"#,
+        primary.endpoint(),
+        canary.endpoint()
+    )
+}
