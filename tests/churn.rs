@@ -15,14 +15,29 @@ use weir_proxy::{Config, Proxy, RouteConfig};
 async fn changing_weights_every_10ms_under_load_fails_no_request() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
-    let yaml = format!("listen: 127.0.0.1:0\n{}", two_versions(&primary, &canary, "      - split: { primary: 90, canary: 10 }"));
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n{}",
+        two_versions(
+            &primary,
+            &canary,
+            "      - split: { primary: 90, canary: 10 }"
+        )
+    );
     let proxy = Proxy::new(Config::parse(&yaml).expect("config")).expect("proxy");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.serve(listener, async move { let _ = stop_rx.wait_for(|s| *s).await; }).await })
+        tokio::spawn(async move {
+            proxy
+                .serve(listener, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
     };
 
     let done = Arc::new(AtomicBool::new(false));
@@ -30,12 +45,18 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..8 {
         let (done, ok) = (done.clone(), ok.clone());
-        let client = if i % 2 == 0 { http1_client() } else { h2_client() };
+        let client = if i % 2 == 0 {
+            http1_client()
+        } else {
+            h2_client()
+        };
         let url = format!("http://{addr}/");
         clients.spawn(async move {
             let mut failures = Vec::new();
             while !done.load(Ordering::SeqCst) {
-                let req = http::Request::get(&url).body(full(Bytes::new())).expect("request");
+                let req = http::Request::get(&url)
+                    .body(full(Bytes::new()))
+                    .expect("request");
                 match client.request(req).await {
                     Ok(resp) if resp.status() == 200 => {
                         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
@@ -52,7 +73,9 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         let w = changes % 101;
-        proxy.set_weights("podinfo", &[("primary", 100 - w), ("canary", w)]).expect("valid weights");
+        proxy
+            .set_weights("podinfo", &[("primary", 100 - w), ("canary", w)])
+            .expect("valid weights");
         if changes % 10 == 0 {
             // Whole-route replacement too, as the controller does for A/B.
             let routes: Vec<RouteConfig> = serde_json::from_value(serde_json::json!([
@@ -71,7 +94,12 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
         failures.extend(r.expect("client task"));
     }
     assert!(changes >= 100, "only {changes} weight changes");
-    assert!(failures.is_empty(), "{} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let served = ok.load(Ordering::SeqCst);
     assert!(served > 500, "only {served} requests under churn");
     assert!(primary.count() > 0 && canary.count() > 0);
@@ -79,19 +107,30 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
 
     // An invalid change is rejected and changes nothing.
     let before = proxy.config();
-    let err = proxy.set_weights("podinfo", &[("primary", 0), ("canary", 0)]).expect_err("zero sum");
-    assert!(err.to_string().contains("services[0].routes[1].split: the weights sum to 0"), "{err}");
+    let err = proxy
+        .set_weights("podinfo", &[("primary", 0), ("canary", 0)])
+        .expect_err("zero sum");
+    assert!(
+        err.to_string()
+            .contains("services[0].routes[1].split: the weights sum to 0"),
+        "{err}"
+    );
     assert!(proxy.set_weights("nope", &[("primary", 1)]).is_err());
     assert_eq!(*proxy.config(), *before);
 
     // Snapshots give windows: success rate and percentiles from the difference.
     let s0 = proxy.snapshot("podinfo", "primary").expect("snapshot");
-    proxy.set_weights("podinfo", &[("primary", 1), ("canary", 0)]).expect("weights");
+    proxy
+        .set_weights("podinfo", &[("primary", 1), ("canary", 0)])
+        .expect("weights");
     for _ in 0..20 {
         let got = get(&format!("http://{addr}/"), &[]).await;
         assert_eq!(got.status, 200);
     }
-    let w = proxy.snapshot("podinfo", "primary").expect("snapshot").since(&s0);
+    let w = proxy
+        .snapshot("podinfo", "primary")
+        .expect("snapshot")
+        .since(&s0);
     assert_eq!(w.requests(), 20);
     assert_eq!(w.success_rate(), Some(100.0));
     assert!(w.quantile_ms(0.99).is_some_and(|p| p > 0.0));

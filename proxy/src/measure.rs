@@ -219,6 +219,15 @@ impl Families {
         {
             tracing::error!(error = %e, "cannot encode metrics");
         }
+        // Envoy names these counters without `_total`. Declaring them untyped (the text
+        // format's type for "not vouched for") keeps Envoy's names, satisfies
+        // `promtool check metrics`, and `rate()` works on them the same.
+        for family in ["envoy_cluster_upstream_rq", "envoy_cluster_upstream_rq_xx"] {
+            out = out.replace(
+                &format!("# TYPE {family} counter\n"),
+                &format!("# TYPE {family} untyped\n"),
+            );
+        }
         out
     }
 
