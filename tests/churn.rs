@@ -43,9 +43,9 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     let done = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
-    for i in 0..8 {
+    for i in 0..8u32 {
         let (done, ok) = (done.clone(), ok.clone());
-        let client = if i % 2 == 0 {
+        let client = if i.is_multiple_of(2) {
             http1_client()
         } else {
             h2_client()
@@ -76,7 +76,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
         proxy
             .set_weights("podinfo", &[("primary", 100 - w), ("canary", w)])
             .expect("valid weights");
-        if changes % 10 == 0 {
+        if changes.is_multiple_of(10) {
             // Whole-route replacement too, as the controller does for A/B.
             let routes: Vec<RouteConfig> = serde_json::from_value(serde_json::json!([
                 { "match": { "headers": { "x-canary": { "exact": "always" } } }, "to": "canary" },

@@ -182,12 +182,12 @@ async fn flagger_contour_queries_select_weirs_series_and_agree_with_weir() {
     // Load for a few seconds: every request takes ~20 ms; one in ten is a 503.
     let client = http1_client();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8 {
+    for worker in 0..8u32 {
         let client = client.clone();
         let url = weir.url("");
         tasks.spawn(async move {
             for i in 0..60 {
-                let path = if (i + worker) % 10 == 0 {
+                let path = if (i + worker).is_multiple_of(10) {
                     "/status/503"
                 } else {
                     "/slow/20"

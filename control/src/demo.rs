@@ -60,7 +60,7 @@ async fn start_upstream(
                             // A little work: 1-3 ms.
                             tokio::time::sleep(Duration::from_micros(1000 + (n * 7919) % 2000))
                                 .await;
-                            let (status, text) = if faulty && n % 3 == 0 {
+                            let (status, text) = if faulty && n.is_multiple_of(3) {
                                 (
                                     StatusCode::INTERNAL_SERVER_ERROR,
                                     format!("{name} failed\n"),

@@ -280,11 +280,16 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// (service, version).
+type VersionKey = (String, String);
+/// A version's pool and measurement handles.
+type VersionParts = (Arc<Upstream>, Arc<VersionMetrics>);
+
 /// Long-lived pools and metric handles, kept across route tables so a reload or a weight
 /// change never resets a connection pool or a counter.
 pub struct Resources {
     pub(crate) families: Families,
-    versions: Mutex<HashMap<(String, String), (Arc<Upstream>, Arc<VersionMetrics>)>>,
+    versions: Mutex<HashMap<VersionKey, VersionParts>>,
 }
 
 impl Resources {
@@ -406,7 +411,7 @@ impl Resources {
             return Err(ConfigErrors(errors));
         }
         // Longest suffix first, so `*.a.example.com` wins over `*.example.com`.
-        wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         cache.extend(created);
         // Forget versions that are gone.
         let live: std::collections::HashSet<(String, String)> = config
