@@ -18,6 +18,8 @@ pub enum RequestBody {
     Stream(Incoming),
     /// A body weir already holds (a mirror copy).
     Full(Option<Bytes>),
+    /// The client's body, streamed, with a bounded copy kept for a mirror.
+    Tee(Box<crate::mirror::Tee>),
 }
 
 impl Body for RequestBody {
@@ -31,6 +33,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Tee(t) => Pin::new(t.as_mut()).poll_frame(cx),
         }
     }
 
@@ -38,12 +41,14 @@ impl Body for RequestBody {
         match self {
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
+            RequestBody::Tee(t) => t.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Tee(t) => t.size_hint(),
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
         }
@@ -167,17 +172,56 @@ impl Drop for ActivityGuard {
 pub struct Measured {
     inner: Incoming,
     done: Option<(Arc<VersionMetrics>, Instant)>,
+    compare: Option<Compare>,
+}
+
+/// Hashes the user's response as it streams, for a mirror comparison.
+struct Compare {
+    status: u16,
+    hasher: crate::mirror::BodyHasher,
+    tx: tokio::sync::oneshot::Sender<crate::mirror::PrimaryOutcome>,
 }
 
 impl Measured {
     /// Wraps a body; latency is measured from `start`.
     pub fn new(inner: Incoming, metrics: Arc<VersionMetrics>, start: Instant) -> Measured {
         let done = Some((metrics, start));
-        let mut m = Measured { inner, done };
-        if m.inner.is_end_stream() {
-            m.finish();
+        Measured {
+            inner,
+            done,
+            compare: None,
         }
-        m
+    }
+
+    /// Also reports (status, body hash) on `tx` when the body completes.
+    pub fn comparing(
+        mut self,
+        status: u16,
+        tx: tokio::sync::oneshot::Sender<crate::mirror::PrimaryOutcome>,
+    ) -> Measured {
+        self.compare = Some(Compare {
+            status,
+            hasher: crate::mirror::body_hasher(),
+            tx,
+        });
+        self
+    }
+
+    /// Records at once when the body is already complete (an empty body).
+    pub fn check_done(mut self) -> Measured {
+        if self.inner.is_end_stream() {
+            self.complete();
+        }
+        self
+    }
+
+    /// The body ended normally: record, and report to a comparison.
+    fn complete(&mut self) {
+        if let Some(c) = self.compare.take() {
+            use std::hash::Hasher;
+            let _ = c.tx.send((c.status, c.hasher.finish()));
+        }
+        self.finish();
     }
 
     fn finish(&mut self) {
@@ -197,15 +241,24 @@ impl Body for Measured {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.finish(),
+            Poll::Ready(None) => self.complete(),
             Poll::Ready(Some(Err(_))) => {
                 if let Some((metrics, _)) = &self.done {
                     metrics.record_failure(FailureReason::Reset);
                 }
+                self.compare = None;
                 self.finish();
             }
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(c), Some(d)) = (self.compare.as_mut(), frame.data_ref()) {
+                    use std::hash::Hasher;
+                    c.hasher.write(d);
+                }
+                if self.inner.is_end_stream() {
+                    self.complete();
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

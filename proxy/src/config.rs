@@ -247,13 +247,45 @@ pub struct MirrorConfig {
     /// Share of requests mirrored, 0 to 100 (fractions allowed).
     #[serde(default = "default_mirror_percent")]
     pub percent: f64,
-    /// Compare the shadow's answer with the user's.
+    /// Compare the shadow's answer with the user's (status and a hash of the body).
     #[serde(default)]
     pub compare: bool,
+    /// Largest request body copied for the shadow; larger requests are not mirrored.
+    #[serde(default = "default_mirror_body")]
+    pub max_body_bytes: usize,
+    /// Most mirror requests in flight for the service; past that a mirror is dropped.
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: usize,
+    /// Time allowed for the shadow's whole answer.
+    #[serde(default = "default_mirror_timeout")]
+    pub timeout: Dur,
 }
 
 fn default_mirror_percent() -> f64 {
     100.0
+}
+fn default_mirror_body() -> usize {
+    1024 * 1024
+}
+fn default_mirror_in_flight() -> usize {
+    1024
+}
+fn default_mirror_timeout() -> Dur {
+    Dur::secs(5)
+}
+
+impl MirrorConfig {
+    /// Mirror everything to `version` with the default bounds.
+    pub fn to(version: &str, percent: f64) -> MirrorConfig {
+        MirrorConfig {
+            version: version.to_string(),
+            percent,
+            compare: false,
+            max_body_bytes: default_mirror_body(),
+            max_in_flight: default_mirror_in_flight(),
+            timeout: default_mirror_timeout(),
+        }
+    }
 }
 
 /// Where the sticky key comes from: exactly one of header or cookie.
@@ -746,6 +778,25 @@ impl Config {
     /// The service with this name.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl ServiceConfig {
+    /// `analysis.interval` (Flagger's default 1m when absent or unreadable).
+    pub fn analysis_interval(&self) -> Dur {
+        self.analysis
+            .as_ref()
+            .and_then(|a| a.get("interval"))
+            .and_then(|i| i.as_str())
+            .and_then(|i| Dur::parse(i).ok())
+            .unwrap_or(Dur::secs(60))
+    }
+}
+
+impl Config {
+    /// The service with this name (mutable).
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceConfig> {
+        self.services.iter_mut().find(|s| s.name == name)
     }
 }
 

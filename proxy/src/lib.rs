@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod headers;
 pub mod measure;
+pub mod mirror;
 pub mod route;
 pub mod server;
 pub mod split;
@@ -24,7 +25,7 @@ use arc_swap::ArcSwap;
 use indexmap::IndexMap;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, ConfigErrors, RouteConfig};
+pub use config::{Config, ConfigError, ConfigErrors, MirrorConfig, RouteConfig};
 pub use measure::{FailureReason, VersionSnapshot, Window};
 pub use route::RouteTable;
 
@@ -121,6 +122,36 @@ impl Proxy {
                         ..RouteConfig::default()
                     }),
                 }
+            }
+            Ok(())
+        })
+    }
+
+    /// Sets the split weights and the mirror of a service's weighted rules in one atomic
+    /// change (the controller's blue/green-with-mirroring and mirror pre-step use it);
+    /// `mirror: None` turns mirroring off.
+    pub fn set_traffic(
+        &self,
+        service: &str,
+        weights: &[(&str, u32)],
+        mirror: Option<config::MirrorConfig>,
+    ) -> Result<(), ConfigErrors> {
+        let split: IndexMap<String, u32> =
+            weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
+        self.update(|c| {
+            let svc = find_service(c, service)?;
+            if !svc.routes.iter().any(|r| r.split.is_some()) {
+                match svc.routes.iter_mut().find(|r| r.matches.is_none()) {
+                    Some(route) => route.to = None,
+                    None => svc.routes.push(RouteConfig::default()),
+                }
+                if let Some(route) = svc.routes.iter_mut().find(|r| r.matches.is_none()) {
+                    route.split = Some(split.clone());
+                }
+            }
+            for route in svc.routes.iter_mut().filter(|r| r.split.is_some()) {
+                route.split = Some(split.clone());
+                route.mirror = mirror.clone();
             }
             Ok(())
         })

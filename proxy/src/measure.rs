@@ -74,6 +74,10 @@ pub struct Families {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    /// `weir_mirror_skipped_total{service,version,reason}`.
+    pub mirror_skipped: IntCounterVec,
+    /// `weir_mirror_comparisons_total{service,result}`.
+    pub mirror_comparisons: IntCounterVec,
     weight: IntGaugeVec,
     envoy_rq: IntCounterVec,
     envoy_rq_xx: IntCounterVec,
@@ -98,12 +102,13 @@ impl Families {
     pub fn new() -> Families {
         let registry = Registry::new();
         let sv = &["service", "version"];
+        let svm = &["service", "version", "mirrored"];
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "weir_requests_total",
                 "Responses sent for each service version, by status class.",
             ),
-            &["service", "version", "code_class"],
+            &["service", "version", "code_class", "mirrored"],
         ));
         let duration = must(HistogramVec::new(
             HistogramOpts::new(
@@ -111,14 +116,28 @@ impl Families {
                 "Time from receiving a request to the end of its response, per service version.",
             )
             .buckets(ENVOY_BUCKETS_MS.iter().map(|ms| ms / 1000.0).collect()),
-            sv,
+            svm,
         ));
         let upstream_errors = must(IntCounterVec::new(
             Opts::new(
                 "weir_upstream_errors_total",
                 "Requests weir answered itself because the upstream failed, by reason.",
             ),
+            &["service", "version", "reason", "mirrored"],
+        ));
+        let mirror_skipped = must(IntCounterVec::new(
+            Opts::new(
+                "weir_mirror_skipped_total",
+                "Requests that should have been mirrored but were not, by reason.",
+            ),
             &["service", "version", "reason"],
+        ));
+        let mirror_comparisons = must(IntCounterVec::new(
+            Opts::new(
+                "weir_mirror_comparisons_total",
+                "Shadow answers compared with the user's: match, status_mismatch or body_mismatch.",
+            ),
+            &["service", "result"],
         ));
         let weight = must(IntGaugeVec::new(
             Opts::new(
@@ -176,6 +195,8 @@ impl Families {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(mirror_skipped.clone()),
+            Box::new(mirror_comparisons.clone()),
             Box::new(weight.clone()),
             Box::new(envoy_rq.clone()),
             Box::new(envoy_rq_xx.clone()),
@@ -193,6 +214,8 @@ impl Families {
             requests,
             duration,
             upstream_errors,
+            mirror_skipped,
+            mirror_comparisons,
             weight,
             envoy_rq,
             envoy_rq_xx,
@@ -238,11 +261,13 @@ impl Families {
         namespace: &str,
         port: u16,
         version: &str,
+        mirrored: bool,
     ) -> VersionMetrics {
         let cluster = envoy_cluster_name(namespace, service, version, port);
+        let m = if mirrored { "true" } else { "false" };
         let class = |i: usize| {
             self.requests
-                .with_label_values(&[service, version, CLASSES[i]])
+                .with_label_values(&[service, version, CLASSES[i], m])
         };
         let xx = |i: usize| {
             self.envoy_rq_xx
@@ -251,6 +276,7 @@ impl Families {
         VersionMetrics {
             service: service.to_string(),
             version: version.to_string(),
+            mirrored,
             cluster: cluster.clone(),
             classes: [class(0), class(1), class(2), class(3), class(4)],
             envoy_xx: [xx(0), xx(1), xx(2), xx(3), xx(4)],
@@ -259,9 +285,9 @@ impl Families {
             envoy_rq: self.envoy_rq.clone(),
             errors: FailureReason::ALL.map(|r| {
                 self.upstream_errors
-                    .with_label_values(&[service, version, r.label()])
+                    .with_label_values(&[service, version, r.label(), m])
             }),
-            seconds: self.duration.with_label_values(&[service, version]),
+            seconds: self.duration.with_label_values(&[service, version, m]),
             millis: self.envoy_rq_time.with_label_values(&[cluster.as_str()]),
             weight: self.weight.with_label_values(&[service, version]),
             latency: LatencyShards::new(),
@@ -271,13 +297,22 @@ impl Families {
     /// Removes every series of a service version that is gone from the config.
     pub(crate) fn forget(&self, m: &VersionMetrics) {
         let (s, v, c) = (m.service.as_str(), m.version.as_str(), m.cluster.as_str());
+        let mirrored = if m.mirrored { "true" } else { "false" };
         for class in CLASSES {
-            let _ = self.requests.remove_label_values(&[s, v, class]);
+            let _ = self.requests.remove_label_values(&[s, v, class, mirrored]);
         }
         for r in FailureReason::ALL {
-            let _ = self.upstream_errors.remove_label_values(&[s, v, r.label()]);
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[s, v, r.label(), mirrored]);
         }
-        let _ = self.duration.remove_label_values(&[s, v]);
+        for reason in crate::mirror::SKIP_REASONS {
+            let _ = self.mirror_skipped.remove_label_values(&[s, v, reason]);
+        }
+        for result in crate::mirror::COMPARISON_RESULTS {
+            let _ = self.mirror_comparisons.remove_label_values(&[s, result]);
+        }
+        let _ = self.duration.remove_label_values(&[s, v, mirrored]);
         let _ = self.weight.remove_label_values(&[s, v]);
         for class in ENVOY_CLASSES {
             let _ = self.envoy_rq_xx.remove_label_values(&[c, class]);
@@ -310,6 +345,8 @@ pub struct VersionMetrics {
     pub service: String,
     /// Version name.
     pub version: String,
+    /// Measures shadow (mirrored) traffic rather than users' traffic.
+    pub mirrored: bool,
     /// Envoy cluster name used in the Envoy families.
     pub cluster: String,
     classes: [IntCounter; 5],
@@ -527,7 +564,7 @@ mod tests {
     #[test]
     fn window_is_the_difference_of_two_snapshots() {
         let fams = Families::new();
-        let m = fams.version("podinfo", "test", 9898, "canary");
+        let m = fams.version("podinfo", "test", 9898, "canary", false);
         for _ in 0..90 {
             m.record_status(200);
             m.record_latency(Duration::from_millis(1000));
@@ -555,7 +592,7 @@ mod tests {
     #[test]
     fn empty_window_has_no_rate() {
         let fams = Families::new();
-        let m = fams.version("a", "ns", 80, "v1");
+        let m = fams.version("a", "ns", 80, "v1", false);
         let s = m.snapshot();
         assert_eq!(s.since(&s).success_rate(), None);
         assert_eq!(s.since(&s).quantile_ms(0.99), None);
@@ -564,7 +601,7 @@ mod tests {
     #[test]
     fn exported_families_use_envoy_names_and_labels() {
         let fams = Families::new();
-        let m = fams.version("podinfo", "test", 9898, "canary");
+        let m = fams.version("podinfo", "test", 9898, "canary", false);
         m.record_status(503);
         m.record_status(200);
         m.record_latency(Duration::from_millis(3));
@@ -574,8 +611,8 @@ mod tests {
             r#"envoy_cluster_upstream_rq_xx{envoy_cluster_name="test_podinfo-canary_9898",envoy_response_code_class="5"} 1"#,
             r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test_podinfo-canary_9898",le="5"} 1"#,
             r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test_podinfo-canary_9898",le="1"} 0"#,
-            r#"weir_requests_total{code_class="5xx",service="podinfo",version="canary"} 1"#,
-            r#"weir_request_duration_seconds_bucket{service="podinfo",version="canary",le="0.005"} 1"#,
+            r#"weir_requests_total{code_class="5xx",mirrored="false",service="podinfo",version="canary"} 1"#,
+            r#"weir_request_duration_seconds_bucket{mirrored="false",service="podinfo",version="canary",le="0.005"} 1"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

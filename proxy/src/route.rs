@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, StringMatch};
 use crate::measure::{Families, VersionMetrics};
+use crate::mirror::MirrorRule;
 use crate::split::WeightTable;
 use crate::upstream::Upstream;
 
@@ -36,6 +37,21 @@ pub struct Service {
     pub versions: Vec<Version>,
     rules: Vec<Rule>,
     sticky: Option<StickyKey>,
+    affinity: Option<Affinity>,
+}
+
+/// Session affinity while a canary takes a weighted share (Flagger's `sessionAffinity`).
+struct Affinity {
+    cookie_name: String,
+    primary_cookie_name: Option<String>,
+    token: String,
+    /// The canary's index (the second version).
+    canary: usize,
+    /// The canary takes a share of the split right now.
+    active: bool,
+    set_canary: HeaderValue,
+    set_primary: Option<HeaderValue>,
+    attributes: String,
 }
 
 /// One version with its pool and measurement handles.
@@ -46,6 +62,8 @@ pub struct Version {
     pub upstream: Arc<Upstream>,
     /// Its measurement handles.
     pub metrics: Arc<VersionMetrics>,
+    /// Its measurement handles for shadow (mirrored) traffic.
+    pub mirror_metrics: Arc<VersionMetrics>,
 }
 
 /// One resolved rule.
@@ -54,8 +72,8 @@ pub struct Rule {
     target: Target,
     /// Time allowed for response headers.
     pub timeout: Duration,
-    /// Mirror settings: (shadow version index, percent).
-    pub mirror: Option<(usize, f64)>,
+    /// Mirror settings.
+    pub mirror: Option<MirrorRule>,
 }
 
 enum Target {
@@ -113,6 +131,8 @@ pub struct Decision<'t> {
     pub rule: &'t Rule,
     /// The chosen version.
     pub version: &'t Version,
+    /// A `Set-Cookie` for the response (session affinity).
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl RouteTable {
@@ -144,11 +164,12 @@ impl RouteTable {
     /// Routes a request: service by host, then the first matching rule, then its version.
     pub fn route<'t>(&'t self, host: Option<&str>, req: &RequestView<'_>) -> Option<Decision<'t>> {
         let service = self.service_for(host)?;
-        let (rule, version) = service.choose(req)?;
+        let (rule, version, set_cookie) = service.choose(req)?;
         Some(Decision {
             service,
             rule,
             version: &service.versions[version],
+            set_cookie,
         })
     }
 
@@ -159,16 +180,53 @@ impl RouteTable {
 }
 
 impl Service {
-    fn choose(&self, req: &RequestView<'_>) -> Option<(&Rule, usize)> {
+    fn choose(&self, req: &RequestView<'_>) -> Option<(&Rule, usize, Option<HeaderValue>)> {
         let rule = self.rules.iter().find(|r| r.matcher.matches(req))?;
-        let version = match &rule.target {
-            Target::One(v) => *v,
-            Target::Split(table) => match self.sticky.as_ref().and_then(|k| k.key(req.headers)) {
-                Some(key) => table.pick_sticky(key),
-                None => table.pick(),
-            },
+        let table = match &rule.target {
+            Target::One(v) => return Some((rule, *v, self.expire_stale(req.headers))),
+            Target::Split(table) => table,
         };
-        Some((rule, version))
+        if let Some(a) = self.affinity.as_ref().filter(|a| a.active) {
+            let token = a.token.as_bytes();
+            if cookie(req.headers, &a.cookie_name) == Some(token) {
+                return Some((rule, a.canary, None));
+            }
+            if let Some(p) = &a.primary_cookie_name {
+                if cookie(req.headers, p) == Some(token) {
+                    return Some((rule, 0, None));
+                }
+            }
+        }
+        let version = match self.sticky.as_ref().and_then(|k| k.key(req.headers)) {
+            Some(key) => table.pick_sticky(key),
+            None => table.pick(),
+        };
+        let set_cookie = match self.affinity.as_ref().filter(|a| a.active) {
+            Some(a) if version == a.canary => Some(a.set_canary.clone()),
+            Some(a) if version == 0 => a
+                .set_primary
+                .clone()
+                .or_else(|| self.expire_stale(req.headers)),
+            Some(_) => None,
+            None => self.expire_stale(req.headers),
+        };
+        Some((rule, version, set_cookie))
+    }
+
+    /// A canary cookie that no longer pins anyone (the canary is at weight 0, or the cookie
+    /// is from an earlier rollout) is expired with `Max-Age=-1`.
+    fn expire_stale(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let a = self.affinity.as_ref()?;
+        let value = cookie(headers, &a.cookie_name)?;
+        if a.active && value == a.token.as_bytes() {
+            return None;
+        }
+        let value = String::from_utf8_lossy(value);
+        HeaderValue::from_str(&format!(
+            "{}={value}; Max-Age=-1{}",
+            a.cookie_name, a.attributes
+        ))
+        .ok()
     }
 
     /// The version index by name.
@@ -283,13 +341,17 @@ fn strip_port(host: &str) -> &str {
 /// (service, version).
 type VersionKey = (String, String);
 /// A version's pool and measurement handles.
-type VersionParts = (Arc<Upstream>, Arc<VersionMetrics>);
+type VersionParts = (Arc<Upstream>, Arc<VersionMetrics>, Arc<VersionMetrics>);
 
 /// Long-lived pools and metric handles, kept across route tables so a reload or a weight
 /// change never resets a connection pool or a counter.
 pub struct Resources {
     pub(crate) families: Families,
     versions: Mutex<HashMap<VersionKey, VersionParts>>,
+    /// Per service: the mirror in-flight bound.
+    mirror_slots: Mutex<HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
+    /// Per service: (canary revision, affinity token, canary active).
+    tokens: Mutex<HashMap<String, (Option<String>, String, bool)>>,
 }
 
 impl Resources {
@@ -298,6 +360,8 @@ impl Resources {
         Resources {
             families: Families::new(),
             versions: Mutex::new(HashMap::new()),
+            mirror_slots: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -323,10 +387,10 @@ impl Resources {
                 let key = (svc.name.clone(), name.clone());
                 let cached = cache
                     .get(&key)
-                    .filter(|(u, _)| u.settings == *vcfg)
+                    .filter(|(u, _, _)| u.settings == *vcfg)
                     .cloned();
-                let (upstream, metrics) = match cached {
-                    Some(pair) => pair,
+                let (upstream, metrics, mirror_metrics) = match cached {
+                    Some(parts) => parts,
                     None => {
                         let upstream = match Upstream::new(vcfg) {
                             Ok(u) => Arc::new(u),
@@ -338,23 +402,37 @@ impl Resources {
                                 continue;
                             }
                         };
-                        let metrics = match cache.get(&key) {
-                            Some((_, m)) => m.clone(),
-                            None => Arc::new(self.families.version(
-                                &svc.name,
-                                &svc.namespace,
-                                svc.port,
-                                name,
-                            )),
+                        let (metrics, mirror_metrics) = match cache.get(&key) {
+                            Some((_, m, mm)) => (m.clone(), mm.clone()),
+                            None => (
+                                Arc::new(self.families.version(
+                                    &svc.name,
+                                    &svc.namespace,
+                                    svc.port,
+                                    name,
+                                    false,
+                                )),
+                                Arc::new(self.families.version(
+                                    &svc.name,
+                                    &svc.namespace,
+                                    svc.port,
+                                    name,
+                                    true,
+                                )),
+                            ),
                         };
-                        created.push((key, (upstream.clone(), metrics.clone())));
-                        (upstream, metrics)
+                        created.push((
+                            key,
+                            (upstream.clone(), metrics.clone(), mirror_metrics.clone()),
+                        ));
+                        (upstream, metrics, mirror_metrics)
                     }
                 };
                 versions.push(Version {
                     name: name.clone(),
                     upstream,
                     metrics,
+                    mirror_metrics,
                 });
             }
             let index = |v: &str| svc.versions.get_index_of(v);
@@ -367,9 +445,15 @@ impl Resources {
             } else {
                 &svc.routes
             };
+            let slots = self.mirror_slots(&svc.name, routes);
+            let mirror_parts = MirrorParts {
+                families: &self.families,
+                service: &svc.name,
+                slots,
+            };
             let mut rules = Vec::new();
             for (r, route) in routes.iter().enumerate() {
-                match build_rule(route, index) {
+                match build_rule(route, index, &mirror_parts) {
                     Ok(rule) => rules.push(rule),
                     Err((field, message)) => errors.push(ConfigError {
                         path: format!("services[{i}].routes[{r}]{field}"),
@@ -400,12 +484,15 @@ impl Resources {
                     by_host.insert(host, i);
                 }
             }
-            services.push(Service {
+            let mut service = Service {
                 name: svc.name.clone(),
                 versions,
                 rules,
                 sticky,
-            });
+                affinity: None,
+            };
+            service.affinity = self.affinity(svc, &service);
+            services.push(service);
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -419,10 +506,11 @@ impl Resources {
             .iter()
             .flat_map(|s| s.versions.keys().map(|v| (s.name.clone(), v.clone())))
             .collect();
-        cache.retain(|key, (_, metrics)| {
+        cache.retain(|key, (_, metrics, mirror_metrics)| {
             let keep = live.contains(key);
             if !keep {
                 self.families.forget(metrics);
+                self.families.forget(mirror_metrics);
             }
             keep
         });
@@ -435,6 +523,93 @@ impl Resources {
         };
         table.publish_weights();
         Ok(table)
+    }
+}
+
+struct MirrorParts<'a> {
+    families: &'a Families,
+    service: &'a str,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Resources {
+    /// The service's mirror bound, kept across tables unless its size changes.
+    fn mirror_slots(&self, service: &str, routes: &[RouteConfig]) -> Arc<tokio::sync::Semaphore> {
+        let size = routes
+            .iter()
+            .filter_map(|r| r.mirror.as_ref().map(|m| m.max_in_flight))
+            .max()
+            .unwrap_or(1024);
+        let mut slots = self.mirror_slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get(service) {
+            Some((n, s)) if *n == size => s.clone(),
+            _ => {
+                let s = Arc::new(tokio::sync::Semaphore::new(size));
+                slots.insert(service.to_string(), (size, s.clone()));
+                s
+            }
+        }
+    }
+
+    /// Session affinity for a service: the token changes with each rollout (a new canary
+    /// revision, or the canary taking traffic again after weight 0).
+    fn affinity(&self, cfg: &crate::config::ServiceConfig, svc: &Service) -> Option<Affinity> {
+        let sa = cfg.session_affinity.as_ref()?;
+        let canary = 1;
+        let canary_cfg = cfg.versions.get_index(canary)?.1;
+        let active = svc.weights().get(canary).is_some_and(|w| *w > 0)
+            && svc
+                .rules
+                .iter()
+                .any(|r| matches!(r.target, Target::Split(_)));
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let token = match tokens.get(&cfg.name) {
+            Some((rev, token, was_active))
+                if *rev == canary_cfg.revision && (*was_active || !active) =>
+            {
+                token.clone()
+            }
+            _ => crate::headers::request_id().replace('-', ""),
+        };
+        tokens.insert(
+            cfg.name.clone(),
+            (canary_cfg.revision.clone(), token.clone(), active),
+        );
+        let mut attributes = String::new();
+        if let Some(d) = &sa.domain {
+            attributes.push_str(&format!("; Domain={d}"));
+        }
+        if let Some(p) = &sa.path {
+            attributes.push_str(&format!("; Path={p}"));
+        }
+        if sa.http_only {
+            attributes.push_str("; HttpOnly");
+        }
+        if sa.secure {
+            attributes.push_str("; Secure");
+        }
+        if let Some(s) = &sa.same_site {
+            attributes.push_str(&format!("; SameSite={s}"));
+        }
+        let set_canary = HeaderValue::from_str(&format!(
+            "{}={token}; Max-Age={}{attributes}",
+            sa.cookie_name, sa.max_age
+        ))
+        .ok()?;
+        let set_primary = sa.primary_cookie_name.as_ref().and_then(|p| {
+            let interval = cfg.analysis_interval().0.as_secs().max(1);
+            HeaderValue::from_str(&format!("{p}={token}; Max-Age={interval}{attributes}")).ok()
+        });
+        Some(Affinity {
+            cookie_name: sa.cookie_name.clone(),
+            primary_cookie_name: sa.primary_cookie_name.clone(),
+            token,
+            canary,
+            active,
+            set_canary,
+            set_primary,
+            attributes,
+        })
     }
 }
 
@@ -487,6 +662,7 @@ impl Matcher {
 fn build_rule(
     route: &RouteConfig,
     index: impl Fn(&str) -> Option<usize>,
+    parts: &MirrorParts<'_>,
 ) -> Result<Rule, (String, String)> {
     let missing = |v: &str| (String::new(), format!("unknown version {v:?}"));
     let target = match (&route.to, &route.split) {
@@ -555,11 +731,33 @@ fn build_rule(
         }
     }
     let mirror = match &route.mirror {
-        Some(m) => Some((
-            index(&m.version).ok_or_else(|| missing(&m.version))?,
-            m.percent,
-        )),
-        None => None,
+        Some(m) if m.percent > 0.0 => {
+            let version = index(&m.version).ok_or_else(|| missing(&m.version))?;
+            let skipped = crate::mirror::SKIP_REASONS.map(|r| {
+                parts.families.mirror_skipped.with_label_values(&[
+                    parts.service,
+                    m.version.as_str(),
+                    r,
+                ])
+            });
+            let comparisons = crate::mirror::COMPARISON_RESULTS.map(|r| {
+                parts
+                    .families
+                    .mirror_comparisons
+                    .with_label_values(&[parts.service, r])
+            });
+            Some(MirrorRule {
+                version,
+                percent: m.percent,
+                compare: m.compare,
+                max_body: m.max_body_bytes,
+                timeout: m.timeout.0,
+                slots: parts.slots.clone(),
+                skipped,
+                comparisons,
+            })
+        }
+        _ => None,
     };
     Ok(Rule {
         matcher,

@@ -134,7 +134,18 @@ pub(crate) async fn handle(
             }
         }
     }
-    let sent = endpoint.send(Request::from_parts(parts, RequestBody::Stream(body)));
+    let (body, compare) = match &decision.rule.mirror {
+        Some(m) if crate::split::chance(m.percent) => {
+            let shadow = &service.versions[m.version];
+            let shadow = crate::mirror::Shadow {
+                upstream: shadow.upstream.clone(),
+                metrics: shadow.mirror_metrics.clone(),
+            };
+            crate::mirror::start(m, shadow, &parts, body)
+        }
+        _ => (RequestBody::Stream(body), None),
+    };
+    let sent = endpoint.send(Request::from_parts(parts, body));
     let result = tokio::time::timeout(timeout, sent).await;
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
@@ -174,7 +185,17 @@ pub(crate) async fn handle(
         });
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
-    resp.map(|b| ResponseBody::upstream(Measured::new(b, metrics, start)))
+    if let Some(cookie) = decision.set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    resp.map(|b| {
+        let measured = Measured::new(b, metrics, start);
+        let measured = match compare {
+            Some(tx) => measured.comparing(status.as_u16(), tx),
+            None => measured,
+        };
+        ResponseBody::upstream(measured.check_done())
+    })
 }
 
 fn fail(

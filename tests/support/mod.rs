@@ -58,8 +58,27 @@ impl Drop for Upstream {
     }
 }
 
+/// How an upstream answers every request (overriding the paths above).
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// The paths described on [`Upstream`].
+    Normal,
+    /// Accepts the connection and never answers.
+    Stall,
+    /// Answers every request with this status.
+    Status(u16),
+    /// Answers every request 200 with this body.
+    Body(String),
+    /// Answers every request with this many bytes.
+    Huge(usize),
+}
+
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_with(name, Behaviour::Normal).await
+    }
+
+    pub async fn start_with(name: &str, behaviour: Behaviour) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -79,11 +98,17 @@ impl Upstream {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (r, s, n) = (r.clone(), s.clone(), n.clone());
+                let (r, s, n, b) = (r.clone(), s.clone(), n.clone(), behaviour.clone());
                 tokio::spawn(async move {
+                    if let Behaviour::Stall = b {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let _hold = stream;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
                     let svc = hyper::service::service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
-                        answer(req, n.clone(), s.clone())
+                        answer(req, n.clone(), s.clone(), b.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -123,6 +148,7 @@ async fn answer(
     req: Request<Incoming>,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Behaviour,
 ) -> Result<Response<TestBody>, std::io::Error> {
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
@@ -147,8 +173,16 @@ async fn answer(
         body_len,
     });
     let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
-    let head = parts_iter.next().unwrap_or("");
-    let arg = parts_iter.next().unwrap_or("");
+    let (head, arg) = match &behaviour {
+        Behaviour::Status(code) => ("status", code.to_string()),
+        Behaviour::Huge(n) => ("download", n.to_string()),
+        Behaviour::Body(b) => ("body", b.clone()),
+        _ => (
+            parts_iter.next().unwrap_or(""),
+            parts_iter.next().unwrap_or("").to_string(),
+        ),
+    };
+    let arg = arg.as_str();
     let mut resp = match head {
         "status" => {
             let mut r = Response::new(full(format!("{name} status {arg}\n")));
@@ -176,6 +210,7 @@ async fn answer(
             r
         }
         "upload" => Response::new(full(format!("{body_len}"))),
+        "body" => Response::new(full(arg.to_string())),
         "trailers" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("x-checksum", "abc123".parse().expect("value"));
