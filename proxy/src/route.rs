@@ -343,6 +343,9 @@ type VersionKey = (String, String);
 /// A version's pool and measurement handles.
 type VersionParts = (Arc<Upstream>, Arc<VersionMetrics>, Arc<VersionMetrics>);
 
+/// (canary revision, token, canary active) of a service's session affinity.
+type AffinityToken = (Option<String>, String, bool);
+
 /// Long-lived pools and metric handles, kept across route tables so a reload or a weight
 /// change never resets a connection pool or a counter.
 pub struct Resources {
@@ -351,7 +354,7 @@ pub struct Resources {
     /// Per service: the mirror in-flight bound.
     mirror_slots: Mutex<HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
     /// Per service: (canary revision, affinity token, canary active).
-    tokens: Mutex<HashMap<String, (Option<String>, String, bool)>>,
+    tokens: Mutex<HashMap<String, AffinityToken>>,
 }
 
 impl Resources {
