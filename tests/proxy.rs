@@ -60,23 +60,27 @@ async fn realised_split_over_100k_requests_is_within_binomial_noise() {
         ups.push((p, c, *canary_w, *primary_w));
     }
     let weir = Weir::start(&yaml);
-    let client = h2_client();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(ResolveToProxy(weir.proxy));
     const N: usize = 100_000;
     for (i, (_, canary, cw, pw)) in ups.iter().enumerate() {
-        let url = weir.url("/");
         let host = format!("s{i}");
+        let url = format!("http://{host}/");
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..64 {
-            let (client, url, host) = (client.clone(), url.clone(), host.clone());
+            let (client, url) = (client.clone(), url.clone());
             tasks.spawn(async move {
                 let mut n = worker;
                 while n < N {
                     let req = Request::get(&url)
-                        .header("host", &host)
                         .body(full(Bytes::new()))
                         .expect("request");
-                    let got = send(&client, req).await;
-                    assert_eq!(got.status, 200);
+                    let resp = client.request(req).await.expect("response");
+                    assert_eq!(resp.status(), 200);
+                    http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .expect("body");
                     n += 64;
                 }
             });
@@ -189,32 +193,6 @@ async fn http2_clients_and_http2_upstreams_get_trailers_through() {
         Some("abc123".parse().expect("value"))
     );
     assert_eq!(collected.to_bytes(), "with trailers\n");
-}
-
-/// Dials the proxy whatever the URI's host is, so a test can send `:authority: b`.
-#[derive(Clone)]
-struct ResolveToProxy(std::net::SocketAddr);
-
-impl tower_service::Service<http::Uri> for ResolveToProxy {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let addr = self.0;
-        Box::pin(async move {
-            Ok(hyper_util::rt::TokioIo::new(
-                tokio::net::TcpStream::connect(addr).await?,
-            ))
-        })
-    }
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes or `limit`.

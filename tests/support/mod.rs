@@ -509,3 +509,29 @@ pub fn two_versions(primary: &Upstream, canary: &Upstream, routes: &str) -> Stri
         canary.endpoint()
     )
 }
+
+/// Dials the proxy whatever the URI's host is, so a test can send `:authority: b`.
+#[derive(Clone)]
+pub struct ResolveToProxy(pub std::net::SocketAddr);
+
+impl tower_service::Service<http::Uri> for ResolveToProxy {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::connect(addr).await?,
+            ))
+        })
+    }
+}
