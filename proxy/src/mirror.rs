@@ -111,8 +111,37 @@ pub fn start(
         aborted: rule.skipped[2].clone(),
         _permit: permit,
     };
-    tokio::spawn(job.run());
+    mirror_runtime().spawn(job.run());
     (user_body, compare_tx)
+}
+
+/// Mirrors run on their own single-threaded runtime, so a burst of shadow work (1,024
+/// connections opening to a stalled shadow, say) never queues in front of users' tasks;
+/// the OS shares the cores instead.
+fn mirror_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("weir-mirror".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Some(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(_) => {
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        let own = spawned.ok().and_then(|_| rx.recv().ok().flatten());
+        // Without a thread of its own, mirrors share the caller's runtime.
+        own.unwrap_or_else(tokio::runtime::Handle::current)
+    })
 }
 
 /// The shadow's copy of the request head: Host gets `-shadow` (before any port), and
