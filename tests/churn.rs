@@ -135,6 +135,35 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     assert_eq!(w.success_rate(), Some(100.0));
     assert!(w.quantile_ms(0.99).is_some_and(|p| p > 0.0));
 
+    // Weights and mirroring change together: 100% to the primary, mirrored to the canary.
+    let before = canary.count();
+    proxy
+        .set_traffic(
+            "podinfo",
+            &[("primary", 100), ("canary", 0)],
+            Some(weir_proxy::MirrorConfig::to("canary", 100.0)),
+        )
+        .expect("weights and mirror");
+    for _ in 0..10 {
+        assert_eq!(
+            get(&format!("http://{addr}/"), &[]).await.headers["x-served-by"],
+            "primary"
+        );
+    }
+    wait_for("10 mirrors", Duration::from_secs(10), || async {
+        canary.count() == before + 10
+    })
+    .await;
+    assert_eq!(canary.last_seen().headers["x-weir-shadow"], "1");
+    proxy
+        .set_traffic("podinfo", &[("primary", 100), ("canary", 0)], None)
+        .expect("mirror off");
+    for _ in 0..10 {
+        get(&format!("http://{addr}/"), &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(canary.count(), before + 10, "mirroring is off");
+
     let _ = stop_tx.send(true);
     server.await.expect("server");
 }
