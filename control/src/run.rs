@@ -45,14 +45,16 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let admin = TcpListener::bind(&cfg.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", cfg.admin))?;
+    // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
+    // reload, not kill the process.
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     // Tests and scripts read these lines to learn the ports when the config says :0.
     println!("weir: proxy listening on {}", listener.local_addr()?);
     println!("weir: admin listening on {}", admin.local_addr()?);
     tracing::info!(services = cfg.services.len(), "weir started");
 
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let reloader = proxy.clone();
     let file = path.to_path_buf();
     tokio::spawn(async move {
