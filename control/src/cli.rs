@@ -28,7 +28,7 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the proxy (and, once configured, the controller) from a weir.yaml.
+    /// Run the proxy and, for services with an `analysis`, the controller.
     Run {
         /// Path to weir.yaml.
         #[arg(short, long, default_value = "weir.yaml")]
@@ -46,15 +46,19 @@ pub enum Command {
         #[arg(short, long, default_value = "weir.yaml")]
         config: PathBuf,
     },
-    /// A self-contained demo: two built-in versions, the proxy at 90/10, a load loop and
-    /// a live view of the split, success rates and p99s.
+    /// A self-contained demo: two built-in versions, a load loop, the proxy and the
+    /// controller rolling v2 out (or back, with --faulty) with a live view.
     Demo(crate::demo::DemoArgs),
+    /// Talk to a running weir's control API: status, watch, start, promote, abort, ...
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo and ctl print their own lines; only errors go to the log there.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Ctl(_));
+    init_logging(cli.log_format, if quiet { "error" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,9 +71,11 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } | Command::Proxy { config } => crate::run::run(&config).await,
+            Command::Run { config } => crate::run::run(&config, true).await,
+            Command::Proxy { config } => crate::run::run(&config, false).await,
             Command::Check { config } => crate::run::check(&config),
             Command::Demo(args) => crate::demo::demo(args).await,
+            Command::Ctl(args) => crate::ctl::ctl(args).await,
         }
     });
     match result {
@@ -81,9 +87,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

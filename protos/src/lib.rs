@@ -6,3 +6,13 @@ pub mod echo {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("weir.echo.v1");
 }
+
+/// The control API: rollouts, gates and status.
+pub mod control {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("weir.control.v1");
+}
+
+/// Every weir proto as an encoded `FileDescriptorSet`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));

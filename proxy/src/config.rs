@@ -34,6 +34,31 @@ pub struct Config {
     /// The services behind the proxy.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Alert providers an analysis `alerts[].providerRef` names (Flagger's AlertProvider).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_providers: Vec<AlertProviderConfig>,
+}
+
+/// Where alerts go: Flagger's AlertProvider spec, plus a generic JSON webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertProviderConfig {
+    /// The name `providerRef.name` uses.
+    pub name: String,
+    /// Optional namespace `providerRef.namespace` uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// slack, msteams, discord, rocket, gchat or webhook.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The URL alerts are posted to.
+    pub address: String,
+    /// Slack-style channel (default `general`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Slack-style user name (default `flagger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 fn default_listen() -> String {

@@ -173,6 +173,36 @@ impl Proxy {
         Some(v.metrics.snapshot())
     }
 
+    /// Cumulative measurements of one version's users' (`mirrored: false`) or shadow
+    /// (`mirrored: true`) traffic.
+    pub fn measurements(
+        &self,
+        service: &str,
+        version: &str,
+        mirrored: bool,
+    ) -> Option<VersionSnapshot> {
+        let table = self.table();
+        let svc = table.services().iter().find(|s| s.name == service)?;
+        let v = svc.versions.iter().find(|v| v.name == version)?;
+        Some(if mirrored {
+            v.mirror_metrics.snapshot()
+        } else {
+            v.metrics.snapshot()
+        })
+    }
+
+    /// Cumulative (responses, 5xx responses) of one version, cheap enough to poll often.
+    pub fn counts(&self, service: &str, version: &str, mirrored: bool) -> Option<(u64, u64)> {
+        let table = self.table();
+        let svc = table.services().iter().find(|s| s.name == service)?;
+        let v = svc.versions.iter().find(|v| v.name == version)?;
+        Some(if mirrored {
+            v.mirror_metrics.counts()
+        } else {
+            v.metrics.counts()
+        })
+    }
+
     /// Re-reads a config file; an invalid file is rejected with all its errors logged,
     /// the running config is kept and `weir_config_reload_failures_total` counts it.
     pub fn reload_from(&self, path: &Path) -> Result<(), ConfigErrors> {

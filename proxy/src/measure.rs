@@ -391,6 +391,12 @@ impl VersionMetrics {
         self.latency.record(elapsed);
     }
 
+    /// Cumulative (responses, 5xx responses), without copying the latency histogram.
+    pub fn counts(&self) -> (u64, u64) {
+        let total = self.classes.iter().map(|c| c.get()).sum();
+        (total, self.classes[4].get())
+    }
+
     /// Cumulative values now; a window is the difference of two snapshots.
     pub fn snapshot(&self) -> VersionSnapshot {
         VersionSnapshot {

@@ -1,0 +1,816 @@
+//! The rollout state machine: Flagger's scheduler semantics as a pure function of
+//! (analysis spec, status, revision, measurements, now) to actions.
+//!
+//! It never sleeps, reads the clock or does I/O: hooks and checks come through [`Env`],
+//! time through [`Input::now_ms`], and everything it wants done comes back as [`Action`]s.
+//! Where Flagger's code and docs disagree, the choices are documented on the functions.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{CheckResult, Verdict};
+use crate::spec::{Analysis, HookKind, Severity, Strategy};
+
+/// Flagger's phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Phase {
+    #[default]
+    Initializing,
+    Initialized,
+    Waiting,
+    Progressing,
+    WaitingPromotion,
+    Promoting,
+    Finalising,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    /// The phase as Flagger writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Initializing => "Initializing",
+            Phase::Initialized => "Initialized",
+            Phase::Waiting => "Waiting",
+            Phase::Progressing => "Progressing",
+            Phase::WaitingPromotion => "WaitingPromotion",
+            Phase::Promoting => "Promoting",
+            Phase::Finalising => "Finalising",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// `flagger_canary_status`: Progressing 0, Failed 2, everything else 1.
+    pub fn status_value(self) -> i64 {
+        match self {
+            Phase::Progressing => 0,
+            Phase::Failed => 2,
+            _ => 1,
+        }
+    }
+
+    /// True while a canary revision is being analysed or promoted.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Progressing
+                | Phase::Waiting
+                | Phase::WaitingPromotion
+                | Phase::Promoting
+                | Phase::Finalising
+        )
+    }
+
+    /// True while checks run and the threshold applies.
+    pub fn is_analysing(self) -> bool {
+        matches!(self, Phase::Progressing | Phase::WaitingPromotion)
+    }
+
+    /// The `Promoted` condition's message (Flagger's MakeStatusConditions).
+    pub fn condition_message(self) -> &'static str {
+        match self {
+            Phase::Initializing => "New Deployment detected, starting initialization.",
+            Phase::Initialized => "Deployment initialization completed.",
+            Phase::Waiting | Phase::WaitingPromotion => "Waiting for approval.",
+            Phase::Progressing => "New revision detected, progressing canary analysis.",
+            Phase::Promoting => "Canary analysis completed, starting primary rolling update.",
+            Phase::Finalising => "Canary analysis completed, routing all traffic to primary.",
+            Phase::Succeeded => "Canary analysis completed successfully, promotion finished.",
+            Phase::Failed => "Canary analysis failed, Deployment scaled to zero.",
+        }
+    }
+}
+
+/// A rollout's status: what Flagger keeps in the Canary status, plus weir's fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    pub phase: Phase,
+    /// The canary weight actually routed.
+    pub canary_weight: u32,
+    pub failed_checks: u32,
+    pub iterations: u32,
+    /// Shadow traffic goes to the canary.
+    pub mirrored: bool,
+    /// The A/B match rules send matching requests to the canary.
+    pub ab_routed: bool,
+    /// The revision under (or last through) analysis.
+    pub last_applied: Option<String>,
+    /// The revision most recently promoted.
+    pub last_promoted: Option<String>,
+    /// Unix milliseconds of the last phase change.
+    pub last_transition_ms: u64,
+    /// Frozen by `weir ctl pause` (or `suspend` in the spec).
+    pub paused: bool,
+    /// Gates opened by `weir ctl approve` for this run.
+    pub approvals: BTreeSet<HookKind>,
+    /// The gate the rollout waits on.
+    pub waiting_gate: Option<HookKind>,
+    /// Since when every check has been inconclusive (Unix ms).
+    pub inconclusive_since_ms: Option<u64>,
+    /// When this run started (Unix ms), for the rollout-duration histogram.
+    pub started_ms: Option<u64>,
+    /// When the canary's current measurements began (Unix ms): windows never reach
+    /// back before it, so an earlier revision's requests never count.
+    pub measure_from_ms: Option<u64>,
+    /// The latest check results.
+    pub checks: Vec<CheckResult>,
+    /// The latest event message.
+    pub last_event: String,
+    /// Traffic went back to the primary after a restart, per `revertOnRestart`.
+    pub reverted: bool,
+    /// The pre-rollout hooks passed for this run (a closed traffic gate at weight 0
+    /// never runs them again).
+    pub pre_rollout_passed: bool,
+}
+
+/// What one tick sees of the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The canary's revision now (from weir.yaml or StartRollout).
+    pub canary_revision: Option<String>,
+    /// The primary's revision now.
+    pub primary_revision: Option<String>,
+    /// Unix milliseconds.
+    pub now_ms: u64,
+}
+
+/// The outcome of running the hooks of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// Every hook passed (or there were none).
+    Passed,
+    /// A hook failed: its name and the error (for rollback hooks: the one that fired).
+    Failed { hook: String, error: String },
+}
+
+/// I/O the state machine asks for during a tick. Tests implement it with scripts.
+#[allow(async_fn_in_trait)]
+pub trait Env {
+    /// Runs every hook of `kind` with Flagger's payload phase `phase`, in order, stopping
+    /// at the first failure. For rollback hooks, `Failed` means one signalled a rollback.
+    async fn hooks(&mut self, kind: HookKind, phase: Phase) -> HookOutcome;
+    /// Evaluates every metric check on the current windows.
+    async fn checks(&mut self) -> Vec<CheckResult>;
+}
+
+/// Something the machine wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Route `canary_weight`% to the canary (the rest to the primary); mirror to the
+    /// canary; send the A/B matches to the canary.
+    Route {
+        canary_weight: u32,
+        mirror: bool,
+        ab: bool,
+    },
+    /// The canary's endpoints and revision become the primary's.
+    Promote,
+    /// An event (log line, event webhooks, Watch).
+    Event { warning: bool, message: String },
+    /// An alert for the analysis' alert providers.
+    Alert {
+        severity: Severity,
+        message: String,
+        metadata: bool,
+    },
+    /// The run ended (counters, duration histogram).
+    Finished { promoted: bool, skipped: bool },
+}
+
+/// Names a service as Flagger names the target: `podinfo.test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
+/// One rollout's machine: a target, its analysis and its status.
+pub struct Machine<'a> {
+    pub target: &'a Target,
+    pub analysis: &'a Analysis,
+    pub status: &'a mut Status,
+    pub actions: Vec<Action>,
+    now_ms: u64,
+}
+
+impl<'a> Machine<'a> {
+    /// A machine over one status.
+    pub fn new(
+        target: &'a Target,
+        analysis: &'a Analysis,
+        status: &'a mut Status,
+        now_ms: u64,
+    ) -> Self {
+        Machine {
+            target,
+            analysis,
+            status,
+            actions: Vec::new(),
+            now_ms,
+        }
+    }
+
+    fn event(&mut self, warning: bool, message: String) {
+        self.status.last_event = message.clone();
+        self.actions.push(Action::Event { warning, message });
+    }
+
+    fn alert(&mut self, severity: Severity, message: impl Into<String>, metadata: bool) {
+        self.actions.push(Action::Alert {
+            severity,
+            message: message.into(),
+            metadata,
+        });
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.status.phase != phase {
+            self.status.phase = phase;
+            self.status.last_transition_ms = self.now_ms;
+        }
+    }
+
+    fn route(&mut self, canary_weight: u32, mirror: bool, ab: bool) {
+        let s = &mut *self.status;
+        if canary_weight > 0 && s.canary_weight == 0 && !s.ab_routed && !s.mirrored
+            || (mirror || ab) && !(s.mirrored || s.ab_routed)
+        {
+            // The canary starts receiving traffic: measurements start here.
+            s.measure_from_ms = Some(self.now_ms);
+        }
+        s.canary_weight = canary_weight;
+        s.mirrored = mirror;
+        s.ab_routed = ab;
+        self.actions.push(Action::Route {
+            canary_weight,
+            mirror,
+            ab,
+        });
+    }
+
+    /// Resets the status for a new run of `revision` (Flagger's SyncStatus).
+    fn start_run(&mut self, revision: Option<String>) {
+        let s = &mut *self.status;
+        s.canary_weight = 0;
+        s.failed_checks = 0;
+        s.iterations = 0;
+        s.mirrored = false;
+        s.ab_routed = false;
+        s.approvals.clear();
+        s.waiting_gate = None;
+        s.inconclusive_since_ms = None;
+        s.checks.clear();
+        s.last_applied = revision;
+        s.started_ms = Some(self.now_ms);
+        s.measure_from_ms = None;
+        s.reverted = false;
+        s.pre_rollout_passed = false;
+    }
+
+    /// A gate is open when approved over the control API, or when it has no manual
+    /// hooks and all its hooks pass. Returns the name of the hook holding it closed.
+    async fn gate<E: Env>(&mut self, kind: HookKind, env: &mut E) -> Result<(), String> {
+        if self.status.approvals.contains(&kind) {
+            return Ok(());
+        }
+        let hooks: Vec<_> = self.analysis.hooks_of(kind).collect();
+        if let Some(manual) = hooks.iter().find(|h| h.url.is_none() && h.exec.is_empty()) {
+            return Err(manual.name.clone());
+        }
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        match env
+            .hooks(kind, Phase::payload_phase(kind, self.status.phase))
+            .await
+        {
+            HookOutcome::Passed => Ok(()),
+            HookOutcome::Failed { hook, .. } => Err(hook),
+        }
+    }
+
+    fn gate_muted(&self, kind: HookKind) -> bool {
+        self.analysis.hooks_of(kind).any(|h| h.mute_alert)
+    }
+
+    /// One tick (Flagger's `advanceCanary`).
+    pub async fn tick<E: Env>(&mut self, input: &Input, env: &mut E) {
+        if self.analysis.spec.suspend || self.status.paused {
+            return;
+        }
+        let target = self.target.to_string();
+        if self.status.phase == Phase::Initializing {
+            self.set_phase(Phase::Initialized);
+            self.event(false, format!("Initialization done! {target}"));
+            self.alert(
+                Severity::Info,
+                "New Deployment detected, initialization completed.",
+                true,
+            );
+            if self.status.last_promoted.is_none() {
+                self.status.last_promoted = input.primary_revision.clone();
+            }
+            self.route(0, false, false);
+            return;
+        }
+        let revision = input.canary_revision.clone();
+        // A revision equal to the primary's is not new: setting the canary back to the
+        // promoted version never starts an analysis (Flagger ignores manual rollbacks).
+        let changed = revision.is_some()
+            && revision != self.status.last_applied
+            && revision != input.primary_revision;
+        let phase = self.status.phase;
+        if !phase.is_active() && !changed {
+            return;
+        }
+        if matches!(
+            phase,
+            Phase::Initialized | Phase::Succeeded | Phase::Failed | Phase::Waiting
+        ) {
+            // Decision: rollback hooks also run in Waiting (Flagger's docs say so; its
+            // code cannot reach them).
+            if phase == Phase::Waiting {
+                if let HookOutcome::Failed { .. } =
+                    env.hooks(HookKind::Rollback, Phase::Waiting).await
+                {
+                    self.event(
+                        true,
+                        format!("Rolling back {target} manual webhook invoked"),
+                    );
+                    self.alert(Severity::Warn, "Rolling back manual webhook invoked", false);
+                    self.rollback(env).await;
+                    return;
+                }
+            }
+            if let Err(hook) = self.gate(HookKind::ConfirmRollout, env).await {
+                if self.status.phase != Phase::Waiting {
+                    self.set_phase(Phase::Waiting);
+                    self.status.last_applied = None;
+                    if !self.gate_muted(HookKind::ConfirmRollout) {
+                        self.alert(Severity::Warn, "Canary is waiting for approval.", false);
+                    }
+                }
+                self.status.waiting_gate = Some(HookKind::ConfirmRollout);
+                self.event(
+                    true,
+                    format!("Halt {target} advancement waiting for approval {hook}"),
+                );
+                return;
+            }
+            self.event(false, format!("New revision detected! Scaling up {target}"));
+            self.alert(
+                Severity::Info,
+                "New revision detected, progressing canary analysis.",
+                true,
+            );
+            self.start_run(revision);
+            self.set_phase(Phase::Progressing);
+            self.route(0, false, false);
+            return;
+        }
+        if phase.is_analysing() && changed {
+            self.event(
+                false,
+                format!("New revision detected! Restarting analysis for {target}"),
+            );
+            self.route(0, false, false);
+            self.start_run(revision);
+            self.set_phase(Phase::Progressing);
+            return;
+        }
+        if self.analysis.spec.skip_analysis && phase.is_analysing() {
+            self.route(0, false, false);
+            self.promote_now();
+            self.set_phase(Phase::Succeeded);
+            self.status.last_promoted = self.status.last_applied.clone();
+            self.actions.push(Action::Finished {
+                promoted: true,
+                skipped: true,
+            });
+            let _ = env.hooks(HookKind::PostRollout, Phase::Succeeded).await;
+            self.event(
+                false,
+                format!("Promotion completed! Canary analysis was skipped for {target}"),
+            );
+            self.alert(
+                Severity::Info,
+                "Canary analysis was skipped, promotion finished.",
+                false,
+            );
+            return;
+        }
+        if phase.is_analysing() {
+            match env.hooks(HookKind::Rollback, phase).await {
+                HookOutcome::Failed { .. } => {
+                    self.event(
+                        true,
+                        format!("Rolling back {target} manual webhook invoked"),
+                    );
+                    self.alert(Severity::Warn, "Rolling back manual webhook invoked", false);
+                    self.rollback(env).await;
+                    return;
+                }
+                HookOutcome::Passed => {}
+            }
+        }
+        if phase == Phase::Promoting {
+            self.promotion_traffic_shift();
+            return;
+        }
+        if phase == Phase::Finalising {
+            self.set_phase(Phase::Succeeded);
+            self.status.last_promoted = self.status.last_applied.clone();
+            self.status.waiting_gate = None;
+            self.actions.push(Action::Finished {
+                promoted: true,
+                skipped: false,
+            });
+            let _ = env.hooks(HookKind::PostRollout, Phase::Succeeded).await;
+            self.event(false, format!("Promotion completed! Scaling down {target}"));
+            self.alert(
+                Severity::Info,
+                "Canary analysis completed successfully, promotion finished.",
+                false,
+            );
+            return;
+        }
+        let threshold = self.analysis.threshold;
+        if self.status.failed_checks >= threshold {
+            self.event(
+                true,
+                format!("Rolling back {target} failed checks threshold reached {threshold}"),
+            );
+            self.alert(
+                Severity::Error,
+                format!("Failed checks threshold reached {threshold}"),
+                false,
+            );
+            self.rollback(env).await;
+            return;
+        }
+        let s = &*self.status;
+        let first = s.canary_weight == 0
+            && s.iterations == 0
+            && !s.ab_routed
+            && !(self.analysis.spec.mirror && s.mirrored);
+        if first && !s.pre_rollout_passed {
+            self.event(false, format!("Starting canary analysis for {target}"));
+            if let HookOutcome::Failed { hook, error } =
+                env.hooks(HookKind::PreRollout, Phase::Progressing).await
+            {
+                self.status.failed_checks += 1;
+                self.event(
+                    true,
+                    format!("Halt {target} advancement pre-rollout check {hook} failed {error}"),
+                );
+                return;
+            }
+            self.status.pre_rollout_passed = true;
+        } else if !first {
+            if let HookOutcome::Failed { hook, error } =
+                env.hooks(HookKind::Rollout, Phase::Progressing).await
+            {
+                self.status.failed_checks += 1;
+                self.event(
+                    true,
+                    format!("Halt {target} advancement external check {hook} failed {error}"),
+                );
+                return;
+            }
+            let results = env.checks().await;
+            self.status.checks = results.clone();
+            if let Some(failed) = results.iter().find(|r| r.verdict == Verdict::Fail) {
+                // At most one failed check per tick, as Flagger counts them.
+                self.status.failed_checks += 1;
+                self.status.inconclusive_since_ms = None;
+                self.event(true, format!("Halt {target} advancement {}", failed.detail));
+                return;
+            }
+            if let Some(unsure) = results.iter().find(|r| r.verdict == Verdict::Inconclusive) {
+                let since = *self.status.inconclusive_since_ms.get_or_insert(self.now_ms);
+                let deadline = self.analysis.progress_deadline.as_millis() as u64;
+                if self.now_ms.saturating_sub(since) >= deadline {
+                    let secs = deadline / 1000;
+                    self.event(
+                        true,
+                        format!(
+                            "Rolling back {target} progress deadline exceeded: no conclusive measurements for {secs}s ({} {})",
+                            unsure.name, unsure.detail
+                        ),
+                    );
+                    self.alert(
+                        Severity::Error,
+                        format!(
+                            "Progress deadline exceeded: {} {}",
+                            unsure.name, unsure.detail
+                        ),
+                        false,
+                    );
+                    self.rollback(env).await;
+                } else {
+                    self.event(
+                        false,
+                        format!(
+                            "Halt {target} advancement {} inconclusive: {}",
+                            unsure.name, unsure.detail
+                        ),
+                    );
+                }
+                return;
+            }
+            self.status.inconclusive_since_ms = None;
+        }
+        match self.analysis.strategy {
+            Strategy::AbTesting => self.run_ab(env).await,
+            Strategy::BlueGreen => self.run_blue_green(env).await,
+            Strategy::Canary => self.run_canary(env).await,
+        }
+    }
+
+    /// Canary strategy: step the weight, then promote at maxWeight.
+    async fn run_canary<E: Env>(&mut self, env: &mut E) {
+        let target = self.target.to_string();
+        let weight = self.status.canary_weight;
+        let max = self.analysis.max_weight;
+        if weight < max {
+            if self.analysis.spec.mirror && weight == 0 && !self.status.mirrored {
+                // The one-interval mirror pre-step.
+                self.route(0, true, false);
+                self.event(false, format!("Start traffic mirroring for {target}"));
+                return;
+            }
+            // Decision: a closed traffic gate only holds the weight; it never re-runs
+            // the pre-rollout hooks (Flagger #1248).
+            if !self.status.mirrored && self.status.phase == Phase::Progressing {
+                if let Err(hook) = self.gate(HookKind::ConfirmTrafficIncrease, env).await {
+                    self.status.waiting_gate = Some(HookKind::ConfirmTrafficIncrease);
+                    if !self.gate_muted(HookKind::ConfirmTrafficIncrease) {
+                        self.alert(
+                            Severity::Warn,
+                            "Canary traffic increase is waiting for approval.",
+                            false,
+                        );
+                    }
+                    self.event(
+                        true,
+                        format!(
+                            "Halt {target} advancement waiting for traffic increase approval {hook}"
+                        ),
+                    );
+                    return;
+                }
+                // An approval opens one step.
+                self.status
+                    .approvals
+                    .remove(&HookKind::ConfirmTrafficIncrease);
+            }
+            self.status.waiting_gate = None;
+            let next = self.analysis.next_weight(weight);
+            self.route(next, false, false);
+            self.event(false, format!("Advance {target} canary weight {next}"));
+            return;
+        }
+        self.confirm_promotion_then_promote(env).await;
+    }
+
+    /// A/B: matched requests go to the canary for `iterations` ticks.
+    async fn run_ab<E: Env>(&mut self, env: &mut E) {
+        let n = self.analysis.iterations;
+        if self.status.iterations < n {
+            self.route(0, false, true);
+            self.status.iterations += 1;
+            let i = self.status.iterations;
+            self.event(
+                false,
+                format!("Advance {} canary iteration {i}/{n}", self.target),
+            );
+            return;
+        }
+        self.confirm_promotion_then_promote(env).await;
+    }
+
+    /// Blue/green (optionally mirrored): iterations on the side, then all traffic to the
+    /// canary for one more analysed tick, then promotion.
+    async fn run_blue_green<E: Env>(&mut self, env: &mut E) {
+        let n = self.analysis.iterations;
+        let target = self.target.to_string();
+        if self.status.iterations < n {
+            if self.analysis.spec.mirror {
+                if !self.status.mirrored {
+                    self.event(false, format!("Start traffic mirroring for {target}"));
+                }
+                self.route(0, true, false);
+            }
+            self.status.iterations += 1;
+            let i = self.status.iterations;
+            self.event(false, format!("Advance {target} canary iteration {i}/{n}"));
+            return;
+        }
+        if self.status.iterations == n {
+            if !self.confirm_promotion(env).await {
+                return;
+            }
+            let text = if self.analysis.spec.mirror {
+                "Stop traffic mirroring and route all traffic to canary"
+            } else {
+                "Routing all traffic to canary"
+            };
+            self.event(false, text.to_string());
+            self.route(100, false, false);
+            self.status.iterations = n + 1;
+            return;
+        }
+        self.promote_now();
+    }
+
+    /// Flagger's confirm-promotion gate. Decision: the status keeps reporting the weight
+    /// actually routed while waiting (Flagger zeroes it).
+    async fn confirm_promotion<E: Env>(&mut self, env: &mut E) -> bool {
+        match self.gate(HookKind::ConfirmPromotion, env).await {
+            Ok(()) => {
+                self.status.waiting_gate = None;
+                true
+            }
+            Err(hook) => {
+                if self.status.phase != Phase::WaitingPromotion {
+                    self.set_phase(Phase::WaitingPromotion);
+                    if !self.gate_muted(HookKind::ConfirmPromotion) {
+                        self.alert(
+                            Severity::Warn,
+                            "Canary promotion is waiting for approval.",
+                            false,
+                        );
+                    }
+                }
+                self.status.waiting_gate = Some(HookKind::ConfirmPromotion);
+                self.event(
+                    true,
+                    format!(
+                        "Halt {} advancement waiting for promotion approval {hook}",
+                        self.target
+                    ),
+                );
+                false
+            }
+        }
+    }
+
+    async fn confirm_promotion_then_promote<E: Env>(&mut self, env: &mut E) {
+        if self.confirm_promotion(env).await {
+            self.promote_now();
+        }
+    }
+
+    /// Copies the canary to the primary and enters Promoting; traffic stays as it is
+    /// until the next tick.
+    fn promote_now(&mut self) {
+        let t = self.target;
+        self.event(
+            false,
+            format!(
+                "Copying {}.{} template spec to {}-primary.{}",
+                t.name, t.namespace, t.name, t.namespace
+            ),
+        );
+        self.actions.push(Action::Promote);
+        self.status.waiting_gate = None;
+        self.set_phase(Phase::Promoting);
+    }
+
+    /// Promoting: all traffic back to the (now promoted) primary, at once or by
+    /// stepWeightPromotion. A/B and mirrored runs move back in one step.
+    fn promotion_traffic_shift(&mut self) {
+        let step = self.analysis.step_weight_promotion;
+        let weight = self.status.canary_weight;
+        if step == 0 || self.status.ab_routed || weight == 0 {
+            self.event(false, "Routing all traffic to primary".into());
+            self.route(0, false, false);
+            self.set_phase(Phase::Finalising);
+            return;
+        }
+        let primary = (100 - weight + step).min(100);
+        let canary = 100 - primary;
+        self.route(canary, false, false);
+        self.event(
+            false,
+            format!("Advance {} primary weight {primary}", self.target),
+        );
+        if canary == 0 {
+            self.set_phase(Phase::Finalising);
+        }
+    }
+
+    /// Sends all traffic back to the primary and marks the run failed.
+    async fn rollback<E: Env>(&mut self, env: &mut E) {
+        self.route(0, false, false);
+        self.event(true, format!("Canary failed! Scaling down {}", self.target));
+        self.set_phase(Phase::Failed);
+        self.status.failed_checks = 0;
+        self.status.iterations = 0;
+        self.status.waiting_gate = None;
+        self.status.inconclusive_since_ms = None;
+        self.actions.push(Action::Finished {
+            promoted: false,
+            skipped: false,
+        });
+        let _ = env.hooks(HookKind::PostRollout, Phase::Failed).await;
+    }
+
+    /// The fast-fail guard fired: roll back at once, without waiting for the tick.
+    pub async fn fast_fail<E: Env>(&mut self, reason: &str, env: &mut E) {
+        if !self.status.phase.is_analysing() || self.status.paused {
+            return;
+        }
+        self.event(
+            true,
+            format!("Rolling back {} fast-fail: {reason}", self.target),
+        );
+        self.alert(Severity::Error, format!("Fast-fail: {reason}"), false);
+        self.rollback(env).await;
+    }
+
+    /// `weir ctl abort` (or a denied gate): roll back now.
+    pub async fn abort<E: Env>(&mut self, why: &str, env: &mut E) -> Result<(), String> {
+        if !self.status.phase.is_active() || self.status.phase == Phase::Finalising {
+            return Err(format!(
+                "{} is {}: there is no rollout to abort",
+                self.target,
+                self.status.phase.name()
+            ));
+        }
+        if self.status.phase == Phase::Promoting {
+            return Err(format!(
+                "{} is Promoting: the canary is already the primary",
+                self.target
+            ));
+        }
+        self.event(true, format!("Rolling back {} {why}", self.target));
+        self.alert(Severity::Warn, format!("Rolling back {why}"), false);
+        self.rollback(env).await;
+        Ok(())
+    }
+
+    /// `weir ctl promote`: skip the rest of the analysis.
+    pub fn promote(&mut self) -> Result<(), String> {
+        if !matches!(
+            self.status.phase,
+            Phase::Progressing | Phase::WaitingPromotion | Phase::Waiting
+        ) {
+            return Err(format!(
+                "{} is {}: only a rollout in Waiting, Progressing or WaitingPromotion can be promoted",
+                self.target,
+                self.status.phase.name()
+            ));
+        }
+        self.status.paused = false;
+        self.promote_now();
+        Ok(())
+    }
+
+    /// `weir ctl set-weight`: move the canary's weight by hand during the analysis.
+    pub fn set_weight(&mut self, weight: u32) -> Result<(), String> {
+        if weight > 100 {
+            return Err(format!("canary weight {weight} is above 100"));
+        }
+        if !self.status.phase.is_analysing() {
+            return Err(format!(
+                "{} is {}: weights can be set during Progressing or WaitingPromotion",
+                self.target,
+                self.status.phase.name()
+            ));
+        }
+        self.route(weight, false, self.status.ab_routed);
+        self.event(
+            false,
+            format!(
+                "Advance {} canary weight {weight} (set by hand)",
+                self.target
+            ),
+        );
+        Ok(())
+    }
+}
+
+impl Phase {
+    /// The phase Flagger sends in a hook's payload: Progressing for the analysis hooks,
+    /// the current phase for confirm-rollout and rollback.
+    fn payload_phase(kind: HookKind, current: Phase) -> Phase {
+        match kind {
+            HookKind::ConfirmRollout | HookKind::Rollback => current,
+            _ => Phase::Progressing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

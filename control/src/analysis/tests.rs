@@ -1,0 +1,618 @@
+//! The state machine against Flagger's behaviours, with a fake clock and scripted hooks
+//! and checks.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::*;
+use crate::checks::{CheckResult, Verdict};
+use crate::spec;
+
+/// Scripted world: hook outcomes per kind (default: pass) and check verdicts.
+#[derive(Default)]
+struct Fake {
+    hooks: HashMap<HookKind, VecDeque<HookOutcome>>,
+    calls: Vec<(HookKind, Phase)>,
+    verdicts: VecDeque<Verdict>,
+    default_verdict: Option<Verdict>,
+}
+
+impl Env for Fake {
+    async fn hooks(&mut self, kind: HookKind, phase: Phase) -> HookOutcome {
+        self.calls.push((kind, phase));
+        self.hooks
+            .get_mut(&kind)
+            .and_then(|q| {
+                if q.len() > 1 {
+                    q.pop_front()
+                } else {
+                    q.front().cloned()
+                }
+            })
+            .unwrap_or(HookOutcome::Passed)
+    }
+
+    async fn checks(&mut self) -> Vec<CheckResult> {
+        let verdict = self
+            .verdicts
+            .pop_front()
+            .or(self.default_verdict)
+            .unwrap_or(Verdict::Pass);
+        vec![CheckResult {
+            name: "request-success-rate".into(),
+            verdict,
+            value: Some(if verdict == Verdict::Fail {
+                50.0
+            } else {
+                100.0
+            }),
+            threshold: "min 99".into(),
+            detail: match verdict {
+                Verdict::Fail => "success rate 50.00% < 99%".into(),
+                Verdict::Inconclusive => "3 requests < minRequests 20".into(),
+                Verdict::Pass => "success rate 100.00%".into(),
+            },
+        }]
+    }
+}
+
+fn failed(hook: &str) -> HookOutcome {
+    HookOutcome::Failed {
+        hook: hook.into(),
+        error: "closed".into(),
+    }
+}
+
+struct Rollout {
+    target: Target,
+    analysis: Analysis,
+    status: Status,
+    env: Fake,
+    input: Input,
+    actions: Vec<Action>,
+}
+
+impl Rollout {
+    fn new(yaml: &str) -> Rollout {
+        let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
+        let analysis = spec::parse(&v, "analysis", &[]).expect("valid analysis");
+        Rollout {
+            target: Target {
+                name: "podinfo".into(),
+                namespace: "test".into(),
+            },
+            analysis,
+            status: Status::default(),
+            env: Fake::default(),
+            input: Input {
+                canary_revision: Some("1.0.0".into()),
+                primary_revision: Some("1.0.0".into()),
+                now_ms: 1_000_000,
+            },
+            actions: Vec::new(),
+        }
+    }
+
+    /// Initializes and starts a run of revision 2.0.0 (the detection tick).
+    fn started(yaml: &str) -> Rollout {
+        let mut r = Rollout::new(yaml);
+        r.tick();
+        assert_eq!(r.status.phase, Phase::Initialized);
+        r.input.canary_revision = Some("2.0.0".into());
+        r.tick();
+        assert_eq!(r.status.phase, Phase::Progressing);
+        r
+    }
+
+    fn tick(&mut self) -> Vec<Action> {
+        self.input.now_ms += self.analysis.interval.as_millis() as u64;
+        let mut m = Machine::new(
+            &self.target,
+            &self.analysis,
+            &mut self.status,
+            self.input.now_ms,
+        );
+        block_on(m.tick(&self.input, &mut self.env));
+        let actions = m.actions;
+        self.actions.extend(actions.clone());
+        actions
+    }
+
+    /// (phase, weight) after each of `n` ticks.
+    fn run(&mut self, n: usize) -> Vec<(Phase, u32)> {
+        (0..n)
+            .map(|_| {
+                self.tick();
+                (self.status.phase, self.status.canary_weight)
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn alerts(&self) -> Vec<(Severity, String)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Alert {
+                    severity, message, ..
+                } => Some((*severity, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+use Phase::*;
+
+#[test]
+fn step_weight_sequence_runs_to_promotion() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\nmaxWeight: 30\nstepWeight: 10\n");
+    let seen = r.run(7);
+    assert_eq!(
+        seen,
+        [
+            (Progressing, 10),
+            (Progressing, 20),
+            (Progressing, 30),
+            (Promoting, 30),
+            (Finalising, 0),
+            (Succeeded, 0),
+            (Succeeded, 0),
+        ]
+    );
+    let events = r.events();
+    for want in [
+        "Initialization done! podinfo.test",
+        "New revision detected! Scaling up podinfo.test",
+        "Starting canary analysis for podinfo.test",
+        "Advance podinfo.test canary weight 10",
+        "Advance podinfo.test canary weight 30",
+        "Copying podinfo.test template spec to podinfo-primary.test",
+        "Routing all traffic to primary",
+        "Promotion completed! Scaling down podinfo.test",
+    ] {
+        assert!(
+            events.iter().any(|e| e == want),
+            "missing {want:?} in {events:#?}"
+        );
+    }
+    assert!(r.actions.contains(&Action::Promote));
+    assert_eq!(r.status.last_promoted.as_deref(), Some("2.0.0"));
+    assert!(r
+        .env
+        .calls
+        .contains(&(HookKind::PostRollout, Phase::Succeeded)));
+}
+
+#[test]
+fn last_step_is_capped_at_max_weight() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\nmaxWeight: 50\nstepWeight: 20\n");
+    let weights: Vec<u32> = r.run(4).iter().map(|(_, w)| *w).collect();
+    assert_eq!(weights, [20, 40, 50, 50], "never 60 as in Flagger");
+    assert_eq!(r.status.phase, Promoting);
+}
+
+#[test]
+fn step_weights_sequence() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\nstepWeights: [1, 2, 10, 80]\n");
+    let seen = r.run(5);
+    assert_eq!(
+        seen,
+        [
+            (Progressing, 1),
+            (Progressing, 2),
+            (Progressing, 10),
+            (Progressing, 80),
+            (Promoting, 80)
+        ]
+    );
+}
+
+#[test]
+fn bad_canary_rolls_back_on_the_tick_after_the_threshold() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 3\nmaxWeight: 50\nstepWeight: 5\n");
+    r.env.default_verdict = Some(Verdict::Fail);
+    let seen = r.run(5);
+    // weight 5 set, then three failing checks, then rollback on the next tick.
+    assert_eq!(
+        seen,
+        [
+            (Progressing, 5),
+            (Progressing, 5),
+            (Progressing, 5),
+            (Progressing, 5),
+            (Failed, 0)
+        ]
+    );
+    let events = r.events();
+    assert!(events.contains(&"Halt podinfo.test advancement success rate 50.00% < 99%".to_string()));
+    assert!(
+        events.contains(&"Rolling back podinfo.test failed checks threshold reached 3".to_string())
+    );
+    assert!(events.contains(&"Canary failed! Scaling down podinfo.test".to_string()));
+    assert!(r
+        .alerts()
+        .contains(&(Severity::Error, "Failed checks threshold reached 3".into())));
+    assert!(r
+        .env
+        .calls
+        .contains(&(HookKind::PostRollout, Phase::Failed)));
+    // Failed stays failed: the same revision does not start again by itself.
+    assert_eq!(r.run(2), [(Failed, 0), (Failed, 0)]);
+}
+
+#[test]
+fn failed_checks_are_cumulative_not_consecutive() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\nmaxWeight: 50\nstepWeight: 10\n");
+    r.tick(); // weight 10
+    r.env.verdicts = [Verdict::Fail, Verdict::Pass, Verdict::Fail].into();
+    r.run(3);
+    assert_eq!(
+        r.status.failed_checks, 2,
+        "a pass in between resets nothing"
+    );
+    assert_eq!(r.status.canary_weight, 20);
+    r.tick();
+    assert_eq!(r.status.phase, Failed);
+}
+
+#[test]
+fn at_most_one_failed_check_per_tick() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 5\nmaxWeight: 50\nstepWeight: 10\n");
+    r.tick();
+    r.env
+        .hooks
+        .insert(HookKind::Rollout, [failed("load-test")].into());
+    r.env.default_verdict = Some(Verdict::Fail);
+    r.tick();
+    assert_eq!(r.status.failed_checks, 1);
+    assert!(r.events().contains(
+        &"Halt podinfo.test advancement external check load-test failed closed".to_string()
+    ));
+}
+
+#[test]
+fn mirror_pre_step_then_weights() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\nmaxWeight: 20\nstepWeight: 10\nmirror: true\n",
+    );
+    let a = r.tick();
+    assert!(a.contains(&Action::Route {
+        canary_weight: 0,
+        mirror: true,
+        ab: false
+    }));
+    let a = r.tick();
+    assert!(a.contains(&Action::Route {
+        canary_weight: 10,
+        mirror: false,
+        ab: false
+    }));
+    assert!(!r.status.mirrored);
+}
+
+#[test]
+fn blue_green_phases() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\niterations: 1\n");
+    let seen = r.run(5);
+    assert_eq!(
+        seen,
+        [
+            (Progressing, 0),
+            (Progressing, 100),
+            (Promoting, 100),
+            (Finalising, 0),
+            (Succeeded, 0)
+        ]
+    );
+    let events = r.events();
+    assert!(events.contains(&"Advance podinfo.test canary iteration 1/1".to_string()));
+    assert!(events.contains(&"Routing all traffic to canary".to_string()));
+}
+
+#[test]
+fn blue_green_with_mirroring_mirrors_each_iteration() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 2\niterations: 2\nmirror: true\n");
+    r.run(2);
+    assert!(r.status.mirrored);
+    assert_eq!(r.status.canary_weight, 0);
+    r.tick();
+    assert!(!r.status.mirrored);
+    assert_eq!(r.status.canary_weight, 100);
+    assert!(r
+        .events()
+        .contains(&"Stop traffic mirroring and route all traffic to canary".to_string()));
+}
+
+#[test]
+fn ab_testing_runs_iterations_on_matched_traffic() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\niterations: 3\nmatch:\n- headers:\n    x-canary: {exact: insider}\n",
+    );
+    let seen = r.run(4);
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [Progressing, Progressing, Progressing, Promoting]
+    );
+    assert!(r.actions.contains(&Action::Route {
+        canary_weight: 0,
+        mirror: false,
+        ab: true
+    }));
+    assert!(r
+        .events()
+        .contains(&"Advance podinfo.test canary iteration 3/3".to_string()));
+    r.tick();
+    assert!(
+        !r.status.ab_routed,
+        "promotion sends matched users back to the primary"
+    );
+    assert_eq!(r.status.phase, Finalising);
+}
+
+#[test]
+fn progressive_promotion() {
+    let mut r =
+        Rollout::started("interval: 10s\nthreshold: 2\nstepWeight: 100\nstepWeightPromotion: 50\n");
+    let seen = r.run(5);
+    assert_eq!(
+        seen,
+        [
+            (Progressing, 100),
+            (Promoting, 100),
+            (Promoting, 50),
+            (Finalising, 0),
+            (Succeeded, 0)
+        ]
+    );
+    assert!(r
+        .events()
+        .contains(&"Advance podinfo.test primary weight 50".to_string()));
+}
+
+#[test]
+fn new_revision_mid_analysis_restarts() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 3\nmaxWeight: 50\nstepWeight: 10\n");
+    r.tick();
+    r.env.verdicts = [Verdict::Fail].into();
+    r.tick();
+    assert_eq!((r.status.canary_weight, r.status.failed_checks), (10, 1));
+    r.input.canary_revision = Some("3.0.0".into());
+    r.tick();
+    assert_eq!(r.status.phase, Progressing);
+    assert_eq!((r.status.canary_weight, r.status.failed_checks), (0, 0));
+    assert_eq!(r.status.last_applied.as_deref(), Some("3.0.0"));
+    assert!(r
+        .events()
+        .contains(&"New revision detected! Restarting analysis for podinfo.test".to_string()));
+    r.tick();
+    assert!(
+        r.events()
+            .iter()
+            .filter(|e| e.starts_with("Starting canary analysis"))
+            .count()
+            == 2
+    );
+}
+
+#[test]
+fn confirm_rollout_gate_waits_then_starts_when_approved() {
+    let mut r = Rollout::new(
+        "interval: 10s\nthreshold: 2\nstepWeight: 10\nwebhooks:\n- name: gate\n  type: confirm-rollout\n",
+    );
+    r.tick();
+    r.input.canary_revision = Some("2.0.0".into());
+    r.run(3);
+    assert_eq!(r.status.phase, Waiting);
+    assert_eq!(r.status.waiting_gate, Some(HookKind::ConfirmRollout));
+    let waits = r
+        .alerts()
+        .iter()
+        .filter(|a| a.1 == "Canary is waiting for approval.")
+        .count();
+    assert_eq!(waits, 1, "the alert goes once, on entering Waiting");
+    r.status.approvals.insert(HookKind::ConfirmRollout);
+    r.tick();
+    assert_eq!(r.status.phase, Progressing);
+}
+
+#[test]
+fn closed_traffic_gate_holds_weight_without_rerunning_pre_rollout() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\nmaxWeight: 50\nstepWeight: 10\nwebhooks:\n- name: pre\n  type: pre-rollout\n  url: http://127.0.0.1:1/\n- name: step\n  type: confirm-traffic-increase\n  url: http://127.0.0.1:1/\n",
+    );
+    r.env
+        .hooks
+        .insert(HookKind::ConfirmTrafficIncrease, [failed("step")].into());
+    r.run(3);
+    assert_eq!(r.status.canary_weight, 0);
+    let pre = r
+        .env
+        .calls
+        .iter()
+        .filter(|c| c.0 == HookKind::PreRollout)
+        .count();
+    assert_eq!(
+        pre, 1,
+        "a closed gate at weight 0 does not re-run pre-rollout (Flagger #1248)"
+    );
+    r.env.hooks.insert(
+        HookKind::ConfirmTrafficIncrease,
+        [HookOutcome::Passed].into(),
+    );
+    r.tick();
+    assert_eq!(r.status.canary_weight, 10);
+    r.env
+        .hooks
+        .insert(HookKind::ConfirmTrafficIncrease, [failed("step")].into());
+    r.run(3);
+    assert_eq!(r.status.canary_weight, 10);
+    let pre_after = r
+        .env
+        .calls
+        .iter()
+        .filter(|c| c.0 == HookKind::PreRollout)
+        .count();
+    assert_eq!(pre_after, 1, "nor at weight > 0");
+    assert!(r.events().contains(
+        &"Halt podinfo.test advancement waiting for traffic increase approval step".to_string()
+    ));
+}
+
+#[test]
+fn confirm_promotion_gate_keeps_analysing_and_counts_failures() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\nmaxWeight: 10\nstepWeight: 10\nwebhooks:\n- name: promote\n  type: confirm-promotion\n",
+    );
+    r.run(2);
+    assert_eq!(
+        (r.status.phase, r.status.canary_weight),
+        (WaitingPromotion, 10)
+    );
+    r.env.default_verdict = Some(Verdict::Fail);
+    r.run(3);
+    assert_eq!(
+        r.status.phase, Failed,
+        "the threshold still applies while waiting"
+    );
+}
+
+#[test]
+fn approved_promotion_gate_promotes() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\nmaxWeight: 10\nstepWeight: 10\nwebhooks:\n- name: promote\n  type: confirm-promotion\n",
+    );
+    r.run(2);
+    r.status.approvals.insert(HookKind::ConfirmPromotion);
+    r.tick();
+    assert_eq!(r.status.phase, Promoting);
+}
+
+#[test]
+fn pre_rollout_failure_counts_and_halts() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 2\nstepWeight: 10\nwebhooks:\n- name: smoke\n  type: pre-rollout\n  url: http://127.0.0.1:1/\n",
+    );
+    r.env
+        .hooks
+        .insert(HookKind::PreRollout, [failed("smoke")].into());
+    r.run(3);
+    assert_eq!(r.status.phase, Failed);
+    assert!(r.events().contains(
+        &"Halt podinfo.test advancement pre-rollout check smoke failed closed".to_string()
+    ));
+}
+
+#[test]
+fn rollback_hook_aborts_the_run() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 5\nstepWeight: 10\n");
+    r.tick();
+    r.env
+        .hooks
+        .insert(HookKind::Rollback, [failed("rb")].into());
+    r.tick();
+    assert_eq!(r.status.phase, Failed);
+    assert!(r
+        .events()
+        .contains(&"Rolling back podinfo.test manual webhook invoked".to_string()));
+}
+
+#[test]
+fn skip_analysis_promotes_at_once() {
+    let mut r =
+        Rollout::started("interval: 10s\nthreshold: 5\nstepWeight: 10\nskipAnalysis: true\n");
+    r.tick();
+    assert_eq!(r.status.phase, Succeeded);
+    assert!(r.actions.contains(&Action::Finished {
+        promoted: true,
+        skipped: true
+    }));
+    assert!(r.events().contains(
+        &"Promotion completed! Canary analysis was skipped for podinfo.test".to_string()
+    ));
+}
+
+#[test]
+fn inconclusive_holds_without_failing_until_the_deadline() {
+    let mut r = Rollout::started(
+        "interval: 10s\nthreshold: 1\nmaxWeight: 50\nstepWeight: 10\nprogressDeadlineSeconds: 60\n",
+    );
+    r.tick();
+    r.env.default_verdict = Some(Verdict::Inconclusive);
+    r.run(6);
+    assert_eq!(
+        (
+            r.status.phase,
+            r.status.canary_weight,
+            r.status.failed_checks
+        ),
+        (Progressing, 10, 0)
+    );
+    r.tick();
+    assert_eq!(r.status.phase, Failed);
+    assert!(r.events().iter().any(|e| e.starts_with(
+        "Rolling back podinfo.test progress deadline exceeded: no conclusive measurements for 60s"
+    )));
+}
+
+#[test]
+fn rolled_back_revision_needs_a_retry_and_the_primary_revision_never_starts() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 1\nstepWeight: 10\n");
+    r.env.default_verdict = Some(Verdict::Fail);
+    r.run(3);
+    assert_eq!(r.status.phase, Failed);
+    r.run(2);
+    assert_eq!(r.status.phase, Failed);
+    // Retry: forget the applied revision.
+    r.status.last_applied = None;
+    r.env.default_verdict = None;
+    r.tick();
+    assert_eq!(r.status.phase, Progressing);
+    // The primary's own revision is not a new canary.
+    let mut r = Rollout::new("interval: 10s\nthreshold: 1\nstepWeight: 10\n");
+    r.run(3);
+    assert_eq!(r.status.phase, Initialized);
+}
+
+#[test]
+fn fast_fail_rolls_back_between_ticks() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 5\nstepWeight: 10\n");
+    r.tick();
+    let mut m = Machine::new(&r.target, &r.analysis, &mut r.status, 0);
+    block_on(m.fast_fail("canary 5xx 20/20", &mut r.env));
+    assert_eq!(r.status.phase, Failed);
+    assert_eq!(r.status.canary_weight, 0);
+}
+
+#[test]
+fn suspend_and_pause_freeze_everything() {
+    let mut r = Rollout::started("interval: 10s\nthreshold: 5\nstepWeight: 10\n");
+    r.tick();
+    r.status.paused = true;
+    assert_eq!(r.run(3), [(Progressing, 10); 3]);
+    r.status.paused = false;
+    r.tick();
+    assert_eq!(r.status.canary_weight, 20);
+}
+
+#[test]
+fn status_metric_values_follow_flagger() {
+    assert_eq!(Progressing.status_value(), 0);
+    assert_eq!(Failed.status_value(), 2);
+    assert_eq!(WaitingPromotion.status_value(), 1);
+}

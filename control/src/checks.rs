@@ -1,0 +1,389 @@
+//! Metric checks over the proxy's own measurements: Flagger's built-ins, weir's relative
+//! checks against the primary, minimum sample sizes, and the fast-fail guard's exact tests.
+
+use serde::{Deserialize, Serialize};
+use weir_proxy::Window;
+
+use crate::spec::{BuiltinMetric, FastFail, Metric};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Too few samples to decide: the step holds and no failed check is counted.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// pass, fail or inconclusive.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// One check's measured value, threshold and verdict (shown in status and logs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub verdict: Verdict,
+    pub value: Option<f64>,
+    /// `min 99`, `max 500`, `min 90 max 100`.
+    pub threshold: String,
+    /// Flagger's wording of the failure (`success rate 98.82% < 99%`) or why it is
+    /// inconclusive (`3 requests < minRequests 20`).
+    pub detail: String,
+}
+
+/// Request and 5xx counts of one version over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl Counts {
+    /// The counts of a window.
+    pub fn of(w: &Window) -> Counts {
+        Counts {
+            requests: w.requests(),
+            errors: w.errors_5xx(),
+        }
+    }
+
+    fn rate(self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// Formats milliseconds as Go's `time.Duration` prints them (`1.515s`, `250ms`), as
+/// Flagger's messages do.
+pub fn go_duration(ms: f64) -> String {
+    if ms >= 1000.0 {
+        let s = format!("{:.3}", ms / 1000.0);
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        let s = format!("{ms:.3}");
+        format!("{}ms", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+fn threshold_text(m: &Metric) -> String {
+    match (m.min, m.max) {
+        (Some(lo), Some(hi)) => format!("min {lo} max {hi}"),
+        (Some(lo), None) => format!("min {lo}"),
+        (None, Some(hi)) => format!("max {hi}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Evaluates one metric on the canary's window (and the primary's, for relative checks).
+pub fn evaluate(m: &Metric, canary: &Window, primary: Option<&Window>) -> CheckResult {
+    let c = Counts::of(canary);
+    let result = |verdict, value: Option<f64>, detail: String| CheckResult {
+        name: m.name.clone(),
+        verdict,
+        value,
+        threshold: threshold_text(m),
+        detail,
+    };
+    let too_few = |who: &str, n: u64| {
+        result(
+            Verdict::Inconclusive,
+            None,
+            format!("{who}{n} requests < minRequests {}", m.min_requests),
+        )
+    };
+    let range = |value: f64, show: &dyn Fn(f64) -> String| -> (Verdict, String) {
+        if let Some(lo) = m.min.filter(|lo| value < *lo) {
+            return (Verdict::Fail, format!("{} < {}", show(value), show(lo)));
+        }
+        if let Some(hi) = m.max.filter(|hi| value > *hi) {
+            return (Verdict::Fail, format!("{} > {}", show(value), show(hi)));
+        }
+        (Verdict::Pass, show(value))
+    };
+    match m.kind {
+        BuiltinMetric::SuccessRate => {
+            if c.requests < m.min_requests {
+                return too_few("", c.requests);
+            }
+            let value = 100.0 * (c.requests - c.errors) as f64 / c.requests as f64;
+            let (verdict, text) = match (m.min, m.max) {
+                (Some(lo), _) if value < lo => {
+                    (Verdict::Fail, format!("success rate {value:.2}% < {lo}%"))
+                }
+                (_, Some(hi)) if value > hi => {
+                    (Verdict::Fail, format!("success rate {value:.2}% > {hi}%"))
+                }
+                _ => (Verdict::Pass, format!("success rate {value:.2}%")),
+            };
+            result(verdict, Some(value), text)
+        }
+        BuiltinMetric::Duration => {
+            if c.requests < m.min_requests {
+                return too_few("", c.requests);
+            }
+            // Flagger truncates the p99 to whole milliseconds.
+            let value = canary.quantile_ms(0.99).unwrap_or(0.0).trunc();
+            let (verdict, text) = range(value, &|v| go_duration(v));
+            result(verdict, Some(value), format!("request duration {text}"))
+        }
+        BuiltinMetric::DurationVsPrimary => {
+            let Some(p) = primary else {
+                return too_few("primary ", 0);
+            };
+            if c.requests < m.min_requests {
+                return too_few("canary ", c.requests);
+            }
+            let pn = p.requests();
+            if pn < m.min_requests {
+                return too_few("primary ", pn);
+            }
+            let cp = canary.quantile_ms(0.99).unwrap_or(0.0);
+            let pp = p.quantile_ms(0.99).unwrap_or(0.0).max(0.001);
+            let value = cp / pp;
+            let (verdict, text) = range(value, &|v| format!("{v:.2}"));
+            result(
+                verdict,
+                Some(value),
+                format!(
+                    "{} {text} (canary p99 {} vs primary {})",
+                    m.name,
+                    go_duration(cp),
+                    go_duration(pp)
+                ),
+            )
+        }
+        BuiltinMetric::ErrorRateVsPrimary => {
+            let Some(p) = primary else {
+                return too_few("primary ", 0);
+            };
+            let pc = Counts::of(p);
+            if c.requests < m.min_requests {
+                return too_few("canary ", c.requests);
+            }
+            if pc.requests < m.min_requests {
+                return too_few("primary ", pc.requests);
+            }
+            let value = fisher_greater(c, pc);
+            let (verdict, text) = range(value, &|v| format!("p={v:.3e}"));
+            result(
+                verdict,
+                Some(value),
+                format!(
+                    "{} {text} (canary 5xx {}/{} vs primary {}/{})",
+                    m.name, c.errors, c.requests, pc.errors, pc.requests
+                ),
+            )
+        }
+        BuiltinMetric::Count5xx => {
+            let value = c.errors as f64;
+            let (verdict, text) = range(value, &|v| format!("{v}"));
+            result(verdict, Some(value), format!("{} {text}", m.name))
+        }
+    }
+}
+
+/// ln(n!) exactly for small n, by Stirling's series above.
+fn ln_factorial(n: u64) -> f64 {
+    if n < 16 {
+        return (2..=n).map(|k| (k as f64).ln()).sum();
+    }
+    let x = n as f64;
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x * x * x)
+}
+
+fn ln_choose(n: u64, k: u64) -> f64 {
+    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
+}
+
+/// Sums `term(x)` from `start` stepping by `step` while in `lo..=hi`, stopping once the
+/// terms no longer matter (they shrink monotonically away from the mode).
+fn tail(start: u64, lo: u64, hi: u64, up: bool, term: impl Fn(u64) -> f64) -> f64 {
+    let mut sum = 0.0;
+    let mut x = start;
+    loop {
+        if x < lo || x > hi {
+            break;
+        }
+        let t = term(x);
+        sum += t;
+        if t < sum * 1e-15 || t == 0.0 && sum > 0.0 {
+            break;
+        }
+        if up {
+            x += 1;
+        } else if x == 0 {
+            break;
+        } else {
+            x -= 1;
+        }
+    }
+    sum
+}
+
+/// One-sided Fisher exact test: the probability, if both versions failed at the same
+/// rate, of the canary seeing at least its number of 5xx. Small means the canary is worse.
+pub fn fisher_greater(canary: Counts, primary: Counts) -> f64 {
+    let n = canary.requests + primary.requests;
+    let k = canary.errors + primary.errors;
+    let n1 = canary.requests;
+    let a = canary.errors;
+    if k == 0 || n1 == 0 || n == n1 {
+        return 1.0;
+    }
+    let lo = k.saturating_sub(n - n1);
+    let hi = k.min(n1);
+    let denom = ln_choose(n, n1);
+    let pmf = |x: u64| (ln_choose(k, x) + ln_choose(n - k, n1 - x) - denom).exp();
+    let mean = k as f64 * n1 as f64 / n as f64;
+    if a as f64 >= mean {
+        tail(a, lo, hi, true, pmf).min(1.0)
+    } else if a == 0 {
+        1.0
+    } else {
+        (1.0 - tail(a - 1, lo, hi, false, pmf)).clamp(0.0, 1.0)
+    }
+}
+
+/// One-sided binomial test: the probability of at least `errors` failures in `requests`
+/// at failure rate `p0`.
+pub fn binomial_greater(c: Counts, p0: f64) -> f64 {
+    if c.errors == 0 {
+        return 1.0;
+    }
+    if p0 <= 0.0 {
+        return 0.0;
+    }
+    if p0 >= 1.0 {
+        return 1.0;
+    }
+    let n = c.requests;
+    let pmf =
+        |x: u64| (ln_choose(n, x) + x as f64 * p0.ln() + (n - x) as f64 * (1.0 - p0).ln()).exp();
+    if c.errors as f64 >= n as f64 * p0 {
+        tail(c.errors, 0, n, true, pmf).min(1.0)
+    } else {
+        (1.0 - tail(c.errors - 1, 0, n, false, pmf)).clamp(0.0, 1.0)
+    }
+}
+
+/// The fast-fail guard: Some(reason) when the canary fails significantly worse than the
+/// primary (or, with too little primary traffic, than the success-rate threshold allows).
+pub fn guard(
+    ff: &FastFail,
+    canary: Counts,
+    primary: Counts,
+    allowed: Option<f64>,
+) -> Option<String> {
+    if canary.requests < ff.min_requests || canary.errors == 0 {
+        return None;
+    }
+    let pct = |c: Counts| 100.0 * c.rate();
+    if primary.requests >= ff.min_requests {
+        if canary.rate() <= primary.rate() {
+            return None;
+        }
+        let p = fisher_greater(canary, primary);
+        (p < ff.alpha).then(|| {
+            format!(
+                "canary 5xx {}/{} ({:.2}%) vs primary {}/{} ({:.2}%), p={p:.2e} < {}",
+                canary.errors,
+                canary.requests,
+                pct(canary),
+                primary.errors,
+                primary.requests,
+                pct(primary),
+                ff.alpha
+            )
+        })
+    } else {
+        let p0 = allowed?;
+        if canary.rate() <= p0 {
+            return None;
+        }
+        let p = binomial_greater(canary, p0);
+        (p < ff.alpha).then(|| {
+            format!(
+                "canary 5xx {}/{} ({:.2}%) vs {:.2}% allowed, p={p:.2e} < {}",
+                canary.errors,
+                canary.requests,
+                pct(canary),
+                100.0 * p0,
+                ff.alpha
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn counts(requests: u64, errors: u64) -> Counts {
+        Counts { requests, errors }
+    }
+
+    #[test]
+    fn fisher_matches_known_values() {
+        // Lady tasting tea: 3 of 4 vs 1 of 4, one-sided p = 17/70.
+        let p = fisher_greater(counts(4, 3), counts(4, 1));
+        assert!((p - 17.0 / 70.0).abs() < 1e-9, "{p}");
+        assert_eq!(fisher_greater(counts(100, 0), counts(100, 5)), 1.0);
+        let p = fisher_greater(counts(50, 50), counts(950, 0));
+        assert!(p < 1e-60, "{p}");
+        // Same rates: not significant.
+        let p = fisher_greater(counts(1000, 10), counts(9000, 90));
+        assert!(p > 0.3, "{p}");
+    }
+
+    #[test]
+    fn binomial_matches_known_values() {
+        // P(X >= 2 | n=10, p=0.1) = 1 - 0.9^10 - 10*0.1*0.9^9.
+        let want = 1.0 - 0.9f64.powi(10) - 0.9f64.powi(9);
+        let p = binomial_greater(counts(10, 2), 0.1);
+        assert!((p - want).abs() < 1e-9, "{p} vs {want}");
+    }
+
+    #[test]
+    fn guard_fires_only_with_enough_evidence() {
+        let ff = FastFail {
+            min_requests: 20,
+            alpha: 0.001,
+            window: Duration::from_secs(30),
+        };
+        assert!(
+            guard(&ff, counts(10, 10), counts(1000, 0), None).is_none(),
+            "too few"
+        );
+        let why = guard(&ff, counts(20, 20), counts(400, 0), None).expect("fires");
+        assert!(
+            why.starts_with("canary 5xx 20/20 (100.00%) vs primary 0/400"),
+            "{why}"
+        );
+        assert!(
+            guard(&ff, counts(100, 1), counts(1000, 10), None).is_none(),
+            "same rate"
+        );
+        assert!(guard(&ff, counts(30, 30), counts(0, 0), Some(0.01)).is_some());
+        assert!(guard(&ff, counts(30, 30), counts(0, 0), None).is_none());
+    }
+
+    #[test]
+    fn go_durations_print_like_go() {
+        assert_eq!(go_duration(1515.0), "1.515s");
+        assert_eq!(go_duration(500.0), "500ms");
+        assert_eq!(go_duration(2000.0), "2s");
+    }
+}

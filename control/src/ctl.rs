@@ -1,0 +1,362 @@
+//! `weir ctl`: the control API's command-line client.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use tonic::transport::Channel;
+use weir_protos::control as pb;
+use weir_protos::control::control_client::ControlClient;
+
+/// Options shared by every `weir ctl` command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// Address of weir's control API.
+    #[arg(long, global = true, default_value = "127.0.0.1:9090")]
+    pub control: String,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `weir ctl` commands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CtlCommand {
+    /// Rollouts as a table (like `kubectl get canary`).
+    Status {
+        /// One service; all when omitted.
+        service: Option<String>,
+    },
+    /// Live progress of one rollout: weight, per-version success rate and p99, events.
+    Watch { service: String },
+    /// Tell weir the service has a new canary revision.
+    Start {
+        service: String,
+        /// The new revision's identifier.
+        #[arg(long)]
+        revision: String,
+        /// host:port of the new revision (repeat for several); omitted keeps the canary's.
+        #[arg(long = "canary-endpoint")]
+        canary_endpoints: Vec<String>,
+        /// Block until the revision is promoted (exit 0) or rolled back (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this many seconds (exit 2).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Skip the rest of the analysis and promote.
+    Promote { service: String },
+    /// Roll the canary back now.
+    Abort { service: String },
+    /// Freeze the rollout where it is.
+    Pause { service: String },
+    /// Continue a paused rollout.
+    Resume { service: String },
+    /// Analyse again the revision that was rolled back.
+    Retry { service: String },
+    /// Set the canary's weight by hand.
+    SetWeight {
+        service: String,
+        /// Canary weight, 0-100.
+        #[arg(long)]
+        canary: u32,
+    },
+    /// Open a gate (the one the rollout waits on, or --gate).
+    Approve {
+        service: String,
+        #[arg(long, default_value = "")]
+        gate: String,
+    },
+    /// Refuse a gate: the rollout is rolled back.
+    Deny {
+        service: String,
+        #[arg(long, default_value = "")]
+        gate: String,
+    },
+}
+
+async fn connect(addr: &str) -> Result<ControlClient<Channel>, String> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| format!("--control {addr:?} is not an address: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
+    endpoint.connect().await.map(ControlClient::new).map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        format!("cannot reach weir's control API at {addr} ({msg}); is `weir run` running with `control:` set to that address?")
+    })
+}
+
+fn grpc_error(s: tonic::Status) -> String {
+    let code = match s.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid",
+        tonic::Code::FailedPrecondition => "refused",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "error",
+    };
+    format!("{code}: {}", s.message())
+}
+
+/// Runs a `weir ctl` command.
+pub async fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    match run(args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("weir ctl: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run(args: CtlArgs) -> Result<ExitCode, String> {
+    let mut client = connect(&args.control).await?;
+    let svc = |s: &str| pb::ServiceRef { service: s.into() };
+    let status = match args.command {
+        CtlCommand::Status { service } => {
+            let rollouts = match service {
+                Some(s) => vec![client
+                    .get_status(svc(&s))
+                    .await
+                    .map_err(grpc_error)?
+                    .into_inner()],
+                None => {
+                    client
+                        .list_rollouts(pb::ListRolloutsRequest {})
+                        .await
+                        .map_err(grpc_error)?
+                        .into_inner()
+                        .rollouts
+                }
+            };
+            print!("{}", table(&rollouts));
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Watch { service } => {
+            watch(&mut client, &service, None).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Start {
+            service,
+            revision,
+            canary_endpoints,
+            wait,
+            timeout,
+        } => {
+            // Subscribe first, so no transition can slip between the start and the watch.
+            let stream = if wait {
+                Some(
+                    client
+                        .watch(svc(&service))
+                        .await
+                        .map_err(grpc_error)?
+                        .into_inner(),
+                )
+            } else {
+                None
+            };
+            let s = client
+                .start_rollout(pb::StartRolloutRequest {
+                    service: service.clone(),
+                    revision: revision.clone(),
+                    canary_endpoints,
+                })
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            let Some(stream) = stream else {
+                println!("{service}: revision {revision} started ({})", s.phase);
+                return Ok(ExitCode::SUCCESS);
+            };
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(timeout),
+                follow(stream, &service, Some(&revision)),
+            )
+            .await;
+            return match outcome {
+                Err(_) => {
+                    eprintln!("weir ctl: {service}: no decision on {revision} within {timeout}s");
+                    Ok(ExitCode::from(2))
+                }
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(true)) => {
+                    println!("{service}: revision {revision} promoted");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(Ok(false)) => {
+                    println!("{service}: revision {revision} failed and was rolled back");
+                    Ok(ExitCode::FAILURE)
+                }
+            };
+        }
+        CtlCommand::Promote { service } => client.promote(svc(&service)).await,
+        CtlCommand::Abort { service } => client.abort(svc(&service)).await,
+        CtlCommand::Pause { service } => client.pause(svc(&service)).await,
+        CtlCommand::Resume { service } => client.resume(svc(&service)).await,
+        CtlCommand::Retry { service } => client.retry(svc(&service)).await,
+        CtlCommand::SetWeight { service, canary } => {
+            client
+                .set_weight(pb::SetWeightRequest {
+                    service,
+                    canary_weight: canary,
+                })
+                .await
+        }
+        CtlCommand::Approve { service, gate } => {
+            client.approve(pb::GateRequest { service, gate }).await
+        }
+        CtlCommand::Deny { service, gate } => client.deny(pb::GateRequest { service, gate }).await,
+    }
+    .map_err(grpc_error)?
+    .into_inner();
+    print!("{}", table(&[status]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `kubectl get canary` table.
+pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATUS".into(),
+        "WEIGHT".into(),
+        "FAILEDCHECKS".into(),
+        "LASTTRANSITIONTIME".into(),
+    ]];
+    for r in rollouts {
+        let status = if r.paused {
+            format!("{} (paused)", r.phase)
+        } else {
+            r.phase.clone()
+        };
+        rows.push([
+            r.service.clone(),
+            status,
+            r.canary_weight.to_string(),
+            r.failed_checks.to_string(),
+            r.last_transition_time.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn stats(v: &Option<pb::VersionStats>) -> String {
+    match v {
+        Some(v) if v.has_data => format!(
+            "{:>6} req  ok {:>7.2}%  p99 {:>7.2}ms",
+            v.requests, v.success_rate, v.p99_ms
+        ),
+        _ => "no traffic".into(),
+    }
+}
+
+/// One live line of `weir ctl watch`.
+pub fn progress_line(s: &pb::RolloutStatus) -> String {
+    let width = 20usize;
+    let filled = (s.canary_weight as usize * width).div_ceil(100).min(width);
+    let bar = "#".repeat(filled) + &".".repeat(width - filled);
+    let mut line = format!(
+        "{:<16} [{bar}] {:>3}%  primary {}  canary {}  failed {}/{}",
+        s.phase,
+        s.canary_weight,
+        stats(&s.primary),
+        stats(&s.canary),
+        s.failed_checks,
+        s.threshold
+    );
+    if s.mirrored {
+        line.push_str("  (mirroring)");
+    }
+    if s.paused {
+        line.push_str("  (paused)");
+    }
+    if !s.waiting_gate.is_empty() {
+        line.push_str(&format!("  waiting on {}", s.waiting_gate));
+    }
+    line
+}
+
+async fn watch(
+    client: &mut ControlClient<Channel>,
+    service: &str,
+    revision: Option<&str>,
+) -> Result<bool, String> {
+    let stream = client
+        .watch(pb::ServiceRef {
+            service: service.into(),
+        })
+        .await
+        .map_err(grpc_error)?
+        .into_inner();
+    follow(stream, service, revision).await
+}
+
+/// Prints events and progress; with a revision, returns once it is promoted (true) or
+/// rolled back (false).
+async fn follow(
+    mut stream: tonic::Streaming<pb::WatchEvent>,
+    service: &str,
+    revision: Option<&str>,
+) -> Result<bool, String> {
+    use pb::watch_event::Kind;
+    let mut seen_active = false;
+    let mut last_line = String::new();
+    loop {
+        let item = stream
+            .message()
+            .await
+            .map_err(grpc_error)?
+            .ok_or_else(|| format!("the control API closed the watch of {service}"))?;
+        match item.kind {
+            Some(Kind::Event(e)) => println!(
+                "{} {}",
+                if e.r#type == "Warning" {
+                    "WARN"
+                } else {
+                    "info"
+                },
+                e.message
+            ),
+            Some(Kind::Status(s)) => {
+                let line = progress_line(&s);
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+                let Some(rev) = revision else { continue };
+                let active = matches!(
+                    s.phase.as_str(),
+                    "Progressing" | "Waiting" | "WaitingPromotion" | "Promoting" | "Finalising"
+                );
+                seen_active |= active && s.canary_revision == rev;
+                if s.phase == "Succeeded" && s.primary_revision == rev {
+                    return Ok(true);
+                }
+                if s.phase == "Failed" && seen_active {
+                    return Ok(false);
+                }
+            }
+            None => {}
+        }
+    }
+}

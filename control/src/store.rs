@@ -1,0 +1,110 @@
+//! Rollout state on disk, written atomically (temporary file, fsync, rename) on every
+//! transition, so `kill -9` and a restart resume where weir stopped.
+
+use std::io::Write;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use weir_proxy::config::VersionConfig;
+
+use crate::analysis::Status;
+
+/// Everything weir needs to resume its rollouts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    pub services: IndexMap<String, Saved>,
+}
+
+/// One service's rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saved {
+    pub status: Status,
+    /// The primary's effective version (it changes on promotion).
+    pub primary: VersionConfig,
+    /// The canary's effective version (StartRollout changes it).
+    pub canary: VersionConfig,
+    /// The primary and canary as weir.yaml last said, to tell a file edit apart.
+    pub file_primary: VersionConfig,
+    pub file_canary: VersionConfig,
+    /// An analysis set over the control API, replacing the file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// Reads the state file; a missing file is an empty state.
+pub fn load(path: &Path) -> Result<State, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not a weir state file: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes the state atomically: readers see the old file or the new one, never a part.
+pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::Phase;
+
+    #[test]
+    fn state_round_trips_through_an_atomic_write() {
+        let dir = std::env::temp_dir().join(format!("weir-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("state.json");
+        assert!(load(&path).expect("missing is empty").services.is_empty());
+        let v: VersionConfig =
+            serde_json::from_value(serde_json::json!({"endpoints": ["127.0.0.1:1"]}))
+                .expect("version");
+        let mut state = State::default();
+        let status = Status {
+            phase: Phase::Progressing,
+            canary_weight: 15,
+            ..Status::default()
+        };
+        state.services.insert(
+            "podinfo".into(),
+            Saved {
+                status,
+                primary: v.clone(),
+                canary: v.clone(),
+                file_primary: v.clone(),
+                file_canary: v,
+                spec: None,
+            },
+        );
+        save(&path, &state).expect("save");
+        let back = load(&path).expect("load");
+        assert_eq!(back.services["podinfo"].status.canary_weight, 15);
+        assert!(!dir.join("state.json.tmp").exists());
+        std::fs::write(&path, b"{nope").expect("write");
+        assert!(load(&path)
+            .err()
+            .unwrap_or_default()
+            .contains("not a weir state file"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
