@@ -275,6 +275,7 @@ impl<'a> Machine<'a> {
         s.measure_from_ms = None;
         s.reverted = false;
         s.pre_rollout_passed = false;
+        s.paused = false;
     }
 
     /// A gate is open when approved over the control API, or when it has no manual
@@ -715,6 +716,7 @@ impl<'a> Machine<'a> {
         self.route(0, false, false);
         self.event(true, format!("Canary failed! Scaling down {}", self.target));
         self.set_phase(Phase::Failed);
+        self.status.paused = false;
         self.status.failed_checks = 0;
         self.status.iterations = 0;
         self.status.waiting_gate = None;

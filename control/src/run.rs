@@ -79,11 +79,11 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     // Tests and scripts read these lines to learn the ports when the config says :0.
     println!("weir: proxy listening on {}", listener.local_addr()?);
-    println!("weir: admin listening on {}", admin.local_addr()?);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let mut control_task = None;
     let reload_controller = match control {
         Some((ctl, listener)) => {
+            // Before the admin line: scripts that wait for the admin line know them all.
             println!("weir: control listening on {}", listener.local_addr()?);
             let mut rx = admin_stopped.clone();
             let api_ctl = ctl.clone();
@@ -99,6 +99,7 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    println!("weir: admin listening on {}", admin.local_addr()?);
     tracing::info!(services = cfg.services.len(), "weir started");
 
     let reloader = proxy.clone();

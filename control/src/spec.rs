@@ -741,12 +741,11 @@ pub fn validate(
                 &at,
                 "a webhook needs url or exec (only gates may have neither: they wait for `weir ctl approve`)".into(),
             ),
-            (Some(url), true) => {
+            (Some(url), true)
                 if !(url.starts_with("http://") || url.starts_with("https://"))
-                    || url.parse::<http::Uri>().is_err()
-                {
-                    err(&format!("{at}.url"), format!("{url:?} is not an http(s) URL"));
-                }
+                    || url.parse::<http::Uri>().is_err() =>
+            {
+                err(&format!("{at}.url"), format!("{url:?} is not an http(s) URL"));
             }
             _ => {}
         }

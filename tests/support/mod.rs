@@ -71,6 +71,8 @@ pub enum Behaviour {
     Body(String),
     /// Answers every request with this many bytes.
     Huge(usize),
+    /// Answers every request 200 after this many milliseconds.
+    Delay(u64),
 }
 
 impl Upstream {
@@ -177,6 +179,7 @@ async fn answer(
         Behaviour::Status(code) => ("status", code.to_string()),
         Behaviour::Huge(n) => ("download", n.to_string()),
         Behaviour::Body(b) => ("body", b.clone()),
+        Behaviour::Delay(ms) => ("slow", ms.to_string()),
         _ => (
             parts_iter.next().unwrap_or(""),
             parts_iter.next().unwrap_or("").to_string(),
@@ -250,6 +253,7 @@ pub struct Weir {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub stderr: Arc<Mutex<String>>,
+    pub control: Option<SocketAddr>,
 }
 
 impl Drop for Weir {
@@ -280,6 +284,11 @@ impl Weir {
         Weir::start_file(path)
     }
 
+    /// The gRPC control address (`control: 127.0.0.1:0` in the config).
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control.expect("the config sets control:"))
+    }
+
     pub fn start_file(path: PathBuf) -> Weir {
         let mut child = Command::new(weir_bin())
             .args(["run", "-c"])
@@ -308,6 +317,7 @@ impl Weir {
         });
         let mut proxy = None;
         let mut admin = None;
+        let mut control = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         while proxy.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -323,6 +333,9 @@ impl Weir {
             if let Some(a) = line.strip_prefix("weir: admin listening on ") {
                 admin = a.parse().ok();
             }
+            if let Some(a) = line.strip_prefix("weir: control listening on ") {
+                control = a.parse().ok();
+            }
         }
         Weir {
             child,
@@ -330,6 +343,7 @@ impl Weir {
             admin: admin.expect("admin address"),
             config_path: path,
             stderr,
+            control,
         }
     }
 
@@ -533,5 +547,127 @@ impl tower_service::Service<http::Uri> for ResolveToProxy {
                 tokio::net::TcpStream::connect(addr).await?,
             ))
         })
+    }
+}
+
+/// A loopback HTTP server that records the JSON bodies posted to it (webhooks, alerts)
+/// and answers with a settable status.
+pub struct Capture {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Capture {
+    pub async fn start() -> Capture {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind capture");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (b, st) = (bodies.clone(), status.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (b, st) = (b.clone(), st.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (b, st) = (b.clone(), st.clone());
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let v =
+                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                            b.lock().expect("lock").push(v);
+                            let mut r = Response::new(full("ok"));
+                            *r.status_mut() = StatusCode::from_u16(st.load(Ordering::SeqCst))
+                                .unwrap_or(StatusCode::OK);
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Capture {
+            addr,
+            bodies,
+            status,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().expect("lock").clone()
+    }
+}
+
+/// A bounded background load: `rps` GETs per second to `url` until dropped or `limit`.
+pub struct Load {
+    pub sent: Arc<AtomicUsize>,
+    pub failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Load {
+    pub fn start(url: String, rps: u64, limit: Duration) -> Load {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (sent.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let client = http1_client();
+            let gap = Duration::from_secs_f64(1.0 / rps.max(1) as f64);
+            let start = tokio::time::Instant::now();
+            let mut i: u32 = 0;
+            while start.elapsed() < limit {
+                tokio::time::sleep_until(start + gap * i).await;
+                i += 1;
+                let (client, url, s, f) = (client.clone(), url.clone(), s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let req = Request::get(url).body(full("")).expect("request");
+                    let ok =
+                        match tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                            .await
+                        {
+                            Ok(Ok(resp)) => {
+                                let ok = resp.status().is_success();
+                                ok && resp.into_body().collect().await.is_ok()
+                            }
+                            _ => false,
+                        };
+                    s.fetch_add(1, Ordering::SeqCst);
+                    if !ok {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Load { sent, failed, task }
     }
 }

@@ -1,0 +1,806 @@
+//! The controller end to end: the real binary, real upstreams, a real gRPC client.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use tonic::transport::Channel;
+use weir_protos::control as pb;
+use weir_protos::control::control_client::ControlClient;
+
+/// A service with an analysis; `canary` starts at the primary's endpoint and revision, so
+/// nothing rolls out until a test says so.
+fn config(primary: &Upstream, analysis: &str, extra: &str) -> String {
+    format!(
+        r#"control: 127.0.0.1:0
+{extra}
+services:
+  - name: podinfo
+    namespace: test
+    hosts: ["*"]
+    port: 9898
+    versions:
+      primary: {{ endpoints: ["{p}"], revision: "1" }}
+      canary: {{ endpoints: ["{p}"], revision: "1" }}
+    analysis:
+{analysis}
+"#,
+        p = primary.endpoint(),
+    )
+}
+
+const FAST: &str = r#"      interval: 1s
+      threshold: 2
+      maxWeight: 30
+      stepWeight: 10
+      minRequests: 10
+      metrics:
+        - name: request-success-rate
+          thresholdRange: { min: 99 }
+          interval: 2s
+        - name: request-duration
+          thresholdRange: { max: 200 }
+          interval: 2s"#;
+
+async fn client(weir: &Weir) -> ControlClient<Channel> {
+    ControlClient::connect(weir.control_url())
+        .await
+        .expect("connect to the control API")
+}
+
+async fn status(c: &mut ControlClient<Channel>) -> pb::RolloutStatus {
+    c.get_status(pb::ServiceRef {
+        service: "podinfo".into(),
+    })
+    .await
+    .expect("GetStatus")
+    .into_inner()
+}
+
+async fn wait_phase(
+    c: &mut ControlClient<Channel>,
+    phase: &str,
+    limit: Duration,
+) -> pb::RolloutStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let s = status(c).await;
+        if s.phase == phase {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for phase {phase}; status {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(
+    c: &mut ControlClient<Channel>,
+    revision: &str,
+    canary: &Upstream,
+) -> pb::RolloutStatus {
+    c.start_rollout(pb::StartRolloutRequest {
+        service: "podinfo".into(),
+        revision: revision.into(),
+        canary_endpoints: vec![canary.endpoint()],
+    })
+    .await
+    .expect("StartRollout")
+    .into_inner()
+}
+
+/// Who answers `n` plain requests (by `x-served-by`).
+async fn served_by(weir: &Weir, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let got = get(&weir.url("/"), headers).await;
+        out.push(
+            got.headers
+                .get("x-served-by")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_canary_is_promoted_and_takes_over_the_primary() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = temp_dir("promote");
+    let phases = dir.join("post-rollout.txt");
+    let analysis = format!(
+        "{FAST}\n      webhooks:\n        - name: note\n          type: post-rollout\n          exec: [\"sh\", \"-c\", \"echo $WEIR_PHASE >> {}\"]",
+        phases.display()
+    );
+    let weir = Weir::start(&config(&v1, &analysis, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
+    start(&mut c, "2", &v2).await;
+    let done = wait_phase(&mut c, "Succeeded", Duration::from_secs(40)).await;
+    assert_eq!(done.primary_revision, "2");
+    assert_eq!(done.canary_weight, 0);
+    assert!(
+        served_by(&weir, 10, &[]).await.iter().all(|s| s == "v2"),
+        "the primary now runs v2"
+    );
+    let logs = weir.logs();
+    for line in [
+        "New revision detected! Scaling up podinfo.test",
+        "Starting canary analysis for podinfo.test",
+        "Advance podinfo.test canary weight 10",
+        "Advance podinfo.test canary weight 30",
+        "Copying podinfo.test template spec to podinfo-primary.test",
+        "Promotion completed! Scaling down podinfo.test",
+    ] {
+        assert!(logs.contains(line), "missing {line:?} in logs:\n{logs}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&phases)
+            .expect("post-rollout hook ran")
+            .trim(),
+        "Succeeded"
+    );
+    let labels = [("name", "podinfo"), ("namespace", "test")];
+    assert_eq!(weir.metric("flagger_canary_status", &labels).await, 1.0);
+    assert_eq!(
+        weir.metric(
+            "flagger_canary_successes_total",
+            &[
+                ("name", "podinfo"),
+                ("deployment_strategy", "canary"),
+                ("analysis_status", "completed")
+            ]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        weir.metric("flagger_canary_weight", &[("workload", "podinfo-primary")])
+            .await,
+        100.0
+    );
+    assert!(
+        weir.metric(
+            "flagger_canary_metric_analysis",
+            &[("metric", "request-success-rate")]
+        )
+        .await
+            >= 99.0
+    );
+    assert_eq!(
+        weir.metric(
+            "weir_rollout_duration_seconds_count",
+            &[("result", "promoted")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_answering_only_5xx_is_rolled_back_within_seconds_and_alerts_fire() {
+    let v1 = Upstream::start("v1").await;
+    let bad = Upstream::start_with("bad", Behaviour::Status(500)).await;
+    let alerts = Capture::start().await;
+    let analysis = format!(
+        "{FAST}\n      alerts:\n        - name: on-call\n          severity: error\n          providerRef: {{ name: on-call }}"
+    );
+    let providers = format!(
+        "alertProviders:\n  - name: on-call\n    type: webhook\n    address: {}",
+        alerts.url()
+    );
+    let weir = Weir::start(&config(&v1, &analysis, &providers));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let load = Load::start(weir.url("/"), 200, Duration::from_secs(60));
+    start(&mut c, "2", &bad).await;
+    let failed = wait_phase(&mut c, "Failed", Duration::from_secs(20)).await;
+    assert_eq!(failed.canary_weight, 0);
+    let failed_requests = load.failed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        failed_requests < 100,
+        "the fast-fail guard bounds the damage: {failed_requests} failed"
+    );
+    assert!(served_by(&weir, 10, &[]).await.iter().all(|s| s == "v1"));
+    assert!(weir
+        .logs()
+        .contains("Rolling back podinfo.test fast-fail: canary 5xx"));
+    assert!(weir
+        .logs()
+        .contains("Canary failed! Scaling down podinfo.test"));
+    assert_eq!(
+        weir.metric("flagger_canary_status", &[("name", "podinfo")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        weir.metric("flagger_canary_failures_total", &[("name", "podinfo")])
+            .await,
+        1.0
+    );
+    wait_for("the error alert", Duration::from_secs(5), || async {
+        alerts.bodies().iter().any(|b| {
+            b["severity"] == "error"
+                && b["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Fast-fail: canary 5xx")
+        })
+    })
+    .await;
+    assert!(
+        alerts.bodies().iter().all(|b| b["severity"] == "error"),
+        "an error-severity alert gets no info messages: {:?}",
+        alerts.bodies()
+    );
+    // Starting the same revision again needs an explicit retry.
+    let again = c
+        .start_rollout(pb::StartRolloutRequest {
+            service: "podinfo".into(),
+            revision: "2".into(),
+            canary_endpoints: vec![],
+        })
+        .await
+        .expect_err("the rolled-back revision is refused");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        again.message().contains("weir ctl retry podinfo"),
+        "{}",
+        again.message()
+    );
+    c.retry(pb::ServiceRef {
+        service: "podinfo".into(),
+    })
+    .await
+    .expect("retry");
+    wait_for("the retried run", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.phase == "Progressing" }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_canary_is_rolled_back_on_request_duration() {
+    let v1 = Upstream::start("v1").await;
+    let slow = Upstream::start_with("slow", Behaviour::Delay(400)).await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let _load = Load::start(weir.url("/"), 150, Duration::from_secs(60));
+    start(&mut c, "2", &slow).await;
+    wait_phase(&mut c, "Failed", Duration::from_secs(30)).await;
+    let logs = weir.logs();
+    assert!(
+        logs.contains("Halt podinfo.test advancement request duration 4"),
+        "{logs}"
+    );
+    assert!(logs.contains("Rolling back podinfo.test failed checks threshold reached 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ab_test_sends_only_matching_users_to_the_canary() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let analysis = r#"      interval: 1s
+      threshold: 2
+      iterations: 4
+      minRequests: 5
+      match:
+        - headers:
+            x-canary: { exact: insider }
+      metrics:
+        - name: request-success-rate
+          thresholdRange: { min: 99 }
+          interval: 2s
+      webhooks:
+        - name: hold
+          type: confirm-promotion"#;
+    let weir = Weir::start(&config(&v1, analysis, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    start(&mut c, "2", &v2).await;
+    // Keep the insiders' traffic flowing so the checks have samples.
+    let feeder = tokio::spawn({
+        let url = weir.url("/");
+        async move {
+            for _ in 0..2000 {
+                let _ = get(&url, &[("x-canary", "insider")]).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    wait_for("the A/B routes", Duration::from_secs(15), || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.iterations >= 1 }
+    })
+    .await;
+    let plain = served_by(&weir, 20, &[]).await;
+    assert!(plain.iter().all(|s| s == "v1"), "{plain:?}");
+    let matched = served_by(&weir, 20, &[("x-canary", "insider")]).await;
+    assert!(matched.iter().all(|s| s == "v2"), "{matched:?}");
+    let waiting = wait_phase(&mut c, "WaitingPromotion", Duration::from_secs(20)).await;
+    assert_eq!(waiting.waiting_gate, "confirm-promotion");
+    c.approve(pb::GateRequest {
+        service: "podinfo".into(),
+        gate: String::new(),
+    })
+    .await
+    .expect("approve");
+    wait_phase(&mut c, "Succeeded", Duration::from_secs(15)).await;
+    feeder.abort();
+    assert!(served_by(&weir, 10, &[]).await.iter().all(|s| s == "v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_abort_promote_and_clear_refusals() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let slow = FAST.replace("interval: 1s", "interval: 2s");
+    let weir = Weir::start(&config(&v1, &slow, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    // Bad requests change nothing.
+    let err = c
+        .get_status(pb::ServiceRef {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("unknown service \"nope\""));
+    let err = c
+        .start_rollout(pb::StartRolloutRequest {
+            service: "podinfo".into(),
+            revision: "2".into(),
+            canary_endpoints: vec!["not an address".into()],
+        })
+        .await
+        .expect_err("bad endpoint");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("endpoints"), "{}", err.message());
+    assert_eq!(status(&mut c).await.canary_revision, "1", "nothing changed");
+    let err = c
+        .apply_spec(pb::ApplySpecRequest {
+            service: "podinfo".into(),
+            spec: Some(pb::apply_spec_request::Spec::Text(
+                "interval: 1s\nthreshold: 1\nstepWeight: 5\niterations: 3\n".into(),
+            )),
+        })
+        .await
+        .expect_err("two progression modes");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err
+        .message()
+        .contains("exactly one of stepWeight, stepWeights or iterations"));
+    let err = c
+        .resume(pb::ServiceRef {
+            service: "podinfo".into(),
+        })
+        .await
+        .expect_err("not paused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Abort mid-rollout.
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
+    start(&mut c, "2", &v2).await;
+    wait_for("weight 10", Duration::from_secs(15), || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.canary_weight >= 10 }
+    })
+    .await;
+    c.pause(pb::ServiceRef {
+        service: "podinfo".into(),
+    })
+    .await
+    .expect("pause");
+    let set = c
+        .set_weight(pb::SetWeightRequest {
+            service: "podinfo".into(),
+            canary_weight: 25,
+        })
+        .await
+        .expect("set weight")
+        .into_inner();
+    assert_eq!(set.canary_weight, 25);
+    let config_json: serde_json::Value =
+        serde_json::from_str(&get_text(&weir.admin_url("/config")).await).expect("json");
+    assert!(
+        config_json.to_string().contains("\"canary\":25"),
+        "{config_json}"
+    );
+    let aborted = c
+        .abort(pb::ServiceRef {
+            service: "podinfo".into(),
+        })
+        .await
+        .expect("abort")
+        .into_inner();
+    assert_eq!(
+        (aborted.phase.as_str(), aborted.canary_weight),
+        ("Failed", 0)
+    );
+    assert!(weir
+        .logs()
+        .contains("Rolling back podinfo.test manual abort"));
+
+    // Promote skips the rest.
+    start(&mut c, "3", &v2).await;
+    wait_phase(&mut c, "Progressing", Duration::from_secs(10)).await;
+    let promoted = c
+        .promote(pb::ServiceRef {
+            service: "podinfo".into(),
+        })
+        .await
+        .expect("promote")
+        .into_inner();
+    assert_eq!(promoted.phase, "Promoting");
+    let done = wait_phase(&mut c, "Succeeded", Duration::from_secs(15)).await;
+    assert_eq!(done.primary_revision, "3");
+    let err = c
+        .abort(pb::ServiceRef {
+            service: "podinfo".into(),
+        })
+        .await
+        .expect_err("nothing to abort");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_resumes_at_the_same_step() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = temp_dir("resume");
+    let state = dir.join("state.json");
+    let analysis = FAST
+        .replace("interval: 1s", "interval: 2s")
+        .replace("maxWeight: 30", "maxWeight: 60");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
+        config(&v1, &analysis, &format!("state: {}", state.display()))
+    );
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let mut weir = Weir::start_file(path.clone());
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
+    start(&mut c, "2", &v2).await;
+    wait_for("weight 20", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.canary_weight >= 20 }
+    })
+    .await;
+    weir.signal("KILL");
+    let _ = weir.child.wait();
+    drop(load);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("json");
+    let weight = saved["services"]["podinfo"]["status"]["canary_weight"]
+        .as_u64()
+        .expect("saved weight");
+    assert_eq!(
+        saved["services"]["podinfo"]["status"]["phase"],
+        "Progressing"
+    );
+    assert!(weight >= 20);
+
+    let weir = Weir::start_file(path);
+    let mut c = client(&weir).await;
+    let resumed = status(&mut c).await;
+    assert_eq!(resumed.phase, "Progressing");
+    assert_eq!(u64::from(resumed.canary_weight), weight, "same step");
+    assert_eq!(
+        resumed.canary_revision, "2",
+        "the StartRollout endpoints survive"
+    );
+    let shares = served_by(&weir, 60, &[]).await;
+    assert!(
+        shares.iter().any(|s| s == "v2"),
+        "the canary is routed at once: {shares:?}"
+    );
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
+    let done = wait_phase(&mut c, "Succeeded", Duration::from_secs(40)).await;
+    assert_eq!(done.primary_revision, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_on_restart_sends_traffic_back_to_the_primary() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = temp_dir("revert");
+    let state = dir.join("state.json");
+    let analysis = format!(
+        "{}\n      revertOnRestart: true",
+        FAST.replace("maxWeight: 30", "maxWeight: 90")
+    );
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
+        config(&v1, &analysis, &format!("state: {}", state.display()))
+    );
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let mut weir = Weir::start_file(path.clone());
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(30));
+    start(&mut c, "2", &v2).await;
+    wait_for("weight 10", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.canary_weight >= 10 }
+    })
+    .await;
+    weir.signal("KILL");
+    let _ = weir.child.wait();
+    let weir = Weir::start_file(path);
+    let mut c = client(&weir).await;
+    let s = status(&mut c).await;
+    assert_eq!((s.phase.as_str(), s.canary_weight), ("Failed", 0));
+    assert!(served_by(&weir, 30, &[]).await.iter().all(|s| s == "v1"));
+}
+
+fn ctl(weir: &Weir, args: &[&str]) -> (i32, String, String) {
+    let control = weir.control_url().trim_start_matches("http://").to_string();
+    let out = Command::new(weir_bin())
+        .arg("ctl")
+        .args(["--control", &control])
+        .args(args)
+        .output()
+        .expect("run weir ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_ctl_start_wait_exit_codes_and_status_table() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let bad = Upstream::start_with("bad", Behaviour::Status(503)).await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(90));
+    let endpoint = v2.endpoint();
+    let w = &weir;
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        ctl(
+            w,
+            &[
+                "start",
+                "podinfo",
+                "--revision",
+                "2",
+                "--canary-endpoint",
+                &endpoint,
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        )
+    });
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("Advance podinfo.test canary weight 10"),
+        "{out}"
+    );
+    assert!(out.contains("podinfo: revision 2 promoted"), "{out}");
+    let endpoint = bad.endpoint();
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        ctl(
+            w,
+            &[
+                "start",
+                "podinfo",
+                "--revision",
+                "3",
+                "--canary-endpoint",
+                &endpoint,
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        )
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("podinfo: revision 3 failed and was rolled back"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&weir, &["status"]);
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATUS",
+            "WEIGHT",
+            "FAILEDCHECKS",
+            "LASTTRANSITIONTIME"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(&row[..4], ["podinfo", "Failed", "0", "0"]);
+    assert!(row[4].ends_with('Z'), "{row:?}");
+    let (code, _, err) = ctl(&weir, &["status", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown service \"nope\""), "{err}");
+    let (code, _, err) = ctl(&weir, &["promote", "podinfo"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("only a rollout in Waiting, Progressing or WaitingPromotion can be promoted"),
+        "{err}"
+    );
+    let out = Command::new(weir_bin())
+        .args([
+            "ctl",
+            "--control",
+            &format!("127.0.0.1:{}", closed_port()),
+            "status",
+        ])
+        .output()
+        .expect("run weir ctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach weir's control API"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_service_reports_serving() {
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let channel = Channel::from_shared(weir.control_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "weir.control.v1.Control".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut c = client(&weir).await;
+    let list = c
+        .list_rollouts(pb::ListRolloutsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.rollouts.len(), 1);
+    assert_eq!(list.rollouts[0].service, "podinfo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_canary_revision_starts_a_rollout_and_a_bad_analysis_changes_nothing() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let original = std::fs::read_to_string(&weir.config_path).expect("config");
+    let primary_line = format!(
+        "primary: {{ endpoints: [\"{}\"], revision: \"1\" }}",
+        v1.endpoint()
+    );
+    let canary_line = format!(
+        "canary: {{ endpoints: [\"{}\"], revision: \"1\" }}",
+        v1.endpoint()
+    );
+    assert!(original.contains(&canary_line));
+    let next = original.replace(
+        &canary_line,
+        &format!(
+            "canary: {{ endpoints: [\"{}\"], revision: \"2\" }}",
+            v2.endpoint()
+        ),
+    );
+    assert!(next.contains(&primary_line));
+    std::fs::write(&weir.config_path, &next).expect("write");
+    weir.signal("HUP");
+    let s = wait_phase(&mut c, "Progressing", Duration::from_secs(10)).await;
+    assert_eq!(s.canary_revision, "2");
+    std::fs::write(
+        &weir.config_path,
+        next.replace("stepWeight: 10", "stepWeight: 500"),
+    )
+    .expect("write");
+    weir.signal("HUP");
+    wait_for("the rejected reload", Duration::from_secs(10), || async {
+        weir.metric("weir_config_reload_failures_total", &[]).await == 1.0
+    })
+    .await;
+    assert!(
+        weir.logs()
+            .contains("services[0].analysis.stepWeight: 500 is not between 1 and 100"),
+        "{}",
+        weir.logs()
+    );
+    let s = status(&mut c).await;
+    assert_eq!(
+        (s.phase.as_str(), s.canary_revision.as_str()),
+        ("Progressing", "2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_spec_takes_typed_messages_and_flagger_manifests() {
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let mut c = client(&weir).await;
+    let typed = pb::AnalysisSpec {
+        interval: "5s".into(),
+        threshold: 7,
+        step_weights: vec![1, 20, 60],
+        ..Default::default()
+    };
+    let s = c
+        .apply_spec(pb::ApplySpecRequest {
+            service: "podinfo".into(),
+            spec: Some(pb::apply_spec_request::Spec::Typed(typed)),
+        })
+        .await
+        .expect("typed spec")
+        .into_inner();
+    assert_eq!((s.threshold, s.max_weight), (7, 60));
+    let manifest = r#"
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: { name: podinfo, namespace: test }
+spec:
+  analysis:
+    interval: 1m
+    threshold: 3
+    maxWeight: 40
+    stepWeight: 10
+    metrics:
+      - name: request-success-rate
+        thresholdRange: { min: 99 }
+        interval: 1m
+"#;
+    let s = c
+        .apply_spec(pb::ApplySpecRequest {
+            service: "podinfo".into(),
+            spec: Some(pb::apply_spec_request::Spec::Text(manifest.into())),
+        })
+        .await
+        .expect("manifest spec")
+        .into_inner();
+    assert_eq!((s.threshold, s.max_weight), (3, 40));
+}
+
+#[test]
+fn weir_check_names_analysis_errors() {
+    let dir = temp_dir("check");
+    let path = dir.join("weir.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n      canary: { endpoints: [\"127.0.0.1:2\"] }\n    analysis:\n      interval: 1m\n      threshold: 5\n      stepWeight: 5\n      iterations: 3\n      metrics:\n        - name: request-success-rate\n          thresholdRange: { min: 99 }\n          query: up\n",
+    )
+    .expect("write");
+    let out = Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("weir check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
+    assert!(err.contains("services[0].analysis.metrics[0]: \"request-success-rate\": PromQL queries and metric templates are not supported"), "{err}");
+}
