@@ -365,7 +365,7 @@ fn affinity_config(
     routes:
       - split: {{ primary: {}, canary: {canary_weight} }}
     sessionAffinity: {{ cookieName: canary-cookie, primaryCookieName: primary-cookie, maxAge: 86400, path: /, httpOnly: true }}
-    analysis: {{ interval: 30s }}
+    analysis: {{ interval: 30s, threshold: 1, stepWeight: 10 }}
 "#,
         primary.endpoint(),
         canary.endpoint(),
@@ -383,7 +383,8 @@ fn set_cookie(got: &Got) -> Option<String> {
 async fn session_affinity_pins_canary_users_and_expires_their_cookie_after_the_rollout() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
-    let weir = Weir::start(&affinity_config(&primary, &canary, 10, "r1"));
+    // The data plane alone (`weir proxy`): the weights come from the file, not a controller.
+    let weir = Weir::start_mode("proxy", &affinity_config(&primary, &canary, 10, "r1"));
     let mut canary_cookie = None;
     let mut primary_cookie = None;
     for _ in 0..500 {

@@ -1519,7 +1519,7 @@ impl Env for LiveEnv<'_> {
                     None => (canary_now.total(), primary_now.total()),
                 };
                 let r = checks::evaluate(m, &canary, Some(&primary));
-                tracing::debug!(canary = %self.target, check = %r.name, verdict = r.verdict.name(), value = ?r.value, threshold = %r.threshold, "{}", r.detail);
+                tracing::info!(canary = %self.target, check = %r.name, verdict = r.verdict.name(), value = ?r.value, threshold = %r.threshold, "{}", r.detail);
                 r
             })
             .collect()
@@ -1534,7 +1534,7 @@ mod tests {
     fn rfc3339_formats_unix_milliseconds() {
         assert_eq!(rfc3339(0), "");
         assert_eq!(rfc3339(1_000), "1970-01-01T00:00:01Z");
-        assert_eq!(rfc3339(1_795_000_000_000), "2026-11-18T07:06:40Z");
+        assert_eq!(rfc3339(1_795_000_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }

@@ -270,6 +270,11 @@ pub fn weir_bin() -> &'static str {
 impl Weir {
     /// Writes `yaml` (with `listen`/`admin` on port 0 unless given) and starts weir on it.
     pub fn start(yaml: &str) -> Weir {
+        Weir::start_mode("run", yaml)
+    }
+
+    /// Like [`Weir::start`] with another subcommand (`proxy`: the data plane only).
+    pub fn start_mode(mode: &str, yaml: &str) -> Weir {
         let dir = temp_dir("weir");
         let path = dir.join("weir.yaml");
         let mut text = String::new();
@@ -281,7 +286,7 @@ impl Weir {
         }
         text.push_str(yaml);
         std::fs::write(&path, text).expect("write config");
-        Weir::start_file(path)
+        Weir::spawn(mode, path)
     }
 
     /// The gRPC control address (`control: 127.0.0.1:0` in the config).
@@ -290,8 +295,12 @@ impl Weir {
     }
 
     pub fn start_file(path: PathBuf) -> Weir {
+        Weir::spawn("run", path)
+    }
+
+    fn spawn(mode: &str, path: PathBuf) -> Weir {
         let mut child = Command::new(weir_bin())
-            .args(["run", "-c"])
+            .args([mode, "-c"])
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
