@@ -23,8 +23,10 @@ use crate::hooks::{self, HttpPoster};
 use crate::spec::{self, Analysis, BuiltinMetric, HookKind, Severity, Strategy};
 use crate::store;
 
-/// How often the fast-fail guard looks at the counters.
-pub const GUARD_EVERY: Duration = Duration::from_millis(500);
+/// How often the fast-fail guard looks at the counters (cheap: a few atomic loads).
+pub const GUARD_EVERY: Duration = Duration::from_millis(100);
+/// Status (with its histogram windows) is refreshed every this many guard looks.
+const PUBLISH_EVERY: u32 = 5;
 
 /// Why a control request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,12 +485,14 @@ impl Controller {
         };
         let mut guard = tokio::time::interval(GUARD_EVERY);
         guard.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looks = 0u32;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = slot.kick.notified() => {}
                 _ = guard.tick() => {
-                    self.guard(&slot).await;
+                    looks = looks.wrapping_add(1);
+                    self.guard(&slot, looks % PUBLISH_EVERY == 0).await;
                     continue;
                 }
                 _ = slot.stop.notified() => return,
@@ -587,7 +591,7 @@ impl Controller {
         r.analysis.interval
     }
 
-    async fn guard(&self, slot: &Slot) {
+    async fn guard(&self, slot: &Slot, refresh: bool) {
         let mut r = slot.rollout.lock().await;
         let proxy = &self.shared.proxy;
         let mirrored = r.status.mirrored;
@@ -605,7 +609,9 @@ impl Controller {
         });
         let Some(ff) = r.analysis.fast_fail else {
             r.guard.truncate(1);
-            self.publish(slot, &r);
+            if refresh {
+                self.publish(slot, &r);
+            }
             return;
         };
         let horizon = now.saturating_sub(ff.window.as_millis() as u64);
@@ -613,7 +619,9 @@ impl Controller {
             r.guard.pop_front();
         }
         if !r.status.phase.is_analysing() || r.status.paused || r.analysis.spec.suspend {
-            self.publish(slot, &r);
+            if refresh {
+                self.publish(slot, &r);
+            }
             return;
         }
         let Some(first) = r.guard.front() else { return };
@@ -631,7 +639,9 @@ impl Controller {
             .and_then(|m| m.min)
             .map(|min| ((100.0 - min) / 100.0).max(0.0));
         let Some(reason) = checks::guard(&ff, c, p, allowed) else {
-            self.publish(slot, &r);
+            if refresh {
+                self.publish(slot, &r);
+            }
             return;
         };
         let before = r.status.measure_from_ms;
