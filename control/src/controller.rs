@@ -492,7 +492,7 @@ impl Controller {
                 _ = slot.kick.notified() => {}
                 _ = guard.tick() => {
                     looks = looks.wrapping_add(1);
-                    self.guard(&slot, looks % PUBLISH_EVERY == 0).await;
+                    self.guard(&slot, looks.is_multiple_of(PUBLISH_EVERY)).await;
                     continue;
                 }
                 _ = slot.stop.notified() => return,
