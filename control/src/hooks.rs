@@ -35,10 +35,10 @@ pub fn checksum(revision: &str) -> String {
     format!("{h:08x}")
 }
 
-/// Posts JSON to webhooks and alert providers.
+/// Posts JSON to webhooks and alert providers, over http or https (webpki roots).
 #[derive(Clone)]
 pub struct HttpPoster {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for HttpPoster {
@@ -60,10 +60,15 @@ impl HttpPoster {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         HttpPoster {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+                .build(https),
         }
     }
 
@@ -74,11 +79,6 @@ impl HttpPoster {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<Answer, String> {
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: https is not supported by weir's hook client; use http"
-            ));
-        }
         let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let req = http::Request::post(uri)
@@ -319,6 +319,35 @@ mod tests {
             "4xx is not retried"
         );
         assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn https_urls_speak_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let first = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut b = [0u8; 3];
+            s.read_exact(&mut b).await.expect("read");
+            b
+        });
+        let r = HttpPoster::new()
+            .post(
+                &format!("https://{addr}/"),
+                &serde_json::json!({}),
+                Duration::from_secs(1),
+            )
+            .await;
+        assert!(r.is_err(), "nothing answers the handshake");
+        let hello = tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .unwrap_or_else(|_| panic!("no TLS connection was made: {r:?}"))
+            .expect("server task");
+        assert_eq!(hello[0], 0x16, "a TLS handshake record");
+        assert_eq!(hello[1], 0x03);
     }
 
     #[tokio::test]

@@ -184,7 +184,7 @@ pub struct WebhookSpec {
     /// Suppresses the "waiting for approval" alerts of a gate.
     #[serde(default)]
     pub mute_alert: bool,
-    /// Accepted for Flagger compatibility (weir's hook client speaks plain HTTP).
+    /// Accepted for Flagger compatibility; weir always verifies certificates.
     #[serde(default, rename = "disableTLS")]
     pub disable_tls: bool,
 }
