@@ -1,5 +1,5 @@
 //! Compiles protos/proto with protox (pure Rust), so no system protoc is needed.
-//! The encoded descriptor set is also written out for gRPC server reflection.
+//! The control API's encoded descriptor set is also written out for server reflection.
 
 use prost::Message;
 
@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("weir_descriptor.bin"), fds.encode_to_vec())?;
+    // Reflection describes only what the control listener serves.
+    let control = protox::compile(["weir/control/v1/control.proto"], ["proto"])?;
+    std::fs::write(
+        out.join("weir_control_descriptor.bin"),
+        control.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -804,3 +804,45 @@ fn weir_check_names_analysis_errors() {
     assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
     assert!(err.contains("services[0].analysis.metrics[0]: \"request-success-rate\": PromQL queries and metric templates are not supported"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_control_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let channel = Channel::from_shared(weir.control_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("a reply")
+        .expect("not empty");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"weir.control.v1.Control".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}

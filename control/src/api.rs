@@ -414,11 +414,13 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<ControlServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weir_protos::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(weir_protos::CONTROL_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weir_protos::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(weir_protos::CONTROL_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);

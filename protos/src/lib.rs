@@ -13,6 +13,6 @@ pub mod control {
     tonic::include_proto!("weir.control.v1");
 }
 
-/// Every weir proto as an encoded `FileDescriptorSet`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));
+/// The control API as an encoded `FileDescriptorSet`, for server reflection.
+pub const CONTROL_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/weir_control_descriptor.bin"));
