@@ -556,24 +556,7 @@ impl Controller {
         let before = r.status.measure_from_ms;
         let actions = {
             let rollout = &mut *r;
-            let mut env = LiveEnv {
-                shared: &self.shared,
-                service: &rollout.service,
-                target: &rollout.target,
-                analysis: &rollout.analysis,
-                primary_name: &rollout.primary_name,
-                canary_name: &rollout.canary_name,
-                marks: &rollout.marks,
-                mirrored: rollout.status.mirrored,
-                measure_from: rollout.status.measure_from_ms,
-                revision: rollout.status.last_applied.clone(),
-            };
-            let mut m = Machine::new(
-                &rollout.target,
-                &rollout.analysis,
-                &mut rollout.status,
-                input.now_ms,
-            );
+            let (mut m, mut env) = rollout.machine(&self.shared, input.now_ms);
             m.tick(&input, &mut env).await;
             m.actions
         };
@@ -647,19 +630,7 @@ impl Controller {
         let before = r.status.measure_from_ms;
         let actions = {
             let rollout = &mut *r;
-            let mut env = LiveEnv {
-                shared: &self.shared,
-                service: &rollout.service,
-                target: &rollout.target,
-                analysis: &rollout.analysis,
-                primary_name: &rollout.primary_name,
-                canary_name: &rollout.canary_name,
-                marks: &rollout.marks,
-                mirrored: rollout.status.mirrored,
-                measure_from: rollout.status.measure_from_ms,
-                revision: rollout.status.last_applied.clone(),
-            };
-            let mut m = Machine::new(&rollout.target, &rollout.analysis, &mut rollout.status, now);
+            let (mut m, mut env) = rollout.machine(&self.shared, now);
             m.fast_fail(&reason, &mut env).await;
             m.actions
         };
@@ -1116,24 +1087,7 @@ impl Controller {
         let mut kick = false;
         let actions = {
             let rollout = &mut *r;
-            let mut env = LiveEnv {
-                shared: &self.shared,
-                service: &rollout.service,
-                target: &rollout.target,
-                analysis: &rollout.analysis,
-                primary_name: &rollout.primary_name,
-                canary_name: &rollout.canary_name,
-                marks: &rollout.marks,
-                mirrored: rollout.status.mirrored,
-                measure_from: rollout.status.measure_from_ms,
-                revision: rollout.status.last_applied.clone(),
-            };
-            let mut m = Machine::new(
-                &rollout.target,
-                &rollout.analysis,
-                &mut rollout.status,
-                now_ms(),
-            );
+            let (mut m, mut env) = rollout.machine(&self.shared, now_ms());
             let result = match &op {
                 Op::Promote => m.promote(),
                 Op::Abort => m.abort("manual abort", &mut env).await,
@@ -1219,20 +1173,7 @@ impl Controller {
     /// rollout; the controller's weights and promotions are kept.
     pub async fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
         let result = self.reload_inner(path).await;
-        let families = self.shared.proxy.families();
-        match &result {
-            Ok(()) => {
-                families.reloads.inc();
-                tracing::info!(path = %path.display(), "config reloaded");
-            }
-            Err(errors) => {
-                families.reload_failures.inc();
-                for e in &errors.0 {
-                    tracing::error!(path = %path.display(), error = %e, "config reload rejected");
-                }
-                tracing::error!(path = %path.display(), errors = errors.0.len(), "config reload rejected; keeping the running config");
-            }
-        }
+        self.shared.proxy.record_reload(path, &result);
         result
     }
 
@@ -1325,6 +1266,26 @@ impl Controller {
         }
         self.persist();
         Ok(())
+    }
+}
+
+impl Rollout {
+    /// The state machine over this rollout's status, and the live hooks and checks it uses.
+    fn machine<'a>(&'a mut self, shared: &'a Shared, now_ms: u64) -> (Machine<'a>, LiveEnv<'a>) {
+        let env = LiveEnv {
+            shared,
+            service: &self.service,
+            target: &self.target,
+            analysis: &self.analysis,
+            primary_name: &self.primary_name,
+            canary_name: &self.canary_name,
+            marks: &self.marks,
+            mirrored: self.status.mirrored,
+            measure_from: self.status.measure_from_ms,
+            revision: self.status.last_applied.clone(),
+        };
+        let machine = Machine::new(&self.target, &self.analysis, &mut self.status, now_ms);
+        (machine, env)
     }
 }
 

@@ -213,8 +213,15 @@ impl Proxy {
             }
             self.apply(cfg)
         });
+        self.record_reload(path, &result);
+        result
+    }
+
+    /// Counts and logs the outcome of a reload (`weir_config_reloads_total`,
+    /// `weir_config_reload_failures_total`, one error line per problem).
+    pub fn record_reload(&self, path: &Path, result: &Result<(), ConfigErrors>) {
         let families = self.families();
-        match &result {
+        match result {
             Ok(()) => {
                 families.reloads.inc();
                 tracing::info!(path = %path.display(), "config reloaded");
@@ -227,7 +234,6 @@ impl Proxy {
                 tracing::error!(path = %path.display(), errors = errors.0.len(), "config reload rejected; keeping the running config");
             }
         }
-        result
     }
 
     /// The effective routes and weights as JSON (what `/config` serves).
