@@ -671,3 +671,162 @@ fn weir_check_reports_every_error_with_its_field_path() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A bare HTTP/1.1 upstream that answers `200 ok` and then either closes the connection
+/// (`Connection: close`) or keeps it open until it has been idle for `keep_alive`.
+/// Counts the connections it accepted and those weir closed first.
+struct KeepAliveUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed_by_weir: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAliveUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeepAliveUpstream {
+    async fn start(keep_alive: Duration, connection_close: bool) -> KeepAliveUpstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed_by_weir = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed_by_weir.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let read = tokio::time::timeout(keep_alive, stream.read(&mut chunk)).await;
+                        match read {
+                            // Idle past its keep-alive: the upstream closes.
+                            Err(_) => return,
+                            Ok(Ok(0)) => {
+                                if buf.is_empty() {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                }
+                                return;
+                            }
+                            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                            Ok(Err(_)) => return,
+                        }
+                        // Requests here have no body: the head ends the request.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer: &[u8] = if connection_close {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            };
+                            if stream.write_all(answer).await.is_err() || connection_close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        KeepAliveUpstream {
+            addr,
+            accepted,
+            closed_by_weir,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed_by_weir(&self) -> usize {
+        self.closed_by_weir
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_never_reused_into_a_failure() {
+    // The upstream closes idle connections after 50 ms, well below weir's idle timeout
+    // (a misconfiguration weir must survive): every request after a pause finds its
+    // pooled connection closed and must still succeed, on a new one.
+    let short = KeepAliveUpstream::start(Duration::from_millis(50), false).await;
+    let closing = KeepAliveUpstream::start(Duration::from_secs(10), true).await;
+    let weir = Weir::start(&format!(
+        "services:\n  - name: short\n    hosts: [short.test]\n    versions:\n      v1: {{ endpoints: [\"{}\"], idleTimeout: 30s }}\n  - name: closing\n    hosts: [closing.test]\n    versions:\n      v1: {{ endpoints: [\"{}\"] }}\n",
+        short.addr, closing.addr
+    ));
+    for i in 0..10 {
+        let got = get(&weir.url("/"), &[("host", "short.test")]).await;
+        assert_eq!(
+            got.status, 200,
+            "request {i} after the upstream closed idle"
+        );
+        assert_eq!(got.text(), "ok");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_eq!(short.accepted(), 10, "a closed connection is never reused");
+    for i in 0..10 {
+        let got = get(&weir.url("/"), &[("host", "closing.test")]).await;
+        assert_eq!(
+            got.status, 200,
+            "request {i} after a `Connection: close` answer"
+        );
+    }
+    assert_eq!(
+        closing.accepted(),
+        10,
+        "one connection per `Connection: close` answer"
+    );
+    let errors = weir
+        .metric("weir_upstream_errors_total", &[("service", "short")])
+        .await
+        + weir
+            .metric("weir_upstream_errors_total", &[("service", "closing")])
+            .await;
+    assert_eq!(errors, 0.0, "no upstream failure was counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_are_reused_then_closed_after_the_idle_timeout() {
+    let upstream = KeepAliveUpstream::start(Duration::from_secs(60), false).await;
+    let weir = Weir::start(&format!(
+        "services:\n  - name: s\n    versions:\n      v1: {{ endpoints: [\"{}\"], idleTimeout: 300ms }}\n",
+        upstream.addr
+    ));
+    for _ in 0..20 {
+        assert_eq!(get(&weir.url("/"), &[]).await.status, 200);
+    }
+    assert_eq!(
+        upstream.accepted(),
+        1,
+        "sequential requests share one connection"
+    );
+    assert_eq!(upstream.closed_by_weir(), 0);
+    // Quiet for longer than the idle timeout: weir closes the connection itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.closed_by_weir() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.closed_by_weir(),
+        1,
+        "the idle connection was closed"
+    );
+    assert_eq!(get(&weir.url("/"), &[]).await.status, 200);
+    assert_eq!(
+        upstream.accepted(),
+        2,
+        "a new connection after the idle close"
+    );
+}

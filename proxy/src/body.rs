@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::measure::{FailureReason, VersionMetrics};
+use crate::pool::Lease;
 
 /// The body weir sends upstream.
 pub enum RequestBody {
@@ -173,6 +174,9 @@ pub struct Measured {
     inner: Incoming,
     done: Option<(Arc<VersionMetrics>, Instant)>,
     compare: Option<Compare>,
+    /// The upstream connection this body arrives on, driven from here and pooled again
+    /// when the body ends; dropped (closed) if the body is abandoned.
+    lease: Option<Lease>,
 }
 
 /// Hashes the user's response as it streams, for a mirror comparison.
@@ -190,7 +194,14 @@ impl Measured {
             inner,
             done,
             compare: None,
+            lease: None,
         }
+    }
+
+    /// Drives `lease` while the body streams and returns it to its pool at the end.
+    pub fn holding(mut self, lease: Option<Lease>) -> Measured {
+        self.lease = lease;
+        self
     }
 
     /// Also reports (status, body hash) on `tx` when the body completes.
@@ -221,6 +232,9 @@ impl Measured {
             use std::hash::Hasher;
             let _ = c.tx.send((c.status, c.hasher.finish()));
         }
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
         self.finish();
     }
 
@@ -239,10 +253,14 @@ impl Body for Measured {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.drive(cx);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.complete(),
             Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
                 if let Some((metrics, _)) = &self.done {
                     metrics.record_failure(FailureReason::Reset);
                 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod headers;
 pub mod measure;
 pub mod mirror;
+pub mod pool;
 pub mod route;
 pub mod server;
 pub mod split;

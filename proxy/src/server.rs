@@ -23,7 +23,6 @@ use crate::config::Limits;
 use crate::headers::{add_forwarding, is_upgrade, strip_hop_by_hop};
 use crate::measure::FailureReason;
 use crate::route::RequestView;
-use crate::upstream::classify;
 use crate::Inner;
 
 /// A response weir makes itself: status and a one-line text body.
@@ -145,16 +144,14 @@ pub(crate) async fn handle(
         }
         _ => (RequestBody::Stream(body), None),
     };
-    let sent = endpoint.send(Request::from_parts(parts, body));
-    let result = tokio::time::timeout(timeout, sent).await;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let reason = classify(&e);
-            tracing::debug!(service = %service.name, version = %version.name, endpoint = %endpoint.address, reason = reason.label(), error = %e, "upstream failed");
+    let sent = endpoint.forward(Request::from_parts(parts, body), upstream.http2, upgrade);
+    let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(forwarded)) => forwarded,
+        Ok(Err(failure)) => {
+            tracing::debug!(service = %service.name, version = %version.name, endpoint = %endpoint.address, reason = failure.reason.label(), error = %failure.error, "upstream failed");
             return fail(
                 &metrics,
-                reason,
+                failure.reason,
                 start,
                 &service.name,
                 &version.name,
@@ -189,7 +186,7 @@ pub(crate) async fn handle(
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     resp.map(|b| {
-        let measured = Measured::new(b, metrics, start);
+        let measured = Measured::new(b, metrics, start).holding(lease);
         let measured = match compare {
             Some(tx) => measured.comparing(status.as_u16(), tx),
             None => measured,

@@ -6,6 +6,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::config::VersionConfig;
 use crate::measure::FailureReason;
+use crate::pool::{Lease, Pool};
 
 /// Dials one fixed endpoint whatever the request URI says.
 #[derive(Clone)]
@@ -46,6 +48,9 @@ type EndpointClient = Client<EndpointConnector, RequestBody>;
 pub struct Endpoint {
     /// `host:port`.
     pub address: String,
+    /// HTTP/1.1 requests: connections driven by the request that holds them.
+    pool: Arc<Pool>,
+    /// HTTP/2, upgrades, CONNECT and mirror copies: hyper's pooled client.
     client: EndpointClient,
 }
 
@@ -88,6 +93,12 @@ impl Upstream {
                     .build(connector);
                 Ok(Endpoint {
                     address: address.clone(),
+                    pool: Pool::new(
+                        address,
+                        cfg.connect_timeout.0,
+                        cfg.idle_timeout.0,
+                        cfg.max_idle_per_endpoint,
+                    ),
                     client,
                 })
             })
@@ -107,8 +118,33 @@ impl Upstream {
     }
 }
 
+/// A response from an endpoint, with the connection it holds until its body is done.
+pub type Forwarded = (http::Response<hyper::body::Incoming>, Option<Lease>);
+
 impl Endpoint {
-    /// Sends a request on a pooled connection.
+    /// Forwards a user's request. HTTP/1.1 requests to an HTTP/1.1 upstream run on a
+    /// connection the request itself drives; `tunnel` (an upgrade) and HTTP/2 upstreams
+    /// go through hyper's pooled client.
+    pub async fn forward(
+        &self,
+        req: http::Request<RequestBody>,
+        http2: bool,
+        tunnel: bool,
+    ) -> Result<Forwarded, SendFailure> {
+        if http2 || tunnel || req.method() == http::Method::CONNECT {
+            return match self.client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(SendFailure {
+                    reason: classify(&e),
+                    error: e.to_string(),
+                }),
+            };
+        }
+        let (resp, lease) = self.pool.send(req).await?;
+        Ok((resp, Some(lease)))
+    }
+
+    /// Sends a request on hyper's pooled client (mirror copies).
     pub fn send(
         &self,
         req: http::Request<RequestBody>,
@@ -120,10 +156,32 @@ impl Endpoint {
     }
 }
 
+/// Why a request could not be forwarded, and the error behind it (for the log).
+pub struct SendFailure {
+    /// What counts against the version.
+    pub reason: FailureReason,
+    /// The underlying error.
+    pub error: String,
+}
+
 /// Classifies a client error into a failure reason.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureReason {
+    classify_chain(err, err.is_connect())
+}
+
+/// Classifies an error from sending on a pooled connection.
+pub(crate) fn classify_error(err: &(dyn StdError + 'static), connect: bool) -> FailureReason {
+    classify_chain(err, connect)
+}
+
+/// Classifies an I/O error from dialing (`connect`) or from an open connection.
+pub(crate) fn classify_io(err: &std::io::Error, connect: bool) -> FailureReason {
+    classify_chain(err, connect)
+}
+
+/// Walks an error's source chain for the first cause weir can name.
+fn classify_chain(err: &(dyn StdError + 'static), connect: bool) -> FailureReason {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    let connect = err.is_connect();
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -151,7 +209,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureReason {
         source = e.source();
     }
     if connect {
-        // "connect timeout" from HttpConnector carries TimedOut above; anything else failed to dial.
+        // A connect timeout carries TimedOut above; anything else failed to dial.
         FailureReason::ConnectRefused
     } else {
         FailureReason::Reset

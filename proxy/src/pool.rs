@@ -1,0 +1,286 @@
+//! HTTP/1.1 upstream connections driven by the request that holds them.
+//!
+//! A pooled connection has no task of its own: the request that checks it out polls its
+//! I/O while waiting for the response head, and the response body polls it while the
+//! client reads. Request, upstream I/O and response body all run in the client
+//! connection's task, so a proxied request costs no cross-task wake-ups, channel hops
+//! or pool-wide locking beyond one short push and pop.
+//!
+//! An idle connection is checked before reuse (a closed or half-closed one is dropped),
+//! one idle past the pool's idle timeout is closed, and a request that a reused
+//! connection refused before writing a byte is retried once on a new connection.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::measure::FailureReason;
+use crate::upstream::SendFailure;
+
+type Io = TokioIo<TcpStream>;
+
+/// One HTTP/1.1 connection to an endpoint.
+struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    /// Boxed: it is large, and moves between the pool and the requests holding it.
+    conn: Box<http1::Connection<Io, RequestBody>>,
+    /// The connection future has finished (closed or failed); it is never polled again.
+    done: bool,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Makes progress on the connection's reads and writes.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.done && Pin::new(&mut *self.conn).poll(cx).is_ready() {
+            self.done = true;
+        }
+    }
+
+    /// Open, idle and ready for another request.
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx);
+        !self.done && matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// The idle connections of one endpoint.
+pub(crate) struct Pool {
+    address: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Conn>>,
+    sweeper: AtomicBool,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        address: &str,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            address: address.to_owned(),
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+            sweeper: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that can take a request.
+    fn checkout(&self) -> Option<Conn> {
+        loop {
+            let mut conn = self.lock().pop()?;
+            if conn.idle_since.elapsed() < self.idle_timeout && conn.reusable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(self: &Arc<Self>, mut conn: Conn) {
+        if !conn.reusable() {
+            if !conn.done {
+                // Still writing a request body the upstream answered early, or closing:
+                // let it finish on its own, then close.
+                drop(conn.sender);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let io = conn.conn;
+                    rt.spawn(async move {
+                        let _ = io.await;
+                    });
+                }
+            }
+            return;
+        }
+        conn.idle_since = Instant::now();
+        {
+            let mut idle = self.lock();
+            if idle.len() >= self.max_idle {
+                return;
+            }
+            idle.push(conn);
+        }
+        if !self.sweeper.swap(true, Ordering::Relaxed) {
+            self.start_sweeper();
+        }
+    }
+
+    /// Closes connections idle past the timeout, so a quiet endpoint holds no sockets.
+    fn start_sweeper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let stale: Vec<Conn> = {
+                    let mut idle = pool.lock();
+                    // Oldest first: connections are pushed as they come back.
+                    let keep = idle
+                        .iter()
+                        .position(|c| c.idle_since.elapsed() < pool.idle_timeout)
+                        .unwrap_or(idle.len());
+                    idle.drain(..keep).collect()
+                };
+                drop(stale);
+            }
+        });
+    }
+
+    async fn dial(&self) -> Result<Conn, SendFailure> {
+        let connect = TcpStream::connect(self.address.as_str());
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let reason = crate::upstream::classify_io(&e, true);
+                return Err(SendFailure {
+                    reason,
+                    error: format!("connect {}: {e}", self.address),
+                });
+            }
+            Err(_) => {
+                return Err(SendFailure {
+                    reason: FailureReason::ConnectTimeout,
+                    error: format!("connect {}: timed out", self.address),
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failure(&e))?;
+        Ok(Conn {
+            sender,
+            conn: Box::new(conn),
+            done: false,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends a request on an idle or new connection and waits for the response head,
+    /// driving the connection meanwhile. The lease keeps the connection until the
+    /// response body is done.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+        origin_form(&mut req, &self.address);
+        let mut reused = true;
+        loop {
+            let conn = match self.checkout() {
+                Some(c) => c,
+                None => {
+                    reused = false;
+                    self.dial().await?
+                }
+            };
+            let mut lease = Lease {
+                conn: Some(conn),
+                pool: self.clone(),
+            };
+            let sent = match lease.conn.as_mut() {
+                Some(c) => c.sender.try_send_request(req),
+                None => unreachable_lease(),
+            };
+            let mut sent = pin!(sent);
+            let result = poll_fn(|cx| {
+                lease.drive(cx);
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => return Ok((resp, lease)),
+                Err(mut e) => match e.take_message() {
+                    // A reused connection closed before it took the request: once more
+                    // on a new one.
+                    Some(r) if reused => {
+                        req = r;
+                        reused = false;
+                    }
+                    _ => return Err(failure(e.error())),
+                },
+            }
+        }
+    }
+}
+
+fn unreachable_lease() -> ! {
+    unreachable!("a new lease holds its connection")
+}
+
+fn failure(e: &hyper::Error) -> SendFailure {
+    SendFailure {
+        reason: crate::upstream::classify_error(e, false),
+        error: e.to_string(),
+    }
+}
+
+/// HTTP/1.1 to an origin: the path and query in the request line, the host in `Host`.
+fn origin_form(req: &mut Request<RequestBody>, endpoint: &str) {
+    if !req.headers().contains_key(header::HOST) {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or(endpoint);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = Uri::try_from(path) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// A connection held by one request until its response body is done.
+pub struct Lease {
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// Makes progress on the connection (the response body calls this before each read).
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = self.conn.as_mut() {
+            c.drive(cx);
+        }
+    }
+
+    /// The response is complete: the connection goes back to the pool when it can take
+    /// another request. Dropping a lease instead closes the connection.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin(conn);
+        }
+    }
+}
