@@ -99,3 +99,32 @@ fixed_rate() {
   "$LOADGEN" --url "http://127.0.0.1:$1/" --rate "$RATE" --duration "$DURATION" --connections 64 |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_ms"], d["p99_ms"], d["p999_ms"], d["errors"])'
 }
+
+# nginx as the proxy under comparison: split_clients 90/10, upstream keepalive; sets NGINX_PORT.
+start_nginx_proxy() {
+  NGINX_PORT=$(free_port)
+  mkdir -p "$WORK/nginx-px"
+  cat > "$WORK/nginx-px.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx-px.pid;
+error_log $WORK/nginx-px/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream v1 { server 127.0.0.1:$UP1; keepalive 64; }
+  upstream v2 { server 127.0.0.1:$UP2; keepalive 64; }
+  split_clients "\${request_id}" \$backend { 90% v1; * v2; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://\$backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+  nginx -c "$WORK/nginx-px.conf" -p "$WORK/nginx-px" -e "$WORK/nginx-px/error.log"
+  wait_port "$NGINX_PORT"
+}
