@@ -190,22 +190,19 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
         origin_form(&mut req, &self.address);
-        let mut reused = true;
+        let mut retried = false;
         loop {
-            let conn = match self.checkout() {
+            // A retry always dials: the pooled connections are as old as the one that failed.
+            let pooled = if retried { None } else { self.checkout() };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
                 Some(c) => c,
-                None => {
-                    reused = false;
-                    self.dial().await?
-                }
+                None => self.dial().await?,
             };
+            let sent = conn.sender.try_send_request(req);
             let mut lease = Lease {
                 conn: Some(conn),
                 pool: self.clone(),
-            };
-            let sent = match lease.conn.as_mut() {
-                Some(c) => c.sender.try_send_request(req),
-                None => unreachable_lease(),
             };
             let mut sent = pin!(sent);
             let result = poll_fn(|cx| {
@@ -220,17 +217,13 @@ impl Pool {
                     // on a new one.
                     Some(r) if reused => {
                         req = r;
-                        reused = false;
+                        retried = true;
                     }
                     _ => return Err(failure(e.error())),
                 },
             }
         }
     }
-}
-
-fn unreachable_lease() -> ! {
-    unreachable!("a new lease holds its connection")
 }
 
 fn failure(e: &hyper::Error) -> SendFailure {
