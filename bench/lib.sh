@@ -128,3 +128,8 @@ CONF
   nginx -c "$WORK/nginx-px.conf" -p "$WORK/nginx-px" -e "$WORK/nginx-px/error.log"
   wait_port "$NGINX_PORT"
 }
+
+# The nginx proxy's worker pids, space separated.
+nginx_proxy_pids() { pgrep -P "$(cat "$WORK/nginx-px.pid")" | tr '\n' ' '; }
+
+stop_nginx_proxy() { kill "$(cat "$WORK/nginx-px.pid")"; rm -f "$WORK/nginx-px.pid"; sleep 0.5; }

@@ -44,10 +44,17 @@ const FAST: &str = r#"      interval: 1s
           thresholdRange: { max: 200 }
           interval: 2s"#;
 
-async fn client(weir: &Weir) -> ControlClient<Channel> {
-    ControlClient::connect(weir.control_url())
+/// A connected channel to weir's control listener.
+async fn channel(weir: &Weir) -> Channel {
+    Channel::from_shared(weir.control_url())
+        .expect("control url")
+        .connect()
         .await
         .expect("connect to the control API")
+}
+
+async fn client(weir: &Weir) -> ControlClient<Channel> {
+    ControlClient::new(channel(weir).await)
 }
 
 async fn status(c: &mut ControlClient<Channel>) -> pb::RolloutStatus {
@@ -57,6 +64,15 @@ async fn status(c: &mut ControlClient<Channel>) -> pb::RolloutStatus {
     .await
     .expect("GetStatus")
     .into_inner()
+}
+
+/// Waits until the canary weight reaches at least `weight`.
+async fn wait_weight(c: &ControlClient<Channel>, weight: u32, limit: Duration) {
+    wait_for(&format!("weight {weight}"), limit, || {
+        let mut c = c.clone();
+        async move { status(&mut c).await.canary_weight >= weight }
+    })
+    .await;
 }
 
 async fn wait_phase(
@@ -261,11 +277,7 @@ async fn canary_answering_only_5xx_is_rolled_back_within_seconds_and_alerts_fire
     })
     .await
     .expect("retry");
-    wait_for("the retried run", Duration::from_secs(10), || {
-        let mut c = c.clone();
-        async move { status(&mut c).await.phase == "Progressing" }
-    })
-    .await;
+    wait_phase(&mut c, "Progressing", Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +404,7 @@ async fn manual_abort_promote_and_clear_refusals() {
     // Abort mid-rollout.
     let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
     start(&mut c, "2", &v2).await;
-    wait_for("weight 10", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        async move { status(&mut c).await.canary_weight >= 10 }
-    })
-    .await;
+    wait_weight(&c, 10, Duration::from_secs(15)).await;
     c.pause(pb::ServiceRef {
         service: "podinfo".into(),
     })
@@ -454,34 +462,42 @@ async fn manual_abort_promote_and_clear_refusals() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_rollout_resumes_at_the_same_step() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let dir = temp_dir("resume");
+/// Starts weir with a state file, rolls out `canary` under load until its weight reaches
+/// `weight`, and kills weir with SIGKILL. Returns the config and state file paths.
+async fn kill_9_at_weight(
+    tag: &str,
+    analysis: &str,
+    primary: &Upstream,
+    canary: &Upstream,
+    weight: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(tag);
     let state = dir.join("state.json");
-    let analysis = FAST
-        .replace("interval: 1s", "interval: 2s")
-        .replace("maxWeight: 30", "maxWeight: 60");
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
-        config(&v1, &analysis, &format!("state: {}", state.display()))
+        config(primary, analysis, &format!("state: {}", state.display()))
     );
     let path = dir.join("weir.yaml");
     std::fs::write(&path, &yaml).expect("write config");
     let mut weir = Weir::start_file(path.clone());
     let mut c = client(&weir).await;
     wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
-    let load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
-    start(&mut c, "2", &v2).await;
-    wait_for("weight 20", Duration::from_secs(20), || {
-        let mut c = c.clone();
-        async move { status(&mut c).await.canary_weight >= 20 }
-    })
-    .await;
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
+    start(&mut c, "2", canary).await;
+    wait_weight(&c, weight, Duration::from_secs(20)).await;
     weir.signal("KILL");
     let _ = weir.child.wait();
-    drop(load);
+    (path, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_resumes_at_the_same_step() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let analysis = FAST
+        .replace("interval: 1s", "interval: 2s")
+        .replace("maxWeight: 30", "maxWeight: 60");
+    let (path, state) = kill_9_at_weight("resume", &analysis, &v1, &v2, 20).await;
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("json");
     let weight = saved["services"]["podinfo"]["status"]["canary_weight"]
@@ -516,30 +532,11 @@ async fn kill_9_mid_rollout_resumes_at_the_same_step() {
 async fn revert_on_restart_sends_traffic_back_to_the_primary() {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
-    let dir = temp_dir("revert");
-    let state = dir.join("state.json");
     let analysis = format!(
         "{}\n      revertOnRestart: true",
         FAST.replace("maxWeight: 30", "maxWeight: 90")
     );
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
-        config(&v1, &analysis, &format!("state: {}", state.display()))
-    );
-    let path = dir.join("weir.yaml");
-    std::fs::write(&path, &yaml).expect("write config");
-    let mut weir = Weir::start_file(path.clone());
-    let mut c = client(&weir).await;
-    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
-    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(30));
-    start(&mut c, "2", &v2).await;
-    wait_for("weight 10", Duration::from_secs(20), || {
-        let mut c = c.clone();
-        async move { status(&mut c).await.canary_weight >= 10 }
-    })
-    .await;
-    weir.signal("KILL");
-    let _ = weir.child.wait();
+    let (path, _) = kill_9_at_weight("revert", &analysis, &v1, &v2, 10).await;
     let weir = Weir::start_file(path);
     let mut c = client(&weir).await;
     let s = status(&mut c).await;
@@ -547,11 +544,35 @@ async fn revert_on_restart_sends_traffic_back_to_the_primary() {
     assert!(served_by(&weir, 30, &[]).await.iter().all(|s| s == "v1"));
 }
 
+/// `weir ctl start podinfo --revision REV --canary-endpoint EP --wait`, from a test runtime.
+fn ctl_start_wait(weir: &Weir, revision: &str, endpoint: &str) -> (i32, String, String) {
+    tokio::task::block_in_place(|| {
+        ctl(
+            weir,
+            &[
+                "start",
+                "podinfo",
+                "--revision",
+                revision,
+                "--canary-endpoint",
+                endpoint,
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        )
+    })
+}
+
 fn ctl(weir: &Weir, args: &[&str]) -> (i32, String, String) {
-    let control = weir.control_url().trim_start_matches("http://").to_string();
+    ctl_at(weir.control_url().trim_start_matches("http://"), args)
+}
+
+/// `weir ctl --control ADDR ARGS...`: exit code, stdout, stderr.
+fn ctl_at(control: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(weir_bin())
         .arg("ctl")
-        .args(["--control", &control])
+        .args(["--control", control])
         .args(args)
         .output()
         .expect("run weir ctl");
@@ -571,47 +592,14 @@ async fn weir_ctl_start_wait_exit_codes_and_status_table() {
     let mut c = client(&weir).await;
     wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
     let _load = Load::start(weir.url("/"), 100, Duration::from_secs(90));
-    let endpoint = v2.endpoint();
-    let w = &weir;
-    let (code, out, err) = tokio::task::block_in_place(|| {
-        ctl(
-            w,
-            &[
-                "start",
-                "podinfo",
-                "--revision",
-                "2",
-                "--canary-endpoint",
-                &endpoint,
-                "--wait",
-                "--timeout",
-                "60",
-            ],
-        )
-    });
+    let (code, out, err) = ctl_start_wait(&weir, "2", &v2.endpoint());
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("Advance podinfo.test canary weight 10"),
         "{out}"
     );
     assert!(out.contains("podinfo: revision 2 promoted"), "{out}");
-    let endpoint = bad.endpoint();
-    let (code, out, _) = tokio::task::block_in_place(|| {
-        ctl(
-            w,
-            &[
-                "start",
-                "podinfo",
-                "--revision",
-                "3",
-                "--canary-endpoint",
-                &endpoint,
-                "--wait",
-                "--timeout",
-                "60",
-            ],
-        )
-    });
+    let (code, out, _) = ctl_start_wait(&weir, "3", &bad.endpoint());
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("podinfo: revision 3 failed and was rolled back"),
@@ -643,28 +631,16 @@ async fn weir_ctl_start_wait_exit_codes_and_status_table() {
         err.contains("only a rollout in Waiting, Progressing or WaitingPromotion can be promoted"),
         "{err}"
     );
-    let out = Command::new(weir_bin())
-        .args([
-            "ctl",
-            "--control",
-            &format!("127.0.0.1:{}", closed_port()),
-            "status",
-        ])
-        .output()
-        .expect("run weir ctl");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach weir's control API"));
+    let (code, _, err) = ctl_at(&format!("127.0.0.1:{}", closed_port()), &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach weir's control API"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_service_reports_serving() {
     let v1 = Upstream::start("v1").await;
     let weir = Weir::start(&config(&v1, FAST, ""));
-    let channel = Channel::from_shared(weir.control_url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&weir).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let reply = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -813,11 +789,7 @@ async fn reflection_lists_the_control_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     let v1 = Upstream::start("v1").await;
     let weir = Weir::start(&config(&v1, FAST, ""));
-    let channel = Channel::from_shared(weir.control_url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(&weir).await;
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),

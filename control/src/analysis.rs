@@ -2,7 +2,7 @@
 //! (analysis spec, status, revision, measurements, now) to actions.
 //!
 //! It never sleeps, reads the clock or does I/O: hooks and checks come through [`Env`],
-//! time through [`Input::now_ms`], and everything it wants done comes back as [`Action`]s.
+//! time through [`Machine::new`], and everything it wants done comes back as [`Action`]s.
 //! Where Flagger's code and docs disagree, the choices are documented on the functions.
 
 use std::collections::BTreeSet;
@@ -28,6 +28,24 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 9] = [
+        Phase::Initializing,
+        Phase::Initialized,
+        Phase::Waiting,
+        Phase::Progressing,
+        Phase::WaitingPromotion,
+        Phase::Promoting,
+        Phase::Finalising,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
+
+    /// The phase Flagger writes as `name`.
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// The phase as Flagger writes it.
     pub fn name(self) -> &'static str {
         match self {
@@ -120,8 +138,6 @@ pub struct Status {
     pub checks: Vec<CheckResult>,
     /// The latest event message.
     pub last_event: String,
-    /// Traffic went back to the primary after a restart, per `revertOnRestart`.
-    pub reverted: bool,
     /// The pre-rollout hooks passed for this run (a closed traffic gate at weight 0
     /// never runs them again).
     pub pre_rollout_passed: bool,
@@ -134,8 +150,6 @@ pub struct Input {
     pub canary_revision: Option<String>,
     /// The primary's revision now.
     pub primary_revision: Option<String>,
-    /// Unix milliseconds.
-    pub now_ms: u64,
 }
 
 /// The outcome of running the hooks of one kind.
@@ -273,7 +287,6 @@ impl<'a> Machine<'a> {
         s.last_applied = revision;
         s.started_ms = Some(self.now_ms);
         s.measure_from_ms = None;
-        s.reverted = false;
         s.pre_rollout_passed = false;
         s.paused = false;
     }
@@ -340,18 +353,8 @@ impl<'a> Machine<'a> {
         ) {
             // Decision: rollback hooks also run in Waiting (Flagger's docs say so; its
             // code cannot reach them).
-            if phase == Phase::Waiting {
-                if let HookOutcome::Failed { .. } =
-                    env.hooks(HookKind::Rollback, Phase::Waiting).await
-                {
-                    self.event(
-                        true,
-                        format!("Rolling back {target} manual webhook invoked"),
-                    );
-                    self.alert(Severity::Warn, "Rolling back manual webhook invoked", false);
-                    self.rollback(env).await;
-                    return;
-                }
+            if phase == Phase::Waiting && self.rolled_back_by_hook(phase, env).await {
+                return;
             }
             if let Err(hook) = self.gate(HookKind::ConfirmRollout, env).await {
                 if self.status.phase != Phase::Waiting {
@@ -392,57 +395,30 @@ impl<'a> Machine<'a> {
         if self.analysis.spec.skip_analysis && phase.is_analysing() {
             self.route(0, false, false);
             self.promote_now();
-            self.set_phase(Phase::Succeeded);
-            self.status.last_promoted = self.status.last_applied.clone();
-            self.actions.push(Action::Finished {
-                promoted: true,
-                skipped: true,
-            });
-            let _ = env.hooks(HookKind::PostRollout, Phase::Succeeded).await;
-            self.event(
-                false,
+            self.succeed(
+                true,
                 format!("Promotion completed! Canary analysis was skipped for {target}"),
-            );
-            self.alert(
-                Severity::Info,
                 "Canary analysis was skipped, promotion finished.",
-                false,
-            );
+                env,
+            )
+            .await;
             return;
         }
-        if phase.is_analysing() {
-            match env.hooks(HookKind::Rollback, phase).await {
-                HookOutcome::Failed { .. } => {
-                    self.event(
-                        true,
-                        format!("Rolling back {target} manual webhook invoked"),
-                    );
-                    self.alert(Severity::Warn, "Rolling back manual webhook invoked", false);
-                    self.rollback(env).await;
-                    return;
-                }
-                HookOutcome::Passed => {}
-            }
+        if phase.is_analysing() && self.rolled_back_by_hook(phase, env).await {
+            return;
         }
         if phase == Phase::Promoting {
             self.promotion_traffic_shift();
             return;
         }
         if phase == Phase::Finalising {
-            self.set_phase(Phase::Succeeded);
-            self.status.last_promoted = self.status.last_applied.clone();
-            self.status.waiting_gate = None;
-            self.actions.push(Action::Finished {
-                promoted: true,
-                skipped: false,
-            });
-            let _ = env.hooks(HookKind::PostRollout, Phase::Succeeded).await;
-            self.event(false, format!("Promotion completed! Scaling down {target}"));
-            self.alert(
-                Severity::Info,
-                "Canary analysis completed successfully, promotion finished.",
+            self.succeed(
                 false,
-            );
+                format!("Promotion completed! Scaling down {target}"),
+                "Canary analysis completed successfully, promotion finished.",
+                env,
+            )
+            .await;
             return;
         }
         let threshold = self.analysis.threshold;
@@ -466,26 +442,18 @@ impl<'a> Machine<'a> {
             && !(self.analysis.spec.mirror && s.mirrored);
         if first && !s.pre_rollout_passed {
             self.event(false, format!("Starting canary analysis for {target}"));
-            if let HookOutcome::Failed { hook, error } =
-                env.hooks(HookKind::PreRollout, Phase::Progressing).await
+            if self
+                .halted_by_hook(HookKind::PreRollout, "pre-rollout", env)
+                .await
             {
-                self.status.failed_checks += 1;
-                self.event(
-                    true,
-                    format!("Halt {target} advancement pre-rollout check {hook} failed {error}"),
-                );
                 return;
             }
             self.status.pre_rollout_passed = true;
         } else if !first {
-            if let HookOutcome::Failed { hook, error } =
-                env.hooks(HookKind::Rollout, Phase::Progressing).await
+            if self
+                .halted_by_hook(HookKind::Rollout, "external", env)
+                .await
             {
-                self.status.failed_checks += 1;
-                self.event(
-                    true,
-                    format!("Halt {target} advancement external check {hook} failed {error}"),
-                );
                 return;
             }
             let results = env.checks().await;
@@ -712,6 +680,52 @@ impl<'a> Machine<'a> {
     }
 
     /// Sends all traffic back to the primary and marks the run failed.
+    /// Runs the rollback hooks; when one signals, rolls back and returns true.
+    async fn rolled_back_by_hook<E: Env>(&mut self, phase: Phase, env: &mut E) -> bool {
+        if let HookOutcome::Passed = env.hooks(HookKind::Rollback, phase).await {
+            return false;
+        }
+        self.event(
+            true,
+            format!("Rolling back {} manual webhook invoked", self.target),
+        );
+        self.alert(Severity::Warn, "Rolling back manual webhook invoked", false);
+        self.rollback(env).await;
+        true
+    }
+
+    /// Runs one kind of check hook during the analysis; a failure counts a failed check,
+    /// halts the step and returns true.
+    async fn halted_by_hook<E: Env>(&mut self, kind: HookKind, what: &str, env: &mut E) -> bool {
+        let HookOutcome::Failed { hook, error } = env.hooks(kind, Phase::Progressing).await else {
+            return false;
+        };
+        self.status.failed_checks += 1;
+        self.event(
+            true,
+            format!(
+                "Halt {} advancement {what} check {hook} failed {error}",
+                self.target
+            ),
+        );
+        true
+    }
+
+    /// The rollout succeeded (promoted, or analysis skipped): record it, run the
+    /// post-rollout hooks and tell.
+    async fn succeed<E: Env>(&mut self, skipped: bool, event: String, alert: &str, env: &mut E) {
+        self.set_phase(Phase::Succeeded);
+        self.status.last_promoted = self.status.last_applied.clone();
+        self.status.waiting_gate = None;
+        self.actions.push(Action::Finished {
+            promoted: true,
+            skipped,
+        });
+        let _ = env.hooks(HookKind::PostRollout, Phase::Succeeded).await;
+        self.event(false, event);
+        self.alert(Severity::Info, alert, false);
+    }
+
     async fn rollback<E: Env>(&mut self, env: &mut E) {
         self.route(0, false, false);
         self.event(true, format!("Canary failed! Scaling down {}", self.target));

@@ -86,7 +86,7 @@ fn threshold_text(m: &Metric) -> String {
 }
 
 /// Evaluates one metric on the canary's window (and the primary's, for relative checks).
-pub fn evaluate(m: &Metric, canary: &Window, primary: Option<&Window>) -> CheckResult {
+pub fn evaluate(m: &Metric, canary: &Window, p: &Window) -> CheckResult {
     let c = Counts::of(canary);
     let result = |verdict, value: Option<f64>, detail: String| CheckResult {
         name: m.name.clone(),
@@ -138,9 +138,6 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: Option<&Window>) -> CheckR
             result(verdict, Some(value), format!("request duration {text}"))
         }
         BuiltinMetric::DurationVsPrimary => {
-            let Some(p) = primary else {
-                return too_few("primary ", 0);
-            };
             if c.requests < m.min_requests {
                 return too_few("canary ", c.requests);
             }
@@ -164,9 +161,6 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: Option<&Window>) -> CheckR
             )
         }
         BuiltinMetric::ErrorRateVsPrimary => {
-            let Some(p) = primary else {
-                return too_few("primary ", 0);
-            };
             let pc = Counts::of(p);
             if c.requests < m.min_requests {
                 return too_few("canary ", c.requests);

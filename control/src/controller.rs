@@ -177,6 +177,17 @@ struct Mark {
     shadow: Option<VersionSnapshot>,
 }
 
+impl Mark {
+    /// The canary's snapshot: its shadow traffic in mirrored phases, else its users'.
+    fn canary(&self, mirrored: bool) -> Option<&VersionSnapshot> {
+        if mirrored {
+            self.shadow.as_ref()
+        } else {
+            Some(&self.canary)
+        }
+    }
+}
+
 /// Counters polled by the guard.
 struct GuardMark {
     at_ms: u64,
@@ -217,7 +228,9 @@ struct Shared {
     notices: broadcast::Sender<Notice>,
     metrics: Metrics,
     poster: HttpPoster,
-    save_lock: Mutex<()>,
+    /// The state last written (a tick that changed nothing writes nothing); its lock
+    /// also orders the writers.
+    saved: Mutex<Option<store::State>>,
 }
 
 /// A handle to the controller. Cheap to clone.
@@ -360,6 +373,62 @@ fn routes_for(r: &Rollout) -> Vec<RouteConfig> {
     out
 }
 
+/// Records the guard's counters and returns why the canary must be rolled back now, if
+/// the fast-fail guard says so.
+fn fast_fail_reason(r: &mut Rollout, proxy: &Proxy, now: u64) -> Option<String> {
+    let mirrored = r.status.mirrored;
+    let primary = proxy.counts(&r.service, &r.primary_name, false)?;
+    let canary = proxy.counts(&r.service, &r.canary_name, mirrored)?;
+    r.guard.push_back(GuardMark {
+        at_ms: now,
+        primary,
+        canary,
+    });
+    let Some(ff) = r.analysis.fast_fail else {
+        r.guard.truncate(1);
+        return None;
+    };
+    let horizon = now.saturating_sub(ff.window.as_millis() as u64);
+    while r.guard.len() > 1 && r.guard.front().is_some_and(|g| g.at_ms < horizon) {
+        r.guard.pop_front();
+    }
+    if !r.status.phase.is_analysing() || r.status.paused || r.analysis.spec.suspend {
+        return None;
+    }
+    let first = r.guard.front()?;
+    let diff = |now: (u64, u64), then: (u64, u64)| Counts {
+        requests: now.0.saturating_sub(then.0),
+        errors: now.1.saturating_sub(then.1),
+    };
+    let allowed = r
+        .analysis
+        .metrics
+        .iter()
+        .find(|m| m.kind == BuiltinMetric::SuccessRate)
+        .and_then(|m| m.min)
+        .map(|min| ((100.0 - min) / 100.0).max(0.0));
+    checks::guard(
+        &ff,
+        diff(canary, first.canary),
+        diff(primary, first.primary),
+        allowed,
+    )
+}
+
+/// A version after the file changed under a rollout: the file's entry when it was
+/// edited, otherwise the rollout's effective one (promotions, StartRollout endpoints).
+fn effective_version(
+    effective: &VersionConfig,
+    file_then: &VersionConfig,
+    file_now: &VersionConfig,
+) -> VersionConfig {
+    if file_then == file_now {
+        effective.clone()
+    } else {
+        file_now.clone()
+    }
+}
+
 /// Overlays a rollout's effective versions, routes and affinity on a config.
 fn overlay(cfg: &mut Config, r: &Rollout) {
     if let Some(svc) = cfg.services.iter_mut().find(|s| s.name == r.service) {
@@ -405,7 +474,7 @@ impl Controller {
             slots: RwLock::new(IndexMap::new()),
             notices,
             poster: HttpPoster::new(),
-            save_lock: Mutex::new(()),
+            saved: Mutex::new(None),
         });
         let controller = Controller { shared };
         let mut rollouts = Vec::new();
@@ -417,7 +486,7 @@ impl Controller {
                 .ok_or_else(|| format!("service {name:?} vanished"))?;
             let mut r = new_rollout(svc, analysis);
             if let Some(s) = saved.services.get(&name) {
-                restore(&mut r, s, config)?;
+                restore(&mut r, s, config);
             }
             rollouts.push(r);
         }
@@ -551,12 +620,11 @@ impl Controller {
         let input = Input {
             canary_revision: r.canary.revision.clone(),
             primary_revision: r.primary.revision.clone(),
-            now_ms: now_ms(),
         };
         let before = r.status.measure_from_ms;
         let actions = {
             let rollout = &mut *r;
-            let (mut m, mut env) = rollout.machine(&self.shared, input.now_ms);
+            let (mut m, mut env) = rollout.machine(&self.shared, now_ms());
             m.tick(&input, &mut env).await;
             m.actions
         };
@@ -576,52 +644,8 @@ impl Controller {
 
     async fn guard(&self, slot: &Slot, refresh: bool) {
         let mut r = slot.rollout.lock().await;
-        let proxy = &self.shared.proxy;
-        let mirrored = r.status.mirrored;
-        let (Some(primary), Some(canary)) = (
-            proxy.counts(&r.service, &r.primary_name, false),
-            proxy.counts(&r.service, &r.canary_name, mirrored),
-        ) else {
-            return;
-        };
         let now = now_ms();
-        r.guard.push_back(GuardMark {
-            at_ms: now,
-            primary,
-            canary,
-        });
-        let Some(ff) = r.analysis.fast_fail else {
-            r.guard.truncate(1);
-            if refresh {
-                self.publish(slot, &r);
-            }
-            return;
-        };
-        let horizon = now.saturating_sub(ff.window.as_millis() as u64);
-        while r.guard.len() > 1 && r.guard.front().is_some_and(|g| g.at_ms < horizon) {
-            r.guard.pop_front();
-        }
-        if !r.status.phase.is_analysing() || r.status.paused || r.analysis.spec.suspend {
-            if refresh {
-                self.publish(slot, &r);
-            }
-            return;
-        }
-        let Some(first) = r.guard.front() else { return };
-        let diff = |now: (u64, u64), then: (u64, u64)| Counts {
-            requests: now.0.saturating_sub(then.0),
-            errors: now.1.saturating_sub(then.1),
-        };
-        let c = diff(canary, first.canary);
-        let p = diff(primary, first.primary);
-        let allowed = r
-            .analysis
-            .metrics
-            .iter()
-            .find(|m| m.kind == BuiltinMetric::SuccessRate)
-            .and_then(|m| m.min)
-            .map(|min| ((100.0 - min) / 100.0).max(0.0));
-        let Some(reason) = checks::guard(&ff, c, p, allowed) else {
+        let Some(reason) = fast_fail_reason(&mut r, &self.shared.proxy, now) else {
             if refresh {
                 self.publish(slot, &r);
             }
@@ -799,12 +823,12 @@ impl Controller {
 
     fn stats(&self, r: &Rollout) -> (pb::VersionStats, pb::VersionStats) {
         let proxy = &self.shared.proxy;
-        let one = |name: &str, mirrored: bool, pick: &dyn Fn(&Mark) -> Option<VersionSnapshot>| {
+        let one = |name: &str, mirrored: bool, pick: &dyn Fn(&Mark) -> Option<&VersionSnapshot>| {
             let now = proxy.measurements(&r.service, name, mirrored);
             let then = r.marks.front().and_then(pick);
             match (now, then) {
                 (Some(now), Some(then)) => {
-                    let w = now.since(&then);
+                    let w = now.since(then);
                     pb::VersionStats {
                         requests: w.requests(),
                         success_rate: w.success_rate().unwrap_or(0.0),
@@ -817,14 +841,8 @@ impl Controller {
         };
         let mirrored = r.status.mirrored;
         (
-            one(&r.primary_name, false, &|m| Some(m.primary.clone())),
-            one(&r.canary_name, mirrored, &|m| {
-                if mirrored {
-                    m.shadow.clone()
-                } else {
-                    Some(m.canary.clone())
-                }
-            }),
+            one(&r.primary_name, false, &|m| Some(&m.primary)),
+            one(&r.canary_name, mirrored, &|m| m.canary(mirrored)),
         )
     }
 
@@ -918,11 +936,7 @@ impl Controller {
         let Some(path) = &self.shared.state_path else {
             return;
         };
-        let _writer = self
-            .shared
-            .save_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut saved = self.shared.saved.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = store::State {
             version: 1,
             ..store::State::default()
@@ -937,8 +951,14 @@ impl Controller {
             let p = slot.published.lock().unwrap_or_else(|p| p.into_inner());
             state.services.insert(name.clone(), p.1.clone());
         }
-        if let Err(e) = store::save(path, &state) {
-            tracing::error!(path = %path.display(), error = %e, "cannot write the rollout state");
+        if saved.as_ref() == Some(&state) {
+            return;
+        }
+        match store::save(path, &state) {
+            Ok(()) => *saved = Some(state),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the rollout state")
+            }
         }
     }
 
@@ -1053,23 +1073,17 @@ impl Controller {
         let analysis = spec::parse(&value, "analysis", &providers)
             .map_err(|e| Refusal::Invalid(errors_text(&e)))?;
         let mut r = slot.rollout.lock().await;
-        let previous = std::mem::replace(&mut r.analysis, analysis);
-        r.applied_spec = Some(value);
-        let routes = routes_for(&r);
-        let affinity = r.analysis.spec.session_affinity.clone();
-        let spec_value = r.applied_spec.clone();
+        // Both change together, and both go back if the proxy refuses the result.
+        let previous = (
+            std::mem::replace(&mut r.analysis, analysis),
+            r.applied_spec.replace(value),
+        );
         let result = self.shared.proxy.update(|c| {
-            if let Some(svc) = c.services.iter_mut().find(|s| s.name == service) {
-                svc.routes = routes;
-                if affinity.is_some() {
-                    svc.session_affinity = affinity;
-                }
-                svc.analysis = spec_value;
-            }
+            overlay(c, &r);
             Ok(())
         });
         if let Err(e) = result {
-            r.analysis = previous;
+            (r.analysis, r.applied_spec) = previous;
             return Err(Refusal::Invalid(errors_text(&e.0)));
         }
         let status = self.after_change(&slot, &r).await;
@@ -1178,8 +1192,7 @@ impl Controller {
     }
 
     async fn reload_inner(&self, path: &Path) -> Result<(), ConfigErrors> {
-        let mut cfg = Config::load(path)?;
-        let analyses = spec::analyses(&cfg).map_err(ConfigErrors)?;
+        let (mut cfg, analyses) = crate::run::load(path)?;
         let slots: Vec<(String, Arc<Slot>)> = self
             .shared
             .slots
@@ -1209,19 +1222,13 @@ impl Controller {
                     }
                     next.file_analysis = svc.analysis.clone();
                     next.base_routes = svc.routes.clone();
-                    let file_primary = svc.versions.get(&next.primary_name).cloned();
-                    let file_canary = svc.versions.get(&next.canary_name).cloned();
-                    if let Some(fp) = file_primary {
-                        if fp != next.file_primary {
-                            next.primary = fp.clone();
-                        }
-                        next.file_primary = fp;
+                    if let Some(fp) = svc.versions.get(&next.primary_name) {
+                        next.primary = effective_version(&next.primary, &next.file_primary, fp);
+                        next.file_primary = fp.clone();
                     }
-                    if let Some(fc) = file_canary {
-                        if fc != next.file_canary {
-                            next.canary = fc.clone();
-                        }
-                        next.file_canary = fc;
+                    if let Some(fc) = svc.versions.get(&next.canary_name) {
+                        next.canary = effective_version(&next.canary, &next.file_canary, fc);
+                        next.file_canary = fc.clone();
                     }
                     staged.push(next);
                 }
@@ -1242,7 +1249,6 @@ impl Controller {
                 slot.kick.notify_one();
             }
         }
-        let kept: Vec<String> = guards.iter().map(|g| g.0.clone()).collect();
         drop(guards);
         let current = self.shared.proxy.config();
         for (name, slot) in slots {
@@ -1259,10 +1265,9 @@ impl Controller {
                     .shift_remove(&name);
             }
         }
+        // Services without a slot only: a kept one was staged above.
         for r in fresh {
-            if !kept.contains(&r.service) {
-                self.spawn(r);
-            }
+            self.spawn(r);
         }
         self.persist();
         Ok(())
@@ -1342,18 +1347,10 @@ fn new_rollout(svc: &weir_proxy::config::ServiceConfig, analysis: Analysis) -> R
 }
 
 /// Resumes a saved rollout; a file edit made while weir was down wins for that version.
-fn restore(r: &mut Rollout, s: &store::Saved, config: &Config) -> Result<(), String> {
+fn restore(r: &mut Rollout, s: &store::Saved, config: &Config) {
     r.status = s.status.clone();
-    r.primary = if s.file_primary == r.file_primary {
-        s.primary.clone()
-    } else {
-        r.file_primary.clone()
-    };
-    r.canary = if s.file_canary == r.file_canary {
-        s.canary.clone()
-    } else {
-        r.file_canary.clone()
-    };
+    r.primary = effective_version(&s.primary, &s.file_primary, &r.file_primary);
+    r.canary = effective_version(&s.canary, &s.file_canary, &r.file_canary);
     if let Some(spec) = &s.spec {
         if r.file_analysis.is_some() {
             match spec::parse(spec, "state.spec", &config.alert_providers) {
@@ -1374,13 +1371,11 @@ fn restore(r: &mut Rollout, s: &store::Saved, config: &Config) -> Result<(), Str
         r.status.mirrored = false;
         r.status.ab_routed = false;
         r.status.failed_checks = 0;
-        r.status.reverted = true;
         r.status.last_event = format!("Canary failed! Scaling down {}", r.target);
         r.status.last_transition_ms = now_ms();
     } else if r.status.phase.is_active() {
         tracing::info!(canary = %r.target, phase = r.status.phase.name(), weight = r.status.canary_weight, "resuming the rollout");
     }
-    Ok(())
 }
 
 fn saved_of(r: &Rollout) -> store::Saved {
@@ -1481,7 +1476,7 @@ impl Env for LiveEnv<'_> {
                     .or_else(|| self.marks.front());
                 let (canary, primary) = match mark {
                     Some(k) => {
-                        let c_then = if self.mirrored { k.shadow.as_ref() } else { Some(&k.canary) };
+                        let c_then = k.canary(self.mirrored);
                         (
                             c_then.map(|t| canary_now.since(t)).unwrap_or_else(|| canary_now.total()),
                             primary_now.since(&k.primary),
@@ -1489,7 +1484,7 @@ impl Env for LiveEnv<'_> {
                     }
                     None => (canary_now.total(), primary_now.total()),
                 };
-                let r = checks::evaluate(m, &canary, Some(&primary));
+                let r = checks::evaluate(m, &canary, &primary);
                 tracing::info!(canary = %self.target, check = %r.name, verdict = r.verdict.name(), value = ?r.value, threshold = %r.threshold, "{}", r.detail);
                 r
             })

@@ -8,6 +8,8 @@ use tonic::transport::Channel;
 use weir_protos::control as pb;
 use weir_protos::control::control_client::ControlClient;
 
+use crate::analysis::Phase;
+
 /// Options shared by every `weir ctl` command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CtlArgs {
@@ -85,12 +87,7 @@ async fn connect(addr: &str) -> Result<ControlClient<Channel>, String> {
         .map_err(|e| format!("--control {addr:?} is not an address: {e}"))?
         .connect_timeout(Duration::from_secs(3));
     endpoint.connect().await.map(ControlClient::new).map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
+        let msg = crate::hooks::error_chain(&e);
         format!("cannot reach weir's control API at {addr} ({msg}); is `weir run` running with `control:` set to that address?")
     })
 }
@@ -270,11 +267,24 @@ fn stats(v: &Option<pb::VersionStats>) -> String {
     }
 }
 
+/// The canary weight as a bar of `width` cells, `#` for the canary's share.
+pub fn weight_bar(weight: u32, width: usize) -> String {
+    let filled = (weight as usize * width).div_ceil(100).min(width);
+    "#".repeat(filled) + &".".repeat(width - filled)
+}
+
+/// How an event is labelled on a terminal: `WARN` or `info`.
+pub fn event_label(e: &pb::Event) -> &'static str {
+    if e.r#type == "Warning" {
+        "WARN"
+    } else {
+        "info"
+    }
+}
+
 /// One live line of `weir ctl watch`.
 pub fn progress_line(s: &pb::RolloutStatus) -> String {
-    let width = 20usize;
-    let filled = (s.canary_weight as usize * width).div_ceil(100).min(width);
-    let bar = "#".repeat(filled) + &".".repeat(width - filled);
+    let bar = weight_bar(s.canary_weight, 20);
     let mut line = format!(
         "{:<16} [{bar}] {:>3}%  primary {}  canary {}  failed {}/{}",
         s.phase,
@@ -328,15 +338,7 @@ async fn follow(
             .map_err(grpc_error)?
             .ok_or_else(|| format!("the control API closed the watch of {service}"))?;
         match item.kind {
-            Some(Kind::Event(e)) => println!(
-                "{} {}",
-                if e.r#type == "Warning" {
-                    "WARN"
-                } else {
-                    "info"
-                },
-                e.message
-            ),
+            Some(Kind::Event(e)) => println!("{} {}", event_label(&e), e.message),
             Some(Kind::Status(s)) => {
                 let line = progress_line(&s);
                 if line != last_line {
@@ -344,15 +346,12 @@ async fn follow(
                     last_line = line;
                 }
                 let Some(rev) = revision else { continue };
-                let active = matches!(
-                    s.phase.as_str(),
-                    "Progressing" | "Waiting" | "WaitingPromotion" | "Promoting" | "Finalising"
-                );
-                seen_active |= active && s.canary_revision == rev;
-                if s.phase == "Succeeded" && s.primary_revision == rev {
+                let phase = Phase::from_name(&s.phase);
+                seen_active |= phase.is_some_and(Phase::is_active) && s.canary_revision == rev;
+                if phase == Some(Phase::Succeeded) && s.primary_revision == rev {
                     return Ok(true);
                 }
-                if s.phase == "Failed" && seen_active {
+                if phase == Some(Phase::Failed) && seen_active {
                     return Ok(false);
                 }
             }

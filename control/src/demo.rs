@@ -256,16 +256,14 @@ services:
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut outcome = None;
-    let mut ended_at = None;
     while !load.is_finished() {
         tokio::select! {
             n = notices.recv() => match n {
                 Ok(Notice::Event(e)) => {
-                    println!("[{:>3}s] {}: {}", started.elapsed().as_secs(), if e.r#type == "Warning" { "WARN" } else { "info" }, e.message);
+                    println!("[{:>3}s] {}: {}", started.elapsed().as_secs(), crate::ctl::event_label(&e), e.message);
                 }
                 Ok(Notice::Status(s)) if outcome.is_none() && (s.phase == "Succeeded" || s.phase == "Failed") => {
                     outcome = Some((s.phase.clone(), failed.load(Ordering::Relaxed), Instant::now()));
-                    ended_at = Some(Instant::now());
                 }
                 _ => {}
             },
@@ -278,7 +276,7 @@ services:
                 }
                 last = now;
                 // Keep the load going two seconds past the end, then stop.
-                if ended_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+                if outcome.as_ref().is_some_and(|o| o.2.elapsed() >= Duration::from_secs(2)) {
                     let _ = load_stop_tx.send(true);
                 }
             }
@@ -295,7 +293,7 @@ services:
             if phase == "Succeeded" {
                 println!(
                     "weir demo: v2 promoted in {:.1}s; {total_failed} user requests failed",
-                    started.elapsed().as_secs_f64() - ended_at.map(|e| e.elapsed().as_secs_f64()).unwrap_or(0.0)
+                    at.duration_since(started).as_secs_f64()
                 );
             } else {
                 println!(
@@ -329,9 +327,7 @@ fn view_line(
 ) -> String {
     let total = (primary.requests() + canary.requests()).max(1) as f64;
     let pct = |w: &weir_proxy::Window| 100.0 * w.requests() as f64 / total;
-    let bar_len = 20usize;
-    let filled = (weight as usize * bar_len).div_ceil(100);
-    let bar: String = "#".repeat(filled.min(bar_len)) + &".".repeat(bar_len - filled.min(bar_len));
+    let bar = crate::ctl::weight_bar(weight, 20);
     let fmt = |w: &weir_proxy::Window| {
         format!(
             "{:>5} req  ok {:>7}  p99 {:>8}",

@@ -90,15 +90,11 @@ impl HttpPoster {
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                msg
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| error_chain(&e))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
@@ -200,6 +196,18 @@ pub fn payload(name: &str, namespace: &str, phase: Phase, revision: Option<&str>
         checksum: checksum(revision.unwrap_or("")),
         metadata: BTreeMap::new(),
     }
+}
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    use std::fmt::Write;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let _ = write!(msg, ": {s}");
+        src = s.source();
+    }
+    msg
 }
 
 #[cfg(test)]

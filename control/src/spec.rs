@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-use weir_proxy::config::{AlertProviderConfig, ConfigError, Dur, SessionAffinityConfig};
+use weir_proxy::config::{
+    regex_message, AlertProviderConfig, ConfigError, Dur, SessionAffinityConfig,
+};
 use weir_proxy::Config;
 
 /// Weir's shortest analysis interval (Flagger clamps at 10s; weir decides in seconds).
@@ -18,6 +20,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 /// Fewer requests than this in a check's window make it inconclusive.
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+/// A webhook's timeout when the spec gives none (Flagger's).
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The fast-fail guard's sliding window when the spec gives none.
+pub const DEFAULT_FAST_FAIL_WINDOW: Duration = Duration::from_secs(30);
 /// Flagger's `progressDeadlineSeconds` default.
 pub const DEFAULT_PROGRESS_DEADLINE: u64 = 600;
 
@@ -489,9 +495,21 @@ impl Analysis {
     }
 }
 
-/// Parses a duration the way the spec writes them; a clear message otherwise.
-fn duration(s: &str) -> Result<Duration, String> {
-    Dur::parse(s).map(|d| d.0)
+/// An optional duration field: `default` when absent or empty, and when it does not
+/// parse (after reporting the error on `field`).
+fn opt_duration(
+    v: Option<&str>,
+    default: Duration,
+    field: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> Duration {
+    match v {
+        None | Some("") => default,
+        Some(s) => Dur::parse(s).map(|d| d.0).unwrap_or_else(|e| {
+            err(field, e);
+            default
+        }),
+    }
 }
 
 /// Decodes and validates an analysis block; every error names its field under `path`.
@@ -532,16 +550,13 @@ pub fn validate(
             message,
         })
     };
-    let interval = match spec.interval.as_deref() {
-        None | Some("") => DEFAULT_INTERVAL,
-        Some(s) => match duration(s) {
-            Ok(d) => d.max(MIN_INTERVAL),
-            Err(e) => {
-                err("interval", e);
-                DEFAULT_INTERVAL
-            }
-        },
-    };
+    let interval = opt_duration(
+        spec.interval.as_deref(),
+        DEFAULT_INTERVAL,
+        "interval",
+        &mut err,
+    )
+    .max(MIN_INTERVAL);
     let modes = [
         spec.step_weight.is_some(),
         !spec.step_weights.is_empty(),
@@ -677,13 +692,12 @@ pub fn validate(
             );
             continue;
         };
-        let window = match m.interval.as_deref() {
-            None | Some("") => DEFAULT_METRIC_INTERVAL,
-            Some(s) => duration(s).unwrap_or_else(|e| {
-                err(&format!("{at}.interval"), e);
-                DEFAULT_METRIC_INTERVAL
-            }),
-        };
+        let window = opt_duration(
+            m.interval.as_deref(),
+            DEFAULT_METRIC_INTERVAL,
+            &format!("{at}.interval"),
+            &mut err,
+        );
         let (mut min, mut max) = m
             .threshold_range
             .map(|r| (r.min, r.max))
@@ -752,13 +766,12 @@ pub fn validate(
         if kind == HookKind::Event && !h.exec.is_empty() {
             err(&format!("{at}.exec"), "event hooks are HTTP only".into());
         }
-        let timeout = match h.timeout.as_deref() {
-            None | Some("") => Duration::from_secs(10),
-            Some(s) => duration(s).unwrap_or_else(|e| {
-                err(&format!("{at}.timeout"), e);
-                Duration::from_secs(10)
-            }),
-        };
+        let timeout = opt_duration(
+            h.timeout.as_deref(),
+            DEFAULT_HOOK_TIMEOUT,
+            &format!("{at}.timeout"),
+            &mut err,
+        );
         hooks.push(Hook {
             name: h.name.clone(),
             kind,
@@ -853,13 +866,12 @@ pub fn validate(
             if !(alpha > 0.0 && alpha < 1.0) {
                 err("fastFail.alpha", format!("{alpha} is not between 0 and 1"));
             }
-            let window = match f.window.as_deref() {
-                None | Some("") => Duration::from_secs(30),
-                Some(s) => duration(s).unwrap_or_else(|e| {
-                    err("fastFail.window", e);
-                    Duration::from_secs(30)
-                }),
-            };
+            let window = opt_duration(
+                f.window.as_deref(),
+                DEFAULT_FAST_FAIL_WINDOW,
+                "fastFail.window",
+                &mut err,
+            );
             Some(FastFail {
                 min_requests: f.min_requests.unwrap_or(min_requests).max(1),
                 alpha,
@@ -906,17 +918,9 @@ fn check_match(field: &str, sm: &StringMatch, err: &mut dyn FnMut(&str, String))
     }
     if let Some(re) = &sm.regex {
         if let Err(e) = regex::Regex::new(re) {
-            err(&format!("{field}.regex"), first_line(&e.to_string()));
+            err(&format!("{field}.regex"), regex_message(&e));
         }
     }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .find(|l| l.starts_with("error:"))
-        .map(|l| l.trim_start_matches("error:").trim().to_string())
-        .unwrap_or_else(|| s.lines().next().unwrap_or(s).to_string())
 }
 
 /// Every service's validated analysis, by service name.

@@ -11,7 +11,7 @@ use weir_proxy::config::VersionConfig;
 use crate::analysis::Status;
 
 /// Everything weir needs to resume its rollouts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Format version.
     pub version: u32,
@@ -19,7 +19,7 @@ pub struct State {
 }
 
 /// One service's rollout.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Saved {
     pub status: Status,

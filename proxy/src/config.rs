@@ -855,7 +855,7 @@ fn unknown_version(v: &str, svc: &ServiceConfig) -> String {
 }
 
 /// The short reason of a regex error, like `unclosed group`.
-fn regex_message(e: &regex::Error) -> String {
+pub fn regex_message(e: &regex::Error) -> String {
     match e {
         regex::Error::Syntax(s) => s
             .lines()

@@ -22,6 +22,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::measure::VersionMetrics;
+
 use arc_swap::ArcSwap;
 use indexmap::IndexMap;
 use tokio::net::TcpListener;
@@ -166,12 +168,27 @@ impl Proxy {
         })
     }
 
-    /// Cumulative measurements of one service version.
-    pub fn snapshot(&self, service: &str, version: &str) -> Option<VersionSnapshot> {
+    /// The measurements of one version's users' (`mirrored: false`) or shadow
+    /// (`mirrored: true`) traffic.
+    fn version_metrics(
+        &self,
+        service: &str,
+        version: &str,
+        mirrored: bool,
+    ) -> Option<Arc<VersionMetrics>> {
         let table = self.table();
         let svc = table.services().iter().find(|s| s.name == service)?;
         let v = svc.versions.iter().find(|v| v.name == version)?;
-        Some(v.metrics.snapshot())
+        Some(if mirrored {
+            v.mirror_metrics.clone()
+        } else {
+            v.metrics.clone()
+        })
+    }
+
+    /// Cumulative measurements of one service version.
+    pub fn snapshot(&self, service: &str, version: &str) -> Option<VersionSnapshot> {
+        self.measurements(service, version, false)
     }
 
     /// Cumulative measurements of one version's users' (`mirrored: false`) or shadow
@@ -182,26 +199,12 @@ impl Proxy {
         version: &str,
         mirrored: bool,
     ) -> Option<VersionSnapshot> {
-        let table = self.table();
-        let svc = table.services().iter().find(|s| s.name == service)?;
-        let v = svc.versions.iter().find(|v| v.name == version)?;
-        Some(if mirrored {
-            v.mirror_metrics.snapshot()
-        } else {
-            v.metrics.snapshot()
-        })
+        Some(self.version_metrics(service, version, mirrored)?.snapshot())
     }
 
     /// Cumulative (responses, 5xx responses) of one version, cheap enough to poll often.
     pub fn counts(&self, service: &str, version: &str, mirrored: bool) -> Option<(u64, u64)> {
-        let table = self.table();
-        let svc = table.services().iter().find(|s| s.name == service)?;
-        let v = svc.versions.iter().find(|v| v.name == version)?;
-        Some(if mirrored {
-            v.mirror_metrics.counts()
-        } else {
-            v.metrics.counts()
-        })
+        Some(self.version_metrics(service, version, mirrored)?.counts())
     }
 
     /// Re-reads a config file; an invalid file is rejected with all its errors logged,

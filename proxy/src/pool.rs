@@ -17,15 +17,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tower_service::Service;
 
 use crate::body::RequestBody;
-use crate::measure::FailureReason;
-use crate::upstream::SendFailure;
+use crate::upstream::{classify_chain, EndpointConnector, SendFailure};
 
 type Io = TokioIo<TcpStream>;
 
@@ -57,8 +57,8 @@ impl Conn {
 
 /// The idle connections of one endpoint.
 pub(crate) struct Pool {
-    address: String,
-    connect_timeout: Duration,
+    /// Dials the endpoint (connect timeout, nodelay and TCP keepalive as for hyper's client).
+    connector: EndpointConnector,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Conn>>,
@@ -67,14 +67,12 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(
-        address: &str,
-        connect_timeout: Duration,
+        connector: EndpointConnector,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<Pool> {
         Arc::new(Pool {
-            address: address.to_owned(),
-            connect_timeout,
+            connector,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
@@ -119,7 +117,7 @@ impl Pool {
             }
             idle.push(conn);
         }
-        if !self.sweeper.swap(true, Ordering::Relaxed) {
+        if !self.sweeper.load(Ordering::Relaxed) && !self.sweeper.swap(true, Ordering::Relaxed) {
             self.start_sweeper();
         }
     }
@@ -151,29 +149,16 @@ impl Pool {
     }
 
     async fn dial(&self) -> Result<Conn, SendFailure> {
-        let connect = TcpStream::connect(self.address.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let reason = crate::upstream::classify_io(&e, true);
-                return Err(SendFailure {
-                    reason,
-                    error: format!("connect {}: {e}", self.address),
-                });
-            }
-            Err(_) => {
-                return Err(SendFailure {
-                    reason: FailureReason::ConnectTimeout,
-                    error: format!("connect {}: timed out", self.address),
-                })
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let io = self
+            .connector
+            .clone()
+            .call(Uri::default())
             .await
-            .map_err(|e| failure(&e))?;
+            .map_err(|e| SendFailure {
+                reason: classify_chain(&e, true),
+                error: Box::new(e),
+            })?;
+        let (sender, conn) = http1::handshake(io).await.map_err(failure)?;
         Ok(Conn {
             sender,
             conn: Box::new(conn),
@@ -189,7 +174,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
-        origin_form(&mut req, &self.address);
+        origin_form(&mut req);
         let mut retried = false;
         loop {
             // A retry always dials: the pooled connections are as old as the one that failed.
@@ -219,38 +204,25 @@ impl Pool {
                         req = r;
                         retried = true;
                     }
-                    _ => return Err(failure(e.error())),
+                    _ => return Err(failure(e.into_error())),
                 },
             }
         }
     }
 }
 
-fn failure(e: &hyper::Error) -> SendFailure {
+fn failure(e: hyper::Error) -> SendFailure {
     SendFailure {
-        reason: crate::upstream::classify_error(e, false),
-        error: e.to_string(),
+        reason: classify_chain(&e, false),
+        error: Box::new(e),
     }
 }
 
-/// HTTP/1.1 to an origin: the path and query in the request line, the host in `Host`.
-fn origin_form(req: &mut Request<RequestBody>, endpoint: &str) {
-    if !req.headers().contains_key(header::HOST) {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or(endpoint);
-        if let Ok(v) = HeaderValue::from_str(host) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    if let Ok(uri) = Uri::try_from(path) {
+/// HTTP/1.1 to an origin: only the path and query in the request line (`Host` is set).
+fn origin_form(req: &mut Request<RequestBody>) {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
 }

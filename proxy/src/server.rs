@@ -95,41 +95,41 @@ pub(crate) async fn handle(
     let upstream = &version.upstream;
     let endpoint = upstream.next_endpoint();
 
-    let authority = host.map(str::to_owned);
     let upgrade =
         req.version() == HttpVersion::HTTP_11 && !upstream.http2 && is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarding(&mut parts.headers, peer.ip(), "http");
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    // Absolute form, with the user's host (or the endpoint's when there is none): hyper's
+    // client and mirror copies take it as it is; HTTP/1.1 upstreams get origin form.
     let uri = Uri::builder()
         .scheme("http")
-        .authority(authority.as_deref().unwrap_or(endpoint.address.as_str()))
-        .path_and_query(path_and_query)
+        .authority(host.unwrap_or(endpoint.address.as_str()))
+        .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
         .build();
-    parts.uri = match uri {
+    let uri = match uri {
         Ok(u) => u,
         Err(_) => {
-            let text = format!("weir: invalid Host {:?}\n", authority.unwrap_or_default());
+            let text = format!("weir: invalid Host {:?}\n", host.unwrap_or_default());
             return local(StatusCode::BAD_REQUEST, text);
         }
     };
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarding(&mut parts.headers, peer.ip(), "http");
     if upstream.http2 {
         parts.version = HttpVersion::HTTP_2;
         // `:authority` carries the host; a second `host` header would be a duplicate.
         parts.headers.remove(header::HOST);
     } else {
         parts.version = HttpVersion::HTTP_11;
-        if let Some(a) = &authority {
-            if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(a) {
-                    parts.headers.insert(header::HOST, v);
-                }
+        if !parts.headers.contains_key(header::HOST) {
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(host) {
+                parts.headers.insert(header::HOST, v);
             }
         }
     }
@@ -144,7 +144,7 @@ pub(crate) async fn handle(
         }
         _ => (RequestBody::Stream(body), None),
     };
-    let sent = endpoint.forward(Request::from_parts(parts, body), upstream.http2, upgrade);
+    let sent = endpoint.forward(Request::from_parts(parts, body), upgrade);
     let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(forwarded)) => forwarded,
         Ok(Err(failure)) => {

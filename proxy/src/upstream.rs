@@ -48,8 +48,9 @@ type EndpointClient = Client<EndpointConnector, RequestBody>;
 pub struct Endpoint {
     /// `host:port`.
     pub address: String,
-    /// HTTP/1.1 requests: connections driven by the request that holds them.
-    pool: Arc<Pool>,
+    /// HTTP/1.1 requests to an HTTP/1.1 version: connections driven by the request that
+    /// holds them (none for an HTTP/2 version).
+    pool: Option<Arc<Pool>>,
     /// HTTP/2, upgrades, CONNECT and mirror copies: hyper's pooled client.
     client: EndpointClient,
 }
@@ -83,6 +84,13 @@ impl Upstream {
                     inner: http,
                     target,
                 };
+                let pool = (!cfg.http2).then(|| {
+                    Pool::new(
+                        connector.clone(),
+                        cfg.idle_timeout.0,
+                        cfg.max_idle_per_endpoint,
+                    )
+                });
                 let client = Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
@@ -93,12 +101,7 @@ impl Upstream {
                     .build(connector);
                 Ok(Endpoint {
                     address: address.clone(),
-                    pool: Pool::new(
-                        address,
-                        cfg.connect_timeout.0,
-                        cfg.idle_timeout.0,
-                        cfg.max_idle_per_endpoint,
-                    ),
+                    pool,
                     client,
                 })
             })
@@ -123,25 +126,26 @@ pub type Forwarded = (http::Response<hyper::body::Incoming>, Option<Lease>);
 
 impl Endpoint {
     /// Forwards a user's request. HTTP/1.1 requests to an HTTP/1.1 upstream run on a
-    /// connection the request itself drives; `tunnel` (an upgrade) and HTTP/2 upstreams
-    /// go through hyper's pooled client.
+    /// connection the request itself drives; `tunnel` (an upgrade), CONNECT and HTTP/2
+    /// upstreams go through hyper's pooled client.
     pub async fn forward(
         &self,
         req: http::Request<RequestBody>,
-        http2: bool,
         tunnel: bool,
     ) -> Result<Forwarded, SendFailure> {
-        if http2 || tunnel || req.method() == http::Method::CONNECT {
-            return match self.client.request(req).await {
+        match &self.pool {
+            Some(pool) if !tunnel && req.method() != http::Method::CONNECT => {
+                let (resp, lease) = pool.send(req).await?;
+                Ok((resp, Some(lease)))
+            }
+            _ => match self.client.request(req).await {
                 Ok(resp) => Ok((resp, None)),
                 Err(e) => Err(SendFailure {
                     reason: classify(&e),
-                    error: e.to_string(),
+                    error: Box::new(e),
                 }),
-            };
+            },
         }
-        let (resp, lease) = self.pool.send(req).await?;
-        Ok((resp, Some(lease)))
     }
 
     /// Sends a request on hyper's pooled client (mirror copies).
@@ -160,8 +164,8 @@ impl Endpoint {
 pub struct SendFailure {
     /// What counts against the version.
     pub reason: FailureReason,
-    /// The underlying error.
-    pub error: String,
+    /// The underlying error (formatted only when it is logged).
+    pub error: Box<dyn StdError + Send + Sync>,
 }
 
 /// Classifies a client error into a failure reason.
@@ -169,18 +173,8 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureReason {
     classify_chain(err, err.is_connect())
 }
 
-/// Classifies an error from sending on a pooled connection.
-pub(crate) fn classify_error(err: &(dyn StdError + 'static), connect: bool) -> FailureReason {
-    classify_chain(err, connect)
-}
-
-/// Classifies an I/O error from dialing (`connect`) or from an open connection.
-pub(crate) fn classify_io(err: &std::io::Error, connect: bool) -> FailureReason {
-    classify_chain(err, connect)
-}
-
 /// Walks an error's source chain for the first cause weir can name.
-fn classify_chain(err: &(dyn StdError + 'static), connect: bool) -> FailureReason {
+pub(crate) fn classify_chain(err: &(dyn StdError + 'static), connect: bool) -> FailureReason {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {

@@ -560,11 +560,10 @@ impl tower_service::Service<http::Uri> for ResolveToProxy {
 }
 
 /// A loopback HTTP server that records the JSON bodies posted to it (webhooks, alerts)
-/// and answers with a settable status.
+/// and answers 200.
 pub struct Capture {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
-    pub status: Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -581,17 +580,16 @@ impl Capture {
             .expect("bind capture");
         let addr = listener.local_addr().expect("addr");
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
-        let (b, st) = (bodies.clone(), status.clone());
+        let b = bodies.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (b, st) = (b.clone(), st.clone());
+                let b = b.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (b, st) = (b.clone(), st.clone());
+                        let b = b.clone();
                         async move {
                             let body = req
                                 .into_body()
@@ -602,10 +600,7 @@ impl Capture {
                             let v =
                                 serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                             b.lock().expect("lock").push(v);
-                            let mut r = Response::new(full("ok"));
-                            *r.status_mut() = StatusCode::from_u16(st.load(Ordering::SeqCst))
-                                .unwrap_or(StatusCode::OK);
-                            Ok::<_, Infallible>(r)
+                            Ok::<_, Infallible>(Response::new(full("ok")))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -614,12 +609,7 @@ impl Capture {
                 });
             }
         });
-        Capture {
-            addr,
-            bodies,
-            status,
-            task,
-        }
+        Capture { addr, bodies, task }
     }
 
     pub fn url(&self) -> String {
@@ -633,7 +623,6 @@ impl Capture {
 
 /// A bounded background load: `rps` GETs per second to `url` until dropped or `limit`.
 pub struct Load {
-    pub sent: Arc<AtomicUsize>,
     pub failed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -646,9 +635,8 @@ impl Drop for Load {
 
 impl Load {
     pub fn start(url: String, rps: u64, limit: Duration) -> Load {
-        let sent = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
-        let (s, f) = (sent.clone(), failed.clone());
+        let f = failed.clone();
         let task = tokio::spawn(async move {
             let client = http1_client();
             let gap = Duration::from_secs_f64(1.0 / rps.max(1) as f64);
@@ -657,7 +645,7 @@ impl Load {
             while start.elapsed() < limit {
                 tokio::time::sleep_until(start + gap * i).await;
                 i += 1;
-                let (client, url, s, f) = (client.clone(), url.clone(), s.clone(), f.clone());
+                let (client, url, f) = (client.clone(), url.clone(), f.clone());
                 tokio::spawn(async move {
                     let req = Request::get(url).body(full("")).expect("request");
                     let ok =
@@ -670,13 +658,12 @@ impl Load {
                             }
                             _ => false,
                         };
-                    s.fetch_add(1, Ordering::SeqCst);
                     if !ok {
                         f.fetch_add(1, Ordering::SeqCst);
                     }
                 });
             }
         });
-        Load { sent, failed, task }
+        Load { failed, task }
     }
 }

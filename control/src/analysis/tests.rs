@@ -68,6 +68,8 @@ struct Rollout {
     status: Status,
     env: Fake,
     input: Input,
+    /// The fake clock (Unix ms).
+    now_ms: u64,
     actions: Vec<Action>,
 }
 
@@ -86,8 +88,8 @@ impl Rollout {
             input: Input {
                 canary_revision: Some("1.0.0".into()),
                 primary_revision: Some("1.0.0".into()),
-                now_ms: 1_000_000,
             },
+            now_ms: 1_000_000,
             actions: Vec::new(),
         }
     }
@@ -104,13 +106,8 @@ impl Rollout {
     }
 
     fn tick(&mut self) -> Vec<Action> {
-        self.input.now_ms += self.analysis.interval.as_millis() as u64;
-        let mut m = Machine::new(
-            &self.target,
-            &self.analysis,
-            &mut self.status,
-            self.input.now_ms,
-        );
+        self.now_ms += self.analysis.interval.as_millis() as u64;
+        let mut m = Machine::new(&self.target, &self.analysis, &mut self.status, self.now_ms);
         block_on(m.tick(&self.input, &mut self.env));
         let actions = m.actions;
         self.actions.extend(actions.clone());
