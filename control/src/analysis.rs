@@ -297,11 +297,10 @@ impl<'a> Machine<'a> {
         if self.status.approvals.contains(&kind) {
             return Ok(());
         }
-        let hooks: Vec<_> = self.analysis.hooks_of(kind).collect();
-        if let Some(manual) = hooks.iter().find(|h| h.url.is_none() && h.exec.is_empty()) {
+        if let Some(manual) = self.analysis.hooks_of(kind).find(|h| h.is_manual()) {
             return Err(manual.name.clone());
         }
-        if hooks.is_empty() {
+        if self.analysis.hooks_of(kind).next().is_none() {
             return Ok(());
         }
         match env

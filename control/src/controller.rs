@@ -431,7 +431,7 @@ fn effective_version(
 
 /// Overlays a rollout's effective versions, routes and affinity on a config.
 fn overlay(cfg: &mut Config, r: &Rollout) {
-    if let Some(svc) = cfg.services.iter_mut().find(|s| s.name == r.service) {
+    if let Some(svc) = cfg.service_mut(&r.service) {
         svc.versions
             .insert(r.primary_name.clone(), r.primary.clone());
         svc.versions.insert(r.canary_name.clone(), r.canary.clone());
@@ -676,13 +676,10 @@ impl Controller {
                 }
                 Action::Promote => {
                     r.primary = r.canary.clone();
-                    let (p, v) = (r.primary_name.clone(), r.primary.clone());
-                    let result = shared.proxy.update(|c| {
-                        if let Some(svc) = c.services.iter_mut().find(|s| s.name == r.service) {
-                            svc.versions.insert(p, v);
-                        }
-                        Ok(())
-                    });
+                    let result =
+                        shared
+                            .proxy
+                            .set_version(&r.service, &r.primary_name, r.primary.clone());
                     if let Err(e) = result {
                         tracing::error!(service = %r.service, error = %e, "cannot promote the canary");
                     }
@@ -1035,15 +1032,9 @@ impl Controller {
             .iter()
             .position(|s| s.name == service)
             .unwrap_or(0);
-        let v = canary.clone();
         self.shared
             .proxy
-            .update(|c| {
-                if let Some(svc) = c.services.iter_mut().find(|s| s.name == service) {
-                    svc.versions.insert(name, v);
-                }
-                Ok(())
-            })
+            .set_version(service, &name, canary.clone())
             .map_err(|e| {
                 Refusal::Invalid(
                     e.0.iter()
@@ -1209,7 +1200,7 @@ impl Controller {
         let mut staged: Vec<Rollout> = Vec::new();
         let mut fresh = Vec::new();
         for (name, analysis) in analyses {
-            let Some(svc) = cfg.services.iter().find(|s| s.name == name) else {
+            let Some(svc) = cfg.service(&name) else {
                 continue;
             };
             match guards.iter().find(|g| g.0 == name) {
@@ -1412,9 +1403,6 @@ impl Env for LiveEnv<'_> {
             self.revision.as_deref(),
         );
         for hook in self.analysis.hooks_of(kind) {
-            if hook.url.is_none() && hook.exec.is_empty() {
-                continue; // a manual gate: only approvals open it
-            }
             let result = hooks::call(&self.shared.poster, hook, &payload).await;
             match (kind, result) {
                 (HookKind::Rollback, Ok(())) => {

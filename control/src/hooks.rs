@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::analysis::Phase;
-use crate::spec::Hook;
+use crate::spec::{Hook, HookAction};
 
 /// Flagger's `CanaryWebhookPayload`.
 #[derive(Debug, Clone, Serialize)]
@@ -116,11 +116,10 @@ impl HttpPoster {
 
 /// Runs one hook: Ok when it passed (HTTP status <= 202, or exit code 0).
 pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result<(), String> {
-    if !hook.exec.is_empty() {
-        return exec(hook, payload).await;
-    }
-    let Some(url) = &hook.url else {
-        return Err("waiting for `weir ctl approve`".into());
+    let url = match &hook.action {
+        HookAction::Http(url) => url,
+        HookAction::Exec(argv) => return exec(hook, argv, payload).await,
+        HookAction::Manual => return Err("waiting for `weir ctl approve`".into()),
     };
     let mut body = serde_json::to_value(payload).map_err(|e| e.to_string())?;
     if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
@@ -151,10 +150,13 @@ pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result
 }
 
 /// Runs a local command with the payload in `WEIR_HOOK_PAYLOAD`; exit code 0 passes.
-async fn exec(hook: &Hook, payload: &Payload) -> Result<(), String> {
+async fn exec(hook: &Hook, argv: &[String], payload: &Payload) -> Result<(), String> {
+    let [program, args @ ..] = argv else {
+        return Err("an exec hook needs a command".into());
+    };
     let json = serde_json::to_string(payload).map_err(|e| e.to_string())?;
-    let mut cmd = tokio::process::Command::new(&hook.exec[0]);
-    cmd.args(&hook.exec[1..])
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .env("WEIR_HOOK_PAYLOAD", json)
         .env("WEIR_SERVICE", &payload.name)
         .env("WEIR_NAMESPACE", &payload.namespace)
@@ -165,7 +167,7 @@ async fn exec(hook: &Hook, payload: &Payload) -> Result<(), String> {
         .kill_on_drop(true);
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot run {:?}: {e}", hook.exec[0]))?;
+        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
     match tokio::time::timeout(hook.timeout, child.wait_with_output()).await {
         Err(_) => Err(format!("timed out after {:?}", hook.timeout)),
         Ok(Err(e)) => Err(e.to_string()),
@@ -275,8 +277,7 @@ mod tests {
         Hook {
             name: "h".into(),
             kind: HookKind::Rollout,
-            url: Some(url.into()),
-            exec: vec![],
+            action: HookAction::Http(url.into()),
             timeout: Duration::from_secs(2),
             retries,
             metadata: [("cmd".to_string(), "hey".to_string())].into(),
@@ -362,19 +363,22 @@ mod tests {
     async fn exec_hooks_pass_on_exit_code_zero_and_time_out() {
         let p = payload("podinfo", "test", Phase::Progressing, None);
         let mut h = hook("http://unused/", 0);
-        h.url = None;
-        h.exec = vec![
+        h.action = HookAction::Exec(vec![
             "sh".into(),
             "-c".into(),
             "test \"$WEIR_SERVICE\" = podinfo".into(),
-        ];
+        ]);
         assert!(call(&HttpPoster::new(), &h, &p).await.is_ok());
-        h.exec = vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()];
+        h.action = HookAction::Exec(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo boom >&2; exit 3".into(),
+        ]);
         assert_eq!(
             call(&HttpPoster::new(), &h, &p).await.err().as_deref(),
             Some("exit code 3: boom")
         );
-        h.exec = vec!["sleep".into(), "5".into()];
+        h.action = HookAction::Exec(vec!["sleep".into(), "5".into()]);
         h.timeout = Duration::from_millis(100);
         assert!(call(&HttpPoster::new(), &h, &p)
             .await

@@ -424,13 +424,29 @@ pub struct Metric {
 pub struct Hook {
     pub name: String,
     pub kind: HookKind,
-    /// None with no exec: a manual gate only `weir ctl approve` opens.
-    pub url: Option<String>,
-    pub exec: Vec<String>,
+    pub action: HookAction,
     pub timeout: Duration,
     pub retries: u32,
     pub metadata: BTreeMap<String, String>,
     pub mute_alert: bool,
+}
+
+/// What a webhook does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookAction {
+    /// POST Flagger's payload to this URL.
+    Http(String),
+    /// Run this command (program and arguments, never empty).
+    Exec(Vec<String>),
+    /// A gate only `weir ctl approve` opens.
+    Manual,
+}
+
+impl Hook {
+    /// A gate that waits for `weir ctl approve`.
+    pub fn is_manual(&self) -> bool {
+        self.action == HookAction::Manual
+    }
 }
 
 /// A validated fast-fail guard.
@@ -772,11 +788,15 @@ pub fn validate(
             &format!("{at}.timeout"),
             &mut err,
         );
+        let action = match &h.url {
+            Some(url) => HookAction::Http(url.clone()),
+            None if h.exec.is_empty() => HookAction::Manual,
+            None => HookAction::Exec(h.exec.clone()),
+        };
         hooks.push(Hook {
             name: h.name.clone(),
             kind,
-            url: h.url.clone(),
-            exec: h.exec.clone(),
+            action,
             timeout,
             retries: h.retries,
             metadata: h.metadata.clone(),

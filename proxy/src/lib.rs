@@ -160,6 +160,21 @@ impl Proxy {
         })
     }
 
+    /// Replaces one version of a service (its endpoints and settings) atomically.
+    pub fn set_version(
+        &self,
+        service: &str,
+        version: &str,
+        settings: config::VersionConfig,
+    ) -> Result<(), ConfigErrors> {
+        self.update(|c| {
+            find_service(c, service)?
+                .versions
+                .insert(version.to_string(), settings);
+            Ok(())
+        })
+    }
+
     /// Replaces a service's rules atomically.
     pub fn set_routes(&self, service: &str, routes: Vec<RouteConfig>) -> Result<(), ConfigErrors> {
         self.update(|c| {
