@@ -12,8 +12,8 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeV
 use tokio::sync::{broadcast, Notify};
 use weir_protos::control as pb;
 use weir_proxy::config::{
-    ConfigError, ConfigErrors, MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig,
-    StringMatch as ProxyMatch, VersionConfig,
+    weighted_rules, ConfigError, ConfigErrors, MatchConfig, MirrorConfig, OneOrMany, PathMatch,
+    RouteConfig, StringMatch as ProxyMatch, VersionConfig,
 };
 use weir_proxy::{Config, Proxy, VersionSnapshot};
 
@@ -215,6 +215,8 @@ struct Rollout {
 }
 
 struct Slot {
+    /// The service's namespace (for `flagger_canary_total`).
+    namespace: String,
     rollout: tokio::sync::Mutex<Rollout>,
     published: Mutex<(pb::RolloutStatus, store::Saved)>,
     kick: Notify,
@@ -341,35 +343,14 @@ fn routes_for(r: &Rollout) -> Vec<RouteConfig> {
         }
     }
     let outside = if segment { 0 } else { s.canary_weight };
-    let mut has_split = false;
-    for base in &r.base_routes {
-        let mut route = base.clone();
-        if route.split.is_some() {
-            has_split = true;
-            route.split = Some(split(outside));
-            if !segment && s.mirrored {
-                route.mirror = mirror.clone();
-            }
-        }
-        out.push(route);
-    }
-    if !has_split {
-        // Make the catch-all rule (or a new one) the weighted one.
-        match out.iter_mut().find(|x| x.matches.is_none()) {
-            Some(route) => {
-                route.to = None;
-                route.split = Some(split(outside));
-                if !segment && s.mirrored {
-                    route.mirror = mirror.clone();
-                }
-            }
-            None => out.push(RouteConfig {
-                split: Some(split(outside)),
-                mirror: if segment { None } else { mirror },
-                ..RouteConfig::default()
-            }),
+    let mut base = r.base_routes.clone();
+    for route in weighted_rules(&mut base) {
+        route.split = Some(split(outside));
+        if !segment && s.mirrored {
+            route.mirror = mirror.clone();
         }
     }
+    out.extend(base);
     out
 }
 
@@ -510,6 +491,7 @@ impl Controller {
         let resume = r.status.phase != Phase::Initializing;
         let name = r.service.clone();
         let slot = Arc::new(Slot {
+            namespace: r.target.namespace.clone(),
             published: Mutex::new((pb::RolloutStatus::default(), saved_of(&r))),
             rollout: tokio::sync::Mutex::new(r),
             kick: Notify::new(),
@@ -520,6 +502,7 @@ impl Controller {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, slot.clone());
+        self.count_rollouts();
         let me = self.clone();
         tokio::spawn(async move { me.drive(slot, resume).await });
     }
@@ -917,14 +900,17 @@ impl Controller {
         if changed {
             let _ = self.shared.notices.send(Notice::Status(Box::new(status)));
         }
+    }
+
+    /// `flagger_canary_total` per namespace (set when rollouts are added or removed).
+    fn count_rollouts(&self) {
         let slots = self.shared.slots.read().unwrap_or_else(|p| p.into_inner());
-        let mut per_ns: IndexMap<String, i64> = IndexMap::new();
+        let mut per_ns: IndexMap<&str, i64> = IndexMap::new();
         for s in slots.values() {
-            let p = s.published.lock().unwrap_or_else(|p| p.into_inner());
-            *per_ns.entry(p.0.namespace.clone()).or_default() += 1;
+            *per_ns.entry(s.namespace.as_str()).or_default() += 1;
         }
         for (ns, n) in per_ns {
-            m.total.with_label_values(&[&ns]).set(n);
+            self.shared.metrics.total.with_label_values(&[ns]).set(n);
         }
     }
 
@@ -1260,6 +1246,7 @@ impl Controller {
         for r in fresh {
             self.spawn(r);
         }
+        self.count_rollouts();
         self.persist();
         Ok(())
     }

@@ -806,6 +806,25 @@ impl Config {
     }
 }
 
+/// The rules a service's weighted split applies to: every `split` rule, or, when there
+/// is none, the first rule without a match condition (made a split rule) or a new
+/// catch-all rule at the end. Callers set the weights on what it yields.
+pub fn weighted_rules(routes: &mut Vec<RouteConfig>) -> impl Iterator<Item = &mut RouteConfig> {
+    if !routes.iter().any(|r| r.split.is_some()) {
+        match routes.iter_mut().find(|r| r.matches.is_none()) {
+            Some(route) => {
+                route.to = None;
+                route.split = Some(IndexMap::new());
+            }
+            None => routes.push(RouteConfig {
+                split: Some(IndexMap::new()),
+                ..RouteConfig::default()
+            }),
+        }
+    }
+    routes.iter_mut().filter(|r| r.split.is_some())
+}
+
 impl ServiceConfig {
     /// `analysis.interval` (Flagger's default 1m when absent or unreadable).
     pub fn analysis_interval(&self) -> Dur {

@@ -107,24 +107,8 @@ impl Proxy {
         let split: IndexMap<String, u32> =
             weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
         self.update(|c| {
-            let svc = find_service(c, service)?;
-            let mut changed = false;
-            for route in svc.routes.iter_mut().filter(|r| r.split.is_some()) {
+            for route in config::weighted_rules(&mut find_service(c, service)?.routes) {
                 route.split = Some(split.clone());
-                changed = true;
-            }
-            if !changed {
-                let catch_all = svc.routes.iter_mut().find(|r| r.matches.is_none());
-                match catch_all {
-                    Some(route) => {
-                        route.to = None;
-                        route.split = Some(split.clone());
-                    }
-                    None => svc.routes.push(RouteConfig {
-                        split: Some(split.clone()),
-                        ..RouteConfig::default()
-                    }),
-                }
             }
             Ok(())
         })
@@ -142,17 +126,7 @@ impl Proxy {
         let split: IndexMap<String, u32> =
             weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
         self.update(|c| {
-            let svc = find_service(c, service)?;
-            if !svc.routes.iter().any(|r| r.split.is_some()) {
-                match svc.routes.iter_mut().find(|r| r.matches.is_none()) {
-                    Some(route) => route.to = None,
-                    None => svc.routes.push(RouteConfig::default()),
-                }
-                if let Some(route) = svc.routes.iter_mut().find(|r| r.matches.is_none()) {
-                    route.split = Some(split.clone());
-                }
-            }
-            for route in svc.routes.iter_mut().filter(|r| r.split.is_some()) {
+            for route in config::weighted_rules(&mut find_service(c, service)?.routes) {
                 route.split = Some(split.clone());
                 route.mirror = mirror.clone();
             }
