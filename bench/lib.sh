@@ -35,24 +35,30 @@ build() {
   LOADGEN="$ROOT/target/release/weir-loadgen"
 }
 
-# nginx as the upstream: two ports answering v1 / v2.
-start_upstream() {
-  UP1=$(free_port); UP2=$(free_port)
-  mkdir -p "$WORK/nginx-up"
-  cat > "$WORK/nginx-up.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx-up.pid;
-error_log $WORK/nginx-up/error.log warn;
+# Starts nginx NAME (its files under $WORK/NAME) with WORKERS workers and the given
+# lines inside its http block.
+start_nginx() { # name workers http-lines
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1.conf" <<CONF
+worker_processes $2;
+pid $WORK/$1.pid;
+error_log $WORK/$1/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  server { listen 127.0.0.1:$UP1; location / { return 200 "v1\n"; } }
-  server { listen 127.0.0.1:$UP2; location / { return 200 "v2\n"; } }
+$3
 }
 CONF
-  nginx -c "$WORK/nginx-up.conf" -p "$WORK/nginx-up" -e "$WORK/nginx-up/error.log"
+  nginx -c "$WORK/$1.conf" -p "$WORK/$1" -e "$WORK/$1/error.log"
+}
+
+# nginx as the upstream: two ports answering v1 / v2.
+start_upstream() {
+  UP1=$(free_port); UP2=$(free_port)
+  start_nginx nginx-up 1 "  keepalive_timeout 75s;
+  server { listen 127.0.0.1:$UP1; location / { return 200 \"v1\\n\"; } }
+  server { listen 127.0.0.1:$UP2; location / { return 200 \"v2\\n\"; } }"
   wait_port "$UP1"; wait_port "$UP2"
 }
 
@@ -103,29 +109,17 @@ fixed_rate() {
 # nginx as the proxy under comparison: split_clients 90/10, upstream keepalive; sets NGINX_PORT.
 start_nginx_proxy() {
   NGINX_PORT=$(free_port)
-  mkdir -p "$WORK/nginx-px"
-  cat > "$WORK/nginx-px.conf" <<CONF
-worker_processes 2;
-pid $WORK/nginx-px.pid;
-error_log $WORK/nginx-px/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream v1 { server 127.0.0.1:$UP1; keepalive 64; }
+  start_nginx nginx-px 2 "  upstream v1 { server 127.0.0.1:$UP1; keepalive 64; }
   upstream v2 { server 127.0.0.1:$UP2; keepalive 64; }
-  split_clients "\${request_id}" \$backend { 90% v1; * v2; }
+  split_clients \"\${request_id}\" \$backend { 90% v1; * v2; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
       proxy_pass http://\$backend;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
     }
-  }
-}
-CONF
-  nginx -c "$WORK/nginx-px.conf" -p "$WORK/nginx-px" -e "$WORK/nginx-px/error.log"
+  }"
   wait_port "$NGINX_PORT"
 }
 

@@ -1,5 +1,5 @@
-//! The Rust API the controller uses: weights and routes replaced atomically while traffic
-//! flows, with no request lost or failed.
+//! The Rust API the controller uses: traffic policies (weights, an A/B segment, a mirror)
+//! replaced atomically while traffic flows, with no request lost or failed.
 
 mod support;
 
@@ -9,7 +9,35 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::*;
-use weir_proxy::{Config, Proxy, RouteConfig};
+use weir_proxy::{MirrorPolicy, Proxy, ProxyConfig, Segment, SegmentTarget, TrafficPolicy};
+
+fn weights(primary: u32, canary: u32) -> TrafficPolicy {
+    TrafficPolicy {
+        weights: Some(
+            [
+                ("primary".to_string(), primary),
+                ("canary".to_string(), canary),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        ..TrafficPolicy::default()
+    }
+}
+
+/// Requests with `x-canary: always` go to the canary, the rest by weight.
+fn segmented(primary: u32, canary: u32) -> TrafficPolicy {
+    TrafficPolicy {
+        segment: Some(Segment {
+            matches: vec![serde_json::from_value(serde_json::json!(
+                { "headers": { "x-canary": { "exact": "always" } } }
+            ))
+            .expect("match")],
+            target: SegmentTarget::Version("canary".into()),
+        }),
+        ..weights(primary, canary)
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_weights_every_10ms_under_load_fails_no_request() {
@@ -23,7 +51,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
             "      - split: { primary: 90, canary: 10 }"
         )
     );
-    let proxy = Proxy::new(Config::parse(&yaml).expect("config")).expect("proxy");
+    let proxy = Proxy::new(ProxyConfig::parse(&yaml).expect("config")).expect("proxy");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -74,16 +102,13 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     while tokio::time::Instant::now() < deadline {
         let w = changes % 101;
         proxy
-            .set_weights("podinfo", &[("primary", 100 - w), ("canary", w)])
+            .set_policy("podinfo", weights(100 - w, w))
             .expect("valid weights");
         if changes.is_multiple_of(10) {
-            // Whole-route replacement too, as the controller does for A/B.
-            let routes: Vec<RouteConfig> = serde_json::from_value(serde_json::json!([
-                { "match": { "headers": { "x-canary": { "exact": "always" } } }, "to": "canary" },
-                { "split": { "primary": 100 - w, "canary": w } }
-            ]))
-            .expect("routes");
-            proxy.set_routes("podinfo", routes).expect("valid routes");
+            // A segment routed first too, as the controller sets for A/B.
+            proxy
+                .set_policy("podinfo", segmented(100 - w, w))
+                .expect("valid segment");
         }
         changes += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -108,41 +133,40 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     // An invalid change is rejected and changes nothing.
     let before = proxy.config();
     let err = proxy
-        .set_weights("podinfo", &[("primary", 0), ("canary", 0)])
+        .set_policy("podinfo", segmented(0, 0))
         .expect_err("zero sum");
     assert!(
         err.to_string()
             .contains("services[0].routes[1].split: the weights sum to 0"),
         "{err}"
     );
-    assert!(proxy.set_weights("nope", &[("primary", 1)]).is_err());
-    assert_eq!(*proxy.config(), *before);
+    assert!(proxy.set_policy("nope", weights(1, 0)).is_err());
+    assert_eq!(proxy.config(), before);
 
     // Snapshots give windows: success rate and percentiles from the difference.
-    let s0 = proxy.snapshot("podinfo", "primary").expect("snapshot");
-    proxy
-        .set_weights("podinfo", &[("primary", 1), ("canary", 0)])
-        .expect("weights");
+    let primary_version = proxy.version("podinfo", "primary").expect("primary");
+    let s0 = primary_version.snapshot(false);
+    proxy.set_policy("podinfo", weights(1, 0)).expect("weights");
     for _ in 0..20 {
         let got = get(&format!("http://{addr}/"), &[]).await;
         assert_eq!(got.status, 200);
     }
-    let w = proxy
-        .snapshot("podinfo", "primary")
-        .expect("snapshot")
-        .since(&s0);
+    let w = primary_version.snapshot(false).since(&s0);
     assert_eq!(w.requests(), 20);
     assert_eq!(w.success_rate(), Some(100.0));
     assert!(w.quantile_ms(0.99).is_some_and(|p| p > 0.0));
 
     // Weights and mirroring change together: 100% to the primary, mirrored to the canary.
     let before = canary.count();
+    let mirrored = TrafficPolicy {
+        mirror: Some(MirrorPolicy {
+            version: "canary".into(),
+            percent: 100.0,
+        }),
+        ..weights(100, 0)
+    };
     proxy
-        .set_traffic(
-            "podinfo",
-            &[("primary", 100), ("canary", 0)],
-            Some(weir_proxy::MirrorConfig::to("canary", 100.0)),
-        )
+        .set_policy("podinfo", mirrored)
         .expect("weights and mirror");
     for _ in 0..10 {
         assert_eq!(
@@ -156,7 +180,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     .await;
     assert_eq!(canary.last_seen().headers["x-weir-shadow"], "1");
     proxy
-        .set_traffic("podinfo", &[("primary", 100), ("canary", 0)], None)
+        .set_policy("podinfo", weights(100, 0))
         .expect("mirror off");
     for _ in 0..10 {
         get(&format!("http://{addr}/"), &[]).await;

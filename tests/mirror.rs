@@ -26,8 +26,17 @@ fn service(primary: &Upstream, shadow: &Upstream, mirror: &str) -> String {
     )
 }
 
-async fn metric(weir: &Weir, name: &str, labels: &[(&str, &str)]) -> f64 {
-    weir.metric(name, labels).await
+/// Waits until the canary's shadow has `n` measured answers of `class` (`2xx`, ...).
+async fn wait_shadow_answers(weir: &Weir, what: &str, class: &str, n: f64) {
+    let labels = [
+        ("version", "canary"),
+        ("mirrored", "true"),
+        ("code_class", class),
+    ];
+    wait_for(what, Duration::from_secs(30), || async {
+        weir.metric("weir_requests_total", &labels).await == n
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,27 +72,9 @@ async fn full_mirror_copies_every_request_and_the_user_gets_the_primary_answer()
     assert_eq!(seen.headers["x-weir-shadow"], "1");
     assert_eq!(seen.headers["x-user"], "u1");
     assert_eq!(seen.body_len, "payload-19".len());
-    wait_for(
-        "the shadow's answers to be measured",
-        Duration::from_secs(10),
-        || async {
-            metric(
-                &weir,
-                "weir_requests_total",
-                &[
-                    ("version", "canary"),
-                    ("mirrored", "true"),
-                    ("code_class", "2xx"),
-                ],
-            )
-            .await
-                == 20.0
-        },
-    )
-    .await;
+    wait_shadow_answers(&weir, "the shadow's answers to be measured", "2xx", 20.0).await;
     assert_eq!(
-        metric(
-            &weir,
+        weir.metric(
             "weir_requests_total",
             &[("version", "canary"), ("mirrored", "false")]
         )
@@ -91,8 +82,7 @@ async fn full_mirror_copies_every_request_and_the_user_gets_the_primary_answer()
         0.0
     );
     assert_eq!(
-        metric(
-            &weir,
+        weir.metric(
             "weir_requests_total",
             &[("version", "primary"), ("mirrored", "false")]
         )
@@ -170,8 +160,7 @@ async fn stalled_shadow_never_slows_users_and_saturation_is_counted() {
     )
     .await;
     assert_eq!(
-        metric(
-            &weir,
+        weir.metric(
             "weir_mirror_skipped_total",
             &[("version", "canary"), ("reason", "saturated")]
         )
@@ -201,8 +190,7 @@ async fn refusing_and_huge_shadows_leave_users_and_memory_alone() {
         "refused mirrors to be counted",
         Duration::from_secs(10),
         || async {
-            metric(
-                &weir,
+            weir.metric(
                 "weir_upstream_errors_total",
                 &[
                     ("version", "canary"),
@@ -216,12 +204,8 @@ async fn refusing_and_huge_shadows_leave_users_and_memory_alone() {
     )
     .await;
     assert_eq!(
-        metric(
-            &weir,
-            "weir_upstream_errors_total",
-            &[("version", "primary")]
-        )
-        .await,
+        weir.metric("weir_upstream_errors_total", &[("version", "primary")])
+            .await,
         0.0
     );
     drop(weir);
@@ -237,22 +221,11 @@ async fn refusing_and_huge_shadows_leave_users_and_memory_alone() {
         assert_eq!(get(&weir.url("/"), &[]).await.text(), "primary");
         assert!(t.elapsed() < Duration::from_secs(1));
     }
-    wait_for(
+    wait_shadow_answers(
+        &weir,
         "30 huge shadow answers read and dropped",
-        Duration::from_secs(30),
-        || async {
-            metric(
-                &weir,
-                "weir_requests_total",
-                &[
-                    ("version", "canary"),
-                    ("mirrored", "true"),
-                    ("code_class", "2xx"),
-                ],
-            )
-            .await
-                == 30.0
-        },
+        "2xx",
+        30.0,
     )
     .await;
     let peak = weir.peak_rss_kib();
@@ -298,8 +271,7 @@ async fn bodies_over_the_limit_are_served_but_not_mirrored() {
     .await;
     assert_eq!(shadow.last_seen().body_len, 1000);
     assert_eq!(
-        metric(
-            &weir,
+        weir.metric(
             "weir_mirror_skipped_total",
             &[("version", "canary"), ("reason", "body_too_large")]
         )
@@ -331,8 +303,7 @@ async fn comparison_counts_matches_and_mismatches() {
             assert_eq!(get(&weir.url("/"), &[]).await.text(), "same");
         }
         wait_for(result, Duration::from_secs(10), || async {
-            metric(
-                &weir,
+            weir.metric(
                 "weir_mirror_comparisons_total",
                 &[("service", "podinfo"), ("result", result)],
             )
@@ -340,12 +311,9 @@ async fn comparison_counts_matches_and_mismatches() {
                 == 5.0
         })
         .await;
-        let all = metric(
-            &weir,
-            "weir_mirror_comparisons_total",
-            &[("service", "podinfo")],
-        )
-        .await;
+        let all = weir
+            .metric("weir_mirror_comparisons_total", &[("service", "podinfo")])
+            .await;
         assert_eq!(all, 5.0, "only {result} was counted");
     }
 }

@@ -3,10 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::spec::{AlertTarget, Severity};
-
-/// The alert provider types weir can post to.
-pub const KINDS: [&str; 6] = ["slack", "msteams", "discord", "rocket", "gchat", "webhook"];
+use crate::spec::{AlertKind, AlertTarget, Analysis, Severity, Strategy};
 
 /// Severity routing: info gets everything, warn gets warn and error, error only error.
 pub fn delivers(target: &AlertTarget, severity: Severity) -> bool {
@@ -48,20 +45,20 @@ pub fn render(to: &AlertTarget, m: &Message<'_>) -> (String, Value) {
             }],
         })
     };
-    match to.kind.as_str() {
-        "slack" => (
+    match to.kind {
+        AlertKind::Slack => (
             to.address.clone(),
             slack(if error { "danger" } else { "good" }),
         ),
-        "discord" => (
+        AlertKind::Discord => (
             format!("{}/slack", to.address.trim_end_matches('/')),
             slack(if error { "danger" } else { "good" }),
         ),
-        "rocket" => (
+        AlertKind::Rocket => (
             to.address.clone(),
             slack(if error { "#FF0000" } else { "#0076D7" }),
         ),
-        "msteams" => {
+        AlertKind::MsTeams => {
             let facts: Vec<Value> = m
                 .fields
                 .iter()
@@ -82,7 +79,7 @@ pub fn render(to: &AlertTarget, m: &Message<'_>) -> (String, Value) {
                 }),
             )
         }
-        "gchat" => {
+        AlertKind::GChat => {
             let mut widgets = vec![json!({"textParagraph": {"text": m.text}})];
             widgets.extend(
                 m.fields
@@ -99,7 +96,7 @@ pub fn render(to: &AlertTarget, m: &Message<'_>) -> (String, Value) {
                 }),
             )
         }
-        _ => (
+        AlertKind::Webhook => (
             to.address.clone(),
             json!({
                 "name": m.name,
@@ -112,6 +109,28 @@ pub fn render(to: &AlertTarget, m: &Message<'_>) -> (String, Value) {
     }
 }
 
+/// A short description of the traffic routing, for alert metadata.
+pub fn routing_summary(a: &Analysis) -> String {
+    match a.strategy {
+        Strategy::AbTesting => "A/B Testing".into(),
+        Strategy::BlueGreen => "Blue/Green".into(),
+        Strategy::Canary if !a.step_weights.is_empty() => format!(
+            "Weight steps: {} max: {}",
+            a.step_weights
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            a.max_weight
+        ),
+        Strategy::Canary => format!(
+            "Weight step: {} max: {}",
+            a.step_weight.unwrap_or(0),
+            a.max_weight
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +139,7 @@ mod tests {
         AlertTarget {
             name: "on-call".into(),
             severity,
-            kind: kind.into(),
+            kind: serde_json::from_value(json!(kind)).expect("a provider type"),
             address: "http://127.0.0.1:1/hook".into(),
             channel: "general".into(),
             username: "flagger".into(),

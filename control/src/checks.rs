@@ -85,106 +85,115 @@ fn threshold_text(m: &Metric) -> String {
     }
 }
 
-/// Evaluates one metric on the canary's window (and the primary's, for relative checks).
-pub fn evaluate(m: &Metric, canary: &Window, p: &Window) -> CheckResult {
-    let c = Counts::of(canary);
-    let result = |verdict, value: Option<f64>, detail: String| CheckResult {
-        name: m.name.clone(),
-        verdict,
-        value,
-        threshold: threshold_text(m),
-        detail,
-    };
-    let too_few = |who: &str, n: u64| {
-        result(
-            Verdict::Inconclusive,
-            None,
-            format!("{who}{n} requests < minRequests {}", m.min_requests),
-        )
-    };
-    let range = |value: f64, show: &dyn Fn(f64) -> String| -> (Verdict, String) {
-        if let Some(lo) = m.min.filter(|lo| value < *lo) {
+/// One metric's verdicts: its name, bounds and minimum sample in one place.
+struct Judge<'m> {
+    m: &'m Metric,
+}
+
+impl Judge<'_> {
+    fn result(&self, verdict: Verdict, value: Option<f64>, detail: String) -> CheckResult {
+        CheckResult {
+            name: self.m.name.clone(),
+            verdict,
+            value,
+            threshold: threshold_text(self.m),
+            detail,
+        }
+    }
+
+    /// Too few requests (`who` is "", "canary " or "primary "): inconclusive.
+    fn too_few(&self, who: &str, n: u64) -> Option<CheckResult> {
+        (n < self.m.min_requests).then(|| {
+            self.result(
+                Verdict::Inconclusive,
+                None,
+                format!("{who}{n} requests < minRequests {}", self.m.min_requests),
+            )
+        })
+    }
+
+    /// The verdict of `value` against the bounds, and its text (`x < min`, `x > max`).
+    fn range(&self, value: f64, show: &dyn Fn(f64) -> String) -> (Verdict, String) {
+        if let Some(lo) = self.m.min.filter(|lo| value < *lo) {
             return (Verdict::Fail, format!("{} < {}", show(value), show(lo)));
         }
-        if let Some(hi) = m.max.filter(|hi| value > *hi) {
+        if let Some(hi) = self.m.max.filter(|hi| value > *hi) {
             return (Verdict::Fail, format!("{} > {}", show(value), show(hi)));
         }
         (Verdict::Pass, show(value))
-    };
+    }
+}
+
+/// Evaluates one metric on the canary's window (and the primary's, for relative checks).
+pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
+    let j = Judge { m };
+    let c = Counts::of(canary);
     match m.kind {
-        BuiltinMetric::SuccessRate => {
-            if c.requests < m.min_requests {
-                return too_few("", c.requests);
-            }
-            let value = 100.0 * (c.requests - c.errors) as f64 / c.requests as f64;
-            let (verdict, text) = match (m.min, m.max) {
-                (Some(lo), _) if value < lo => {
-                    (Verdict::Fail, format!("success rate {value:.2}% < {lo}%"))
-                }
-                (_, Some(hi)) if value > hi => {
-                    (Verdict::Fail, format!("success rate {value:.2}% > {hi}%"))
-                }
-                _ => (Verdict::Pass, format!("success rate {value:.2}%")),
-            };
-            result(verdict, Some(value), text)
-        }
-        BuiltinMetric::Duration => {
-            if c.requests < m.min_requests {
-                return too_few("", c.requests);
-            }
+        BuiltinMetric::SuccessRate => j
+            .too_few("", c.requests)
+            .unwrap_or_else(|| success_rate(&j, c)),
+        BuiltinMetric::Duration => j.too_few("", c.requests).unwrap_or_else(|| {
             // Flagger truncates the p99 to whole milliseconds.
             let value = canary.quantile_ms(0.99).unwrap_or(0.0).trunc();
-            let (verdict, text) = range(value, &|v| go_duration(v));
-            result(verdict, Some(value), format!("request duration {text}"))
-        }
-        BuiltinMetric::DurationVsPrimary => {
-            if c.requests < m.min_requests {
-                return too_few("canary ", c.requests);
-            }
-            let pn = p.requests();
-            if pn < m.min_requests {
-                return too_few("primary ", pn);
-            }
-            let cp = canary.quantile_ms(0.99).unwrap_or(0.0);
-            let pp = p.quantile_ms(0.99).unwrap_or(0.0).max(0.001);
-            let value = cp / pp;
-            let (verdict, text) = range(value, &|v| format!("{v:.2}"));
-            result(
-                verdict,
-                Some(value),
-                format!(
-                    "{} {text} (canary p99 {} vs primary {})",
-                    m.name,
-                    go_duration(cp),
-                    go_duration(pp)
-                ),
-            )
-        }
+            let (verdict, text) = j.range(value, &|v| go_duration(v));
+            j.result(verdict, Some(value), format!("request duration {text}"))
+        }),
+        BuiltinMetric::DurationVsPrimary => j
+            .too_few("canary ", c.requests)
+            .or_else(|| j.too_few("primary ", primary.requests()))
+            .unwrap_or_else(|| duration_vs_primary(&j, canary, primary)),
         BuiltinMetric::ErrorRateVsPrimary => {
-            let pc = Counts::of(p);
-            if c.requests < m.min_requests {
-                return too_few("canary ", c.requests);
-            }
-            if pc.requests < m.min_requests {
-                return too_few("primary ", pc.requests);
-            }
-            let value = fisher_greater(c, pc);
-            let (verdict, text) = range(value, &|v| format!("p={v:.3e}"));
-            result(
-                verdict,
-                Some(value),
-                format!(
-                    "{} {text} (canary 5xx {}/{} vs primary {}/{})",
-                    m.name, c.errors, c.requests, pc.errors, pc.requests
-                ),
-            )
+            let pc = Counts::of(primary);
+            j.too_few("canary ", c.requests)
+                .or_else(|| j.too_few("primary ", pc.requests))
+                .unwrap_or_else(|| {
+                    let value = fisher_greater(c, pc);
+                    let (verdict, text) = j.range(value, &|v| format!("p={v:.3e}"));
+                    j.result(
+                        verdict,
+                        Some(value),
+                        format!(
+                            "{} {text} (canary 5xx {}/{} vs primary {}/{})",
+                            m.name, c.errors, c.requests, pc.errors, pc.requests
+                        ),
+                    )
+                })
         }
         BuiltinMetric::Count5xx => {
             let value = c.errors as f64;
-            let (verdict, text) = range(value, &|v| format!("{v}"));
-            result(verdict, Some(value), format!("{} {text}", m.name))
+            let (verdict, text) = j.range(value, &|v| format!("{v}"));
+            j.result(verdict, Some(value), format!("{} {text}", m.name))
         }
     }
+}
+
+/// Flagger's success rate, worded as Flagger words it (`success rate 98.82% < 99%`).
+fn success_rate(j: &Judge<'_>, c: Counts) -> CheckResult {
+    let value = 100.0 * (c.requests - c.errors) as f64 / c.requests as f64;
+    let (verdict, text) = match (j.m.min, j.m.max) {
+        (Some(lo), _) if value < lo => (Verdict::Fail, format!("success rate {value:.2}% < {lo}%")),
+        (_, Some(hi)) if value > hi => (Verdict::Fail, format!("success rate {value:.2}% > {hi}%")),
+        _ => (Verdict::Pass, format!("success rate {value:.2}%")),
+    };
+    j.result(verdict, Some(value), text)
+}
+
+/// The canary's p99 over the primary's in the same window.
+fn duration_vs_primary(j: &Judge<'_>, canary: &Window, primary: &Window) -> CheckResult {
+    let cp = canary.quantile_ms(0.99).unwrap_or(0.0);
+    let pp = primary.quantile_ms(0.99).unwrap_or(0.0).max(0.001);
+    let value = cp / pp;
+    let (verdict, text) = j.range(value, &|v| format!("{v:.2}"));
+    j.result(
+        verdict,
+        Some(value),
+        format!(
+            "{} {text} (canary p99 {} vs primary {})",
+            j.m.name,
+            go_duration(cp),
+            go_duration(pp)
+        ),
+    )
 }
 
 /// ln(n!) exactly for small n, by Stirling's series above.

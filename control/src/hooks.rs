@@ -1,17 +1,13 @@
 //! Webhooks with Flagger's payload and rules (success is a status <= 202, per-attempt
 //! timeout, retries on connection errors, 5xx and 429), and local `exec` hooks.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
-use crate::analysis::Phase;
+use crate::http_client::{HttpPoster, PostError};
+use crate::machine::Phase;
 use crate::spec::{Hook, HookAction};
 
 /// Flagger's `CanaryWebhookPayload`.
@@ -25,6 +21,26 @@ pub struct Payload {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Why a hook did not pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// The webhook answered with a status above 202: its body, or the status.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Post(#[from] PostError),
+    /// A manual gate: only `weir ctl approve` opens it.
+    #[error("waiting for `weir ctl approve`")]
+    Manual,
+    #[error("cannot run {program:?}: {reason}")]
+    Spawn { program: String, reason: String },
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The command exited with an error: the exit code and its last line on stderr.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// FNV-1a of the revision: the payload's checksum.
 pub fn checksum(revision: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
@@ -35,93 +51,25 @@ pub fn checksum(revision: &str) -> String {
     format!("{h:08x}")
 }
 
-/// Posts JSON to webhooks and alert providers, over http or https (webpki roots).
-#[derive(Clone)]
-pub struct HttpPoster {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl Default for HttpPoster {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The answer to one POST.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
-
-impl HttpPoster {
-    /// A client with its own small connection pool.
-    pub fn new() -> HttpPoster {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        HttpPoster {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(https),
-        }
-    }
-
-    /// POSTs `body` as JSON, within `timeout`.
-    pub async fn post(
-        &self,
-        url: &str,
-        body: &serde_json::Value,
-        timeout: Duration,
-    ) -> Result<Answer, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let req = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("weir/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| e.to_string())?;
-        let call = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let text = String::from_utf8_lossy(&body[..body.len().min(1024)])
-                .trim()
-                .to_string();
-            Ok(Answer { status, body: text })
-        };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("{url}: timed out after {timeout:?}")),
-        }
+/// The payload for a hook call.
+pub fn payload(name: &str, namespace: &str, phase: Phase, revision: Option<&str>) -> Payload {
+    Payload {
+        name: name.into(),
+        namespace: namespace.into(),
+        phase: phase.name().into(),
+        checksum: checksum(revision.unwrap_or("")),
+        metadata: BTreeMap::new(),
     }
 }
 
 /// Runs one hook: Ok when it passed (HTTP status <= 202, or exit code 0).
-pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result<(), String> {
+pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result<(), HookError> {
     let url = match &hook.action {
         HookAction::Http(url) => url,
         HookAction::Exec(argv) => return exec(hook, argv, payload).await,
-        HookAction::Manual => return Err("waiting for `weir ctl approve`".into()),
+        HookAction::Manual => return Err(HookError::Manual),
     };
-    let mut body = serde_json::to_value(payload).map_err(|e| e.to_string())?;
+    let mut body = serde_json::to_value(payload).unwrap_or_default();
     if let Some(meta) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         for (k, v) in &hook.metadata {
             meta.entry(k.clone()).or_insert_with(|| v.clone().into());
@@ -138,9 +86,9 @@ pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result
         };
         if !retryable || attempt >= hook.retries {
             return Err(match outcome {
-                Ok(a) if a.body.is_empty() => format!("status {}", a.status),
-                Ok(a) => a.body,
-                Err(e) => e,
+                Ok(a) if a.body.is_empty() => HookError::Refused(format!("status {}", a.status)),
+                Ok(a) => HookError::Refused(a.body),
+                Err(e) => HookError::Post(e),
             });
         }
         attempt += 1;
@@ -150,11 +98,11 @@ pub async fn call(poster: &HttpPoster, hook: &Hook, payload: &Payload) -> Result
 }
 
 /// Runs a local command with the payload in `WEIR_HOOK_PAYLOAD`; exit code 0 passes.
-async fn exec(hook: &Hook, argv: &[String], payload: &Payload) -> Result<(), String> {
+async fn exec(hook: &Hook, argv: &[String], payload: &Payload) -> Result<(), HookError> {
     let [program, args @ ..] = argv else {
-        return Err("an exec hook needs a command".into());
+        return Err(HookError::Failed("an exec hook needs a command".into()));
     };
-    let json = serde_json::to_string(payload).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(payload).unwrap_or_default();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env("WEIR_HOOK_PAYLOAD", json)
@@ -165,57 +113,38 @@ async fn exec(hook: &Hook, argv: &[String], payload: &Payload) -> Result<(), Str
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
-    match tokio::time::timeout(hook.timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("timed out after {:?}", hook.timeout)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail = stderr.trim().lines().last().unwrap_or("").to_string();
-            let code = out
-                .status
-                .code()
-                .map(|c| format!("exit code {c}"))
-                .unwrap_or_else(|| "killed by a signal".into());
-            Err(if tail.is_empty() {
-                code
-            } else {
-                format!("{code}: {tail}")
-            })
-        }
+    let child = cmd.spawn().map_err(|e| HookError::Spawn {
+        program: program.clone(),
+        reason: e.to_string(),
+    })?;
+    let out = match tokio::time::timeout(hook.timeout, child.wait_with_output()).await {
+        Err(_) => return Err(HookError::TimedOut(hook.timeout)),
+        Ok(Err(e)) => return Err(HookError::Failed(e.to_string())),
+        Ok(Ok(out)) => out,
+    };
+    if out.status.success() {
+        return Ok(());
     }
-}
-
-/// The payload for a hook call.
-pub fn payload(name: &str, namespace: &str, phase: Phase, revision: Option<&str>) -> Payload {
-    Payload {
-        name: name.into(),
-        namespace: namespace.into(),
-        phase: phase.name().into(),
-        checksum: checksum(revision.unwrap_or("")),
-        metadata: BTreeMap::new(),
-    }
-}
-
-/// An error and its causes on one line: `outer: inner: root`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    use std::fmt::Write;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let _ = write!(msg, ": {s}");
-        src = s.source();
-    }
-    msg
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail = stderr.trim().lines().last().unwrap_or("").to_string();
+    let code = out
+        .status
+        .code()
+        .map(|c| format!("exit code {c}"))
+        .unwrap_or_else(|| "killed by a signal".into());
+    Err(HookError::Failed(if tail.is_empty() {
+        code
+    } else {
+        format!("{code}: {tail}")
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::HookKind;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -307,7 +236,10 @@ mod tests {
             assert_eq!(body["checksum"], checksum("2.0.0"));
             assert_eq!(body["metadata"]["cmd"], "hey");
             if !ok && status != 204 {
-                assert_eq!(r.err().as_deref(), Some("gate closed"));
+                assert_eq!(
+                    r.err().map(|e| e.to_string()).as_deref(),
+                    Some("gate closed")
+                );
             }
         }
     }
@@ -331,35 +263,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_urls_speak_tls() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let first = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut b = [0u8; 3];
-            s.read_exact(&mut b).await.expect("read");
-            b
-        });
-        let r = HttpPoster::new()
-            .post(
-                &format!("https://{addr}/"),
-                &serde_json::json!({}),
-                Duration::from_secs(1),
-            )
-            .await;
-        assert!(r.is_err(), "nothing answers the handshake");
-        let hello = tokio::time::timeout(Duration::from_secs(5), first)
-            .await
-            .unwrap_or_else(|_| panic!("no TLS connection was made: {r:?}"))
-            .expect("server task");
-        assert_eq!(hello[0], 0x16, "a TLS handshake record");
-        assert_eq!(hello[1], 0x03);
-    }
-
-    #[tokio::test]
     async fn exec_hooks_pass_on_exit_code_zero_and_time_out() {
         let p = payload("podinfo", "test", Phase::Progressing, None);
         let mut h = hook("http://unused/", 0);
@@ -375,7 +278,11 @@ mod tests {
             "echo boom >&2; exit 3".into(),
         ]);
         assert_eq!(
-            call(&HttpPoster::new(), &h, &p).await.err().as_deref(),
+            call(&HttpPoster::new(), &h, &p)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
             Some("exit code 3: boom")
         );
         h.action = HookAction::Exec(vec!["sleep".into(), "5".into()]);
@@ -383,6 +290,7 @@ mod tests {
         assert!(call(&HttpPoster::new(), &h, &p)
             .await
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default()
             .starts_with("timed out"));
     }

@@ -3,14 +3,18 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
-pub mod analysis;
 pub mod api;
 pub mod checks;
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod controller;
-pub mod ctl;
-pub mod demo;
 pub mod hooks;
-pub mod run;
+pub mod http_client;
+pub mod machine;
+pub mod measurements;
+pub mod metrics;
+pub mod notify;
 pub mod spec;
 pub mod store;
+pub mod traffic;

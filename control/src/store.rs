@@ -8,7 +8,16 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use weir_proxy::config::VersionConfig;
 
-use crate::analysis::Status;
+use crate::machine::Status;
+
+/// Why the state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a weir state file: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+}
 
 /// Everything weir needs to resume its rollouts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -36,12 +45,18 @@ pub struct Saved {
 }
 
 /// Reads the state file; a missing file is an empty state.
-pub fn load(path: &Path) -> Result<State, String> {
+pub fn load(path: &Path) -> Result<State, StoreError> {
+    let shown = || path.display().to_string();
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: not a weir state file: {e}", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: shown(),
+            reason: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(StoreError::Unreadable {
+            path: shown(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -68,7 +83,7 @@ pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::Phase;
+    use crate::machine::Phase;
 
     #[test]
     fn state_round_trips_through_an_atomic_write() {
@@ -103,6 +118,7 @@ mod tests {
         std::fs::write(&path, b"{nope").expect("write");
         assert!(load(&path)
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("not a weir state file"));
         let _ = std::fs::remove_dir_all(&dir);

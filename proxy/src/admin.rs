@@ -14,14 +14,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::body::ResponseBody;
-use crate::Inner;
+use crate::state::ProxyState;
 
 fn reply(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(body));
+    let mut resp = Response::new(ResponseBody::synthetic(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -29,10 +29,10 @@ fn reply(
 }
 
 /// The effective routes and weights, as served on `/config`.
-pub fn config_json(inner: &Inner) -> serde_json::Value {
-    let table = inner.table.load_full();
+pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
+    let table = state.table.load_full();
     let services: Vec<serde_json::Value> = table
-        .services()
+        .services
         .iter()
         .map(|svc| {
             let weights = svc.weights();
@@ -60,10 +60,10 @@ pub fn config_json(inner: &Inner) -> serde_json::Value {
             serde_json::json!({ "name": svc.name, "versions": versions })
         })
         .collect();
-    serde_json::json!({ "services": services, "config": &*table.config })
+    serde_json::json!({ "services": services, "config": state.config() })
 }
 
-async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -75,10 +75,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ResponseB
         "/metrics" | "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            inner.resources.families.render(),
+            state.backends.families.render(),
         ),
         "/ready" => {
-            if inner.draining.load(Ordering::SeqCst) {
+            if state.draining.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
             } else {
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
@@ -86,7 +86,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ResponseB
         }
         "/live" => reply(StatusCode::OK, "text/plain", "OK\n"),
         "/config" | "/config_dump" => {
-            let body = serde_json::to_vec_pretty(&config_json(&inner)).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&config_json(&state)).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
         _ => reply(
@@ -99,7 +99,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ResponseB
 
 /// Serves the admin endpoints until `shutdown` resolves.
 pub(crate) async fn serve(
-    inner: Arc<Inner>,
+    state: Arc<ProxyState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -113,12 +113,12 @@ pub(crate) async fn serve(
                 Err(_) => continue,
             },
         };
-        let inner = inner.clone();
+        let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(inner, req).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });

@@ -6,34 +6,32 @@
 //! mirrors per service (more are dropped); each mirror has its own timeout; the shadow's
 //! answer is streamed and dropped frame by frame, never held.
 
+use std::collections::VecDeque;
 use std::hash::Hasher;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::body::RequestBody;
-use crate::measure::{FailureReason, VersionMetrics};
-use crate::upstream::{classify, Upstream};
-
-/// `reason` values of `weir_mirror_skipped_total`.
-pub const SKIP_REASONS: [&str; 3] = ["body_too_large", "saturated", "aborted"];
-/// `result` values of `weir_mirror_comparisons_total`.
-pub const COMPARISON_RESULTS: [&str; 3] = ["match", "status_mismatch", "body_mismatch"];
+use crate::body::{Copy, RequestBody};
+use crate::error::ErrorKind;
+use crate::exchange::{body_hasher, Exchange, PrimaryOutcome};
+use crate::headers::shadow_host;
+use crate::measure::{Comparison, MirrorSkip, VersionMetrics};
+use crate::upstream::Upstream;
 
 /// The `x-weir-shadow` header added to mirrored requests.
-pub static X_WEIR_SHADOW: header::HeaderName = header::HeaderName::from_static("x-weir-shadow");
+pub(crate) static X_WEIR_SHADOW: header::HeaderName =
+    header::HeaderName::from_static("x-weir-shadow");
 
-/// A rule's mirror settings, resolved.
-pub struct MirrorRule {
+/// A rule's mirror settings, resolved when the route table is built.
+pub(crate) struct MirrorRule {
     /// Shadow version index.
     pub version: usize,
     /// Share of requests mirrored, in percent.
@@ -46,73 +44,75 @@ pub struct MirrorRule {
     pub timeout: Duration,
     /// The service's in-flight bound.
     pub slots: Arc<Semaphore>,
-    /// Skip counters, indexed like [`SKIP_REASONS`].
+    /// Skip counters, indexed like [`MirrorSkip::ALL`].
     pub skipped: [IntCounter; 3],
-    /// Comparison counters, indexed like [`COMPARISON_RESULTS`].
+    /// Comparison counters, indexed like [`Comparison::ALL`].
     pub comparisons: [IntCounter; 3],
 }
 
-/// What the primary side reports for a comparison: status and body hash.
-pub type PrimaryOutcome = (u16, u64);
-
 /// The shadow version a mirror goes to.
-pub struct Shadow {
-    /// Its pools.
+pub(crate) struct Shadow {
+    /// Its endpoints.
     pub upstream: Arc<Upstream>,
     /// Its mirrored-traffic measurements.
     pub metrics: Arc<VersionMetrics>,
 }
 
-/// Starts a mirror of a request whose head is `head`; returns the body to send to the
-/// user's upstream (a tee when the body must be copied) and, when comparing, the sender
-/// the user's response reports its outcome on.
-pub fn start(
-    rule: &MirrorRule,
-    shadow: Shadow,
-    head: &http::request::Parts,
-    body: Incoming,
-) -> (RequestBody, Option<oneshot::Sender<PrimaryOutcome>>) {
-    let known_len = body.size_hint().exact();
-    if known_len.is_some_and(|n| n > rule.max_body as u64) {
-        rule.skipped[0].inc();
-        return (RequestBody::Stream(body), None);
+impl MirrorRule {
+    fn skip(&self, why: MirrorSkip) {
+        self.skipped[why as usize].inc();
     }
-    let Ok(permit) = rule.slots.clone().try_acquire_owned() else {
-        rule.skipped[1].inc();
-        return (RequestBody::Stream(body), None);
-    };
-    let shadow_head = shadow_head(head, shadow.upstream.http2);
-    let (compare_tx, compare_rx) = if rule.compare {
-        let (tx, rx) = oneshot::channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    let (source, user_body) = if body.is_end_stream() {
-        (BodySource::Ready(Bytes::new()), RequestBody::Stream(body))
-    } else {
-        let (tx, rx) = oneshot::channel();
-        let tee = Tee {
-            inner: body,
-            copied: Vec::new(),
-            size: 0,
-            limit: rule.max_body,
-            tx: Some(tx),
-            too_large: rule.skipped[0].clone(),
+
+    /// Starts a mirror of the request whose upstream head is `head` and whose body is
+    /// `body` (a copy is attached to it when needed); returns the sender the user's
+    /// response reports its outcome on when comparing.
+    pub(crate) fn start(
+        &self,
+        shadow: Shadow,
+        head: &http::request::Parts,
+        body: &mut RequestBody,
+    ) -> Option<oneshot::Sender<PrimaryOutcome>> {
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            self.skip(MirrorSkip::BodyTooLarge);
+            return None;
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.skip(MirrorSkip::Saturated);
+            return None;
         };
-        (BodySource::Pending(rx), RequestBody::Tee(Box::new(tee)))
-    };
-    let job = Job {
-        shadow,
-        head: shadow_head,
-        source,
-        timeout: rule.timeout,
-        compare: compare_rx.map(|rx| (rx, rule.comparisons.clone())),
-        aborted: rule.skipped[2].clone(),
-        _permit: permit,
-    };
-    mirror_runtime().spawn(job.run());
-    (user_body, compare_tx)
+        let empty = body.is_end_stream();
+        let source = match body {
+            _ if empty => BodySource::Ready,
+            RequestBody::Stream { copy, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let too_large = self.skipped[MirrorSkip::BodyTooLarge as usize].clone();
+                *copy = Some(Box::new(Copy::new(self.max_body, tx, too_large)));
+                BodySource::Pending(rx)
+            }
+            RequestBody::Chunks(chunks) => BodySource::Held(chunks.clone()),
+        };
+        let (compare_tx, compare) = if self.compare {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some((rx, self.comparisons.clone())))
+        } else {
+            (None, None)
+        };
+        let job = Job {
+            head: shadow_head(head, shadow.upstream.http2),
+            shadow,
+            source,
+            timeout: self.timeout,
+            compare,
+            aborted: self.skipped[MirrorSkip::Aborted as usize].clone(),
+            _permit: permit,
+        };
+        mirror_runtime().spawn(job.run());
+        compare_tx
+    }
 }
 
 /// Mirrors run on their own single-threaded runtime, so a burst of shadow work (1,024
@@ -155,37 +155,17 @@ fn shadow_head(head: &http::request::Parts, http2: bool) -> http::request::Parts
     } else {
         http::Version::HTTP_11
     };
-    let host = head
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            head.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    let shadow_host = host.map(|h| match h.rsplit_once(':') {
-        Some((name, port))
-            if !name.is_empty()
-                && !name.contains(':')
-                && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{name}-shadow:{port}")
-        }
-        _ => format!("{h}-shadow"),
-    });
+    let host = crate::headers::authority_of(&head.uri, &head.headers).map(shadow_host);
     let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let authority = shadow_host.clone().unwrap_or_else(|| "shadow".to_string());
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(authority.as_str())
+        .authority(host.as_deref().unwrap_or("shadow"))
         .path_and_query(pq)
         .build()
         .unwrap_or_else(|_| Uri::from_static("http://shadow/"));
     parts.headers.remove(header::HOST);
     if !http2 {
-        if let Some(v) = shadow_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -196,10 +176,13 @@ fn shadow_head(head: &http::request::Parts, http2: bool) -> http::request::Parts
 }
 
 enum BodySource {
-    Ready(Bytes),
-    /// The tee sends the copy (None when the body ran past the limit) once the user's
-    /// body is complete; a dropped sender means the user's request never completed.
-    Pending(oneshot::Receiver<Option<Bytes>>),
+    /// No body.
+    Ready,
+    /// A body weir already holds.
+    Held(VecDeque<Bytes>),
+    /// The copy arrives when the user's body is complete (None: past the limit, already
+    /// counted); a dropped sender means the user's request never completed.
+    Pending(oneshot::Receiver<Option<Vec<Bytes>>>),
 }
 
 struct Job {
@@ -215,10 +198,10 @@ struct Job {
 impl Job {
     async fn run(self) {
         let body = match self.source {
-            BodySource::Ready(b) => b,
+            BodySource::Ready => VecDeque::new(),
+            BodySource::Held(chunks) => chunks,
             BodySource::Pending(rx) => match rx.await {
-                Ok(Some(b)) => b,
-                // Too large: already counted.
+                Ok(Some(chunks)) => chunks.into(),
                 Ok(None) => return,
                 Err(_) => {
                     self.aborted.inc();
@@ -226,135 +209,44 @@ impl Job {
                 }
             },
         };
-        let start = Instant::now();
-        let metrics = &self.shadow.metrics;
+        let mut exchange = Exchange::new(self.shadow.metrics.clone(), Instant::now());
         let endpoint = self.shadow.upstream.next_endpoint();
-        let req = Request::from_parts(
-            self.head,
-            RequestBody::Full((!body.is_empty()).then_some(body)),
-        );
-        let sent = endpoint.send(req);
-        let outcome = tokio::time::timeout(self.timeout, async move {
-            let resp = sent.await.map_err(|e| classify(&e))?;
+        let req = Request::from_parts(self.head, RequestBody::Chunks(body));
+        let answer = tokio::time::timeout(self.timeout, async {
+            let resp = endpoint.send_shadow(req).await.map_err(|e| e.kind)?;
             let status = resp.status().as_u16();
             let mut body = resp.into_body();
             let mut hasher = body_hasher();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| FailureReason::Reset)?;
+                let frame = frame.map_err(|_| ErrorKind::UpstreamReset)?;
                 if let Some(d) = frame.data_ref() {
                     hasher.write(d);
                 }
             }
-            Ok::<_, FailureReason>((status, hasher.finish()))
+            Ok::<_, ErrorKind>((status, hasher.finish()))
         })
         .await
-        .unwrap_or(Err(FailureReason::Timeout));
-        match outcome {
-            Ok((status, hash)) => {
-                metrics.record_status(status);
-                metrics.record_latency(start.elapsed());
-                if let Some((rx, counters)) = self.compare {
-                    if let Ok((primary_status, primary_hash)) = rx.await {
-                        let result = if primary_status != status {
-                            1
-                        } else if primary_hash != hash {
-                            2
-                        } else {
-                            0
-                        };
-                        counters[result].inc();
-                    }
-                }
+        .unwrap_or(Err(ErrorKind::UpstreamTimeout));
+        let (status, hash) = match answer {
+            Ok(a) => a,
+            Err(kind) => {
+                exchange.finish(Some(kind));
+                return;
             }
-            Err(reason) => {
-                metrics.record_failure(reason);
-                metrics.record_status(if reason == FailureReason::Timeout {
-                    504
+        };
+        exchange.respond(status);
+        exchange.finish(None);
+        if let Some((rx, counters)) = self.compare {
+            if let Ok((user_status, user_hash)) = rx.await {
+                let result = if user_status != status {
+                    Comparison::StatusMismatch
+                } else if user_hash != hash {
+                    Comparison::BodyMismatch
                 } else {
-                    502
-                });
-                metrics.record_latency(start.elapsed());
+                    Comparison::Match
+                };
+                counters[result as usize].inc();
             }
         }
-    }
-}
-
-/// The hash both sides of a comparison use (SipHash; not for secrets).
-#[allow(deprecated)]
-pub type BodyHasher = std::hash::SipHasher;
-
-/// A fresh body hasher with fixed keys, so both sides agree.
-pub fn body_hasher() -> BodyHasher {
-    #[allow(deprecated)]
-    BodyHasher::new_with_keys(1, 2)
-}
-
-/// The user's request body, streamed to the user's upstream while a bounded copy is kept
-/// for the shadow.
-pub struct Tee {
-    inner: Incoming,
-    copied: Vec<Bytes>,
-    size: usize,
-    limit: usize,
-    tx: Option<oneshot::Sender<Option<Bytes>>>,
-    too_large: IntCounter,
-}
-
-impl Tee {
-    fn finish(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let mut all = BytesMut::with_capacity(self.size);
-            for b in self.copied.drain(..) {
-                all.extend_from_slice(&b);
-            }
-            let _ = tx.send(Some(all.freeze()));
-        }
-    }
-}
-
-impl Body for Tee {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(d), true) = (frame.data_ref(), self.tx.is_some()) {
-                    self.size += d.len();
-                    if self.size > self.limit {
-                        if let Some(tx) = self.tx.take() {
-                            let _ = tx.send(None);
-                        }
-                        self.copied = Vec::new();
-                        self.too_large.inc();
-                    } else {
-                        let d = d.clone();
-                        self.copied.push(d);
-                    }
-                }
-                if self.inner.is_end_stream() {
-                    self.finish();
-                }
-            }
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                self.tx = None;
-                self.copied = Vec::new();
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -1,214 +1,25 @@
-//! The proxy listener and the request path.
-//!
-//! accept -> HTTP/1.1 or h2c (sniffed) -> route lookup (one `ArcSwap::load_full`) ->
-//! version -> pooled upstream -> streamed response, measured when it ends.
+//! The proxy listener: accept, sniff HTTP/1.1 or h2c, serve each connection with its idle
+//! timeout, and drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::body::{ConnActivity, Measured, RequestBody, ResponseBody};
+use crate::activity::ConnActivity;
 use crate::config::Limits;
-use crate::headers::{add_forwarding, is_upgrade, strip_hop_by_hop};
-use crate::measure::FailureReason;
-use crate::route::RequestView;
-use crate::Inner;
-
-/// A response weir makes itself: status and a one-line text body.
-fn local(status: StatusCode, text: String) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(Bytes::from(text)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// The one mapping from an upstream failure to status code and message.
-fn failure_response(
-    reason: FailureReason,
-    service: &str,
-    version: &str,
-    endpoint: &str,
-) -> Response<ResponseBody> {
-    let (status, what) = match reason {
-        FailureReason::ConnectRefused => (StatusCode::BAD_GATEWAY, "upstream connection refused"),
-        FailureReason::ConnectTimeout => (StatusCode::BAD_GATEWAY, "upstream connect timeout"),
-        FailureReason::Reset => (StatusCode::BAD_GATEWAY, "upstream connection reset"),
-        FailureReason::Protocol => (StatusCode::BAD_GATEWAY, "upstream protocol error"),
-        FailureReason::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-    };
-    local(
-        status,
-        format!("weir: {what}: service {service} version {version} ({endpoint})\n"),
-    )
-}
-
-/// The Host a request is for: `:authority` / absolute-form first, then the Host header.
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
-/// Handles one request: route, forward, measure.
-pub(crate) async fn handle(
-    inner: Arc<Inner>,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Response<ResponseBody> {
-    let start = Instant::now();
-    let table = inner.table.load_full();
-    let host = host_of(&req);
-    let view = RequestView {
-        method: req.method(),
-        path: req.uri().path(),
-        headers: req.headers(),
-    };
-    let Some(decision) = table.route(host, &view) else {
-        inner.resources.families.unrouted.inc();
-        let text = format!(
-            "weir: no route for host {} path {}\n",
-            host.unwrap_or("(none)"),
-            req.uri().path()
-        );
-        return local(StatusCode::NOT_FOUND, text);
-    };
-    let service = decision.service;
-    let version = decision.version;
-    let timeout = decision.rule.timeout;
-    let metrics = version.metrics.clone();
-    let upstream = &version.upstream;
-    let endpoint = upstream.next_endpoint();
-
-    let upgrade =
-        req.version() == HttpVersion::HTTP_11 && !upstream.http2 && is_upgrade(req.headers());
-    // Absolute form, with the user's host (or the endpoint's when there is none): hyper's
-    // client and mirror copies take it as it is; HTTP/1.1 upstreams get origin form.
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(host.unwrap_or(endpoint.address.as_str()))
-        .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
-        .build();
-    let uri = match uri {
-        Ok(u) => u,
-        Err(_) => {
-            let text = format!("weir: invalid Host {:?}\n", host.unwrap_or_default());
-            return local(StatusCode::BAD_REQUEST, text);
-        }
-    };
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarding(&mut parts.headers, peer.ip(), "http");
-    if upstream.http2 {
-        parts.version = HttpVersion::HTTP_2;
-        // `:authority` carries the host; a second `host` header would be a duplicate.
-        parts.headers.remove(header::HOST);
-    } else {
-        parts.version = HttpVersion::HTTP_11;
-        if !parts.headers.contains_key(header::HOST) {
-            let host = parts
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(host) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
-    let (body, compare) = match &decision.rule.mirror {
-        Some(m) if crate::split::chance(m.percent) => {
-            let shadow = &service.versions[m.version];
-            let shadow = crate::mirror::Shadow {
-                upstream: shadow.upstream.clone(),
-                metrics: shadow.mirror_metrics.clone(),
-            };
-            crate::mirror::start(m, shadow, &parts, body)
-        }
-        _ => (RequestBody::Stream(body), None),
-    };
-    let sent = endpoint.forward(Request::from_parts(parts, body), upgrade);
-    let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(forwarded)) => forwarded,
-        Ok(Err(failure)) => {
-            tracing::debug!(service = %service.name, version = %version.name, endpoint = %endpoint.address, reason = failure.reason.label(), error = %failure.error, "upstream failed");
-            return fail(
-                &metrics,
-                failure.reason,
-                start,
-                &service.name,
-                &version.name,
-                &endpoint.address,
-            );
-        }
-        Err(_) => {
-            return fail(
-                &metrics,
-                FailureReason::Timeout,
-                start,
-                &service.name,
-                &version.name,
-                &endpoint.address,
-            );
-        }
-    };
-    let status = resp.status();
-    metrics.record_status(status.as_u16());
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if let (Some(client), true) = (client_upgrade, switching) {
-        let upstream_io = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            if let (Ok(c), Ok(u)) = (client.await, upstream_io.await) {
-                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-            }
-        });
-    }
-    strip_hop_by_hop(resp.headers_mut(), switching);
-    if let Some(cookie) = decision.set_cookie {
-        resp.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    resp.map(|b| {
-        let measured = Measured::new(b, metrics, start).holding(lease);
-        let measured = match compare {
-            Some(tx) => measured.comparing(status.as_u16(), tx),
-            None => measured,
-        };
-        ResponseBody::upstream(measured.check_done())
-    })
-}
-
-fn fail(
-    metrics: &crate::measure::VersionMetrics,
-    reason: FailureReason,
-    start: Instant,
-    service: &str,
-    version: &str,
-    endpoint: &str,
-) -> Response<ResponseBody> {
-    let resp = failure_response(reason, service, version, endpoint);
-    metrics.record_failure(reason);
-    metrics.record_status(resp.status().as_u16());
-    metrics.record_latency(start.elapsed());
-    resp
-}
+use crate::handler::handle;
+use crate::state::ProxyState;
 
 /// The HTTP/1.1 + h2c server settings from the limits.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -235,11 +46,11 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// to finish (GOAWAY on HTTP/2, `Connection: close` on HTTP/1) and in-flight requests get
 /// up to the drain timeout.
 pub(crate) async fn serve(
-    inner: Arc<Inner>,
+    state: Arc<ProxyState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limits = inner.limits.clone();
+    let limits = state.limits.clone();
     let builder = Arc::new(builder(&limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -259,26 +70,26 @@ pub(crate) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let inner = inner.clone();
+        let state = state.clone();
         let builder = builder.clone();
         let stop = stop_rx.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
-            inner.resources.families.connections.inc();
-            connection(inner.clone(), builder, stream, peer, stop, &limits).await;
-            inner.resources.families.connections.dec();
+            state.backends.families.connections.inc();
+            connection(state.clone(), builder, stream, peer, stop, &limits).await;
+            state.backends.families.connections.dec();
         });
     }
     drop(listener);
-    inner
+    state
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + limits.drain_timeout.0;
-    while inner.resources.families.connections.get() > 0 && Instant::now() < deadline {
+    while state.backends.families.connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = inner.resources.families.connections.get();
+    let left = state.backends.families.connections.get();
     if left > 0 {
         tracing::warn!(
             connections = left,
@@ -290,7 +101,7 @@ pub(crate) async fn serve(
 }
 
 async fn connection(
-    inner: Arc<Inner>,
+    state: Arc<ProxyState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -309,13 +120,15 @@ async fn connection(
         }
         _ = stop.wait_for(|s| *s) => return,
     }
-    let activity = Arc::new(ConnActivity::default());
-    let opened = Instant::now();
+    let activity = ConnActivity::new();
     let svc_activity = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let inner = inner.clone();
+        let state = state.clone();
         let guard = svc_activity.start();
-        async move { Ok::<_, Infallible>(handle(inner, peer, req).await.map(|b| b.with_guard(guard))) }
+        async move {
+            let resp = handle(&state, peer, req).await;
+            Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let mut conn = pin!(conn);
@@ -331,7 +144,7 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
-                if activity.idle_for(idle, opened) {
+                if activity.idle_for(idle) {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

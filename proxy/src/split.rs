@@ -68,11 +68,6 @@ impl WeightTable {
     pub fn entries(&self) -> &[(usize, u32)] {
         &self.entries
     }
-
-    /// Sum of the weights.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
 }
 
 /// A stable 64-bit hash of a sticky key (SipHash with fixed keys, so it survives restarts

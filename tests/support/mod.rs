@@ -667,3 +667,41 @@ impl Load {
         Load { failed, task }
     }
 }
+
+/// What a raw exchange read: the text, and whether the server closed the connection (as
+/// opposed to the reader giving up after a generous minute).
+#[derive(Debug)]
+pub struct RawReply {
+    pub text: String,
+    pub closed: bool,
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes (or a minute).
+pub async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> RawReply {
+    use std::io::{Read, Write};
+    let request = request.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        s.write_all(&request).expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => {
+                    break e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut
+                }
+            }
+        };
+        RawReply {
+            text: String::from_utf8_lossy(&out).into_owned(),
+            closed,
+        }
+    })
+    .await
+    .expect("raw exchange")
+}

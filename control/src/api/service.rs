@@ -1,0 +1,235 @@
+//! The Control service: each RPC is a controller call, each refusal a gRPC status.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weir_protos::control as pb;
+use weir_protos::control::control_server::Control;
+
+use super::convert;
+use crate::controller::{Controller, Notice, Refusal};
+use crate::machine::Op;
+
+/// The Control service over a [`Controller`].
+pub struct Api {
+    pub(super) controller: Controller,
+}
+
+fn refusal(r: Refusal) -> Status {
+    match r {
+        Refusal::NotFound(m) => Status::not_found(m),
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::Precondition(m) => Status::failed_precondition(m),
+    }
+}
+
+fn need_service(service: &str) -> Result<(), Status> {
+    if service.is_empty() {
+        Err(Status::invalid_argument("service must be set"))
+    } else {
+        Ok(())
+    }
+}
+
+type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+#[tonic::async_trait]
+impl Control for Api {
+    async fn apply_spec(
+        &self,
+        req: Request<pb::ApplySpecRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        need_service(&req.service)?;
+        let value = match req.spec {
+            Some(pb::apply_spec_request::Spec::Text(text)) => {
+                let v: serde_json::Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+                    Status::invalid_argument(format!("analysis: not valid YAML or JSON: {e}"))
+                })?;
+                // A whole Canary manifest or its spec works too: take its analysis.
+                v.pointer("/spec/analysis")
+                    .or_else(|| v.pointer("/analysis"))
+                    .cloned()
+                    .unwrap_or(v)
+            }
+            Some(pb::apply_spec_request::Spec::Typed(t)) => {
+                let spec = convert::analysis_spec(&t).map_err(Status::invalid_argument)?;
+                serde_json::to_value(spec).map_err(|e| Status::internal(e.to_string()))?
+            }
+            None => return Err(Status::invalid_argument("spec must be set (text or typed)")),
+        };
+        self.controller
+            .apply_spec(&req.service, value)
+            .await
+            .map(Response::new)
+            .map_err(refusal)
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        need_service(&req.service)?;
+        self.controller
+            .start_rollout(&req.service, &req.revision, &req.canary_endpoints)
+            .await
+            .map(Response::new)
+            .map_err(refusal)
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        need_service(&req.service)?;
+        self.controller
+            .status(&req.service)
+            .map(Response::new)
+            .map_err(refusal)
+    }
+
+    async fn list_rollouts(
+        &self,
+        _req: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsReply>, Status> {
+        Ok(Response::new(pb::ListRolloutsReply {
+            rollouts: self.controller.list(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = req.into_inner().service;
+        let initial = if service.is_empty() {
+            self.controller.list()
+        } else {
+            vec![self.controller.status(&service).map_err(refusal)?]
+        };
+        let mut notices = self.controller.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        let controller = self.controller.clone();
+        tokio::spawn(async move {
+            use pb::watch_event::Kind;
+            for s in initial {
+                if tx
+                    .send(Ok(pb::WatchEvent {
+                        kind: Some(Kind::Status(s)),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Live numbers change without a transition: a status every second too.
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let item = tokio::select! {
+                    n = notices.recv() => match n {
+                        Ok(Notice::Event(e)) if service.is_empty() || e.service == service => Kind::Event(e),
+                        Ok(Notice::Status(s)) if service.is_empty() || s.service == service => Kind::Status(*s),
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                    _ = every.tick() => {
+                        if service.is_empty() {
+                            continue;
+                        }
+                        match controller.status(&service) {
+                            Ok(s) => Kind::Status(s),
+                            Err(_) => return,
+                        }
+                    }
+                    _ = tx.closed() => return,
+                };
+                if tx
+                    .send(Ok(pb::WatchEvent { kind: Some(item) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.op(req.into_inner().service, Op::Promote).await
+    }
+
+    async fn abort(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.op(req.into_inner().service, Op::Abort).await
+    }
+
+    async fn pause(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.op(req.into_inner().service, Op::Pause).await
+    }
+
+    async fn resume(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.op(req.into_inner().service, Op::Resume).await
+    }
+
+    async fn retry(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.op(req.into_inner().service, Op::Retry).await
+    }
+
+    async fn set_weight(
+        &self,
+        req: Request<pb::SetWeightRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        self.op(req.service, Op::SetWeight(req.canary_weight)).await
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::GateRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        self.op(req.service, Op::Approve(req.gate)).await
+    }
+
+    async fn deny(
+        &self,
+        req: Request<pb::GateRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        self.op(req.service, Op::Deny(req.gate)).await
+    }
+}
+
+impl Api {
+    async fn op(&self, service: String, op: Op) -> Result<Response<pb::RolloutStatus>, Status> {
+        need_service(&service)?;
+        self.controller
+            .operate(&service, op)
+            .await
+            .map(Response::new)
+            .map_err(refusal)
+    }
+}

@@ -1,0 +1,309 @@
+//! `weir ctl`: the control API's command-line client.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use tonic::transport::Channel;
+use weir_protos::control as pb;
+use weir_protos::control::control_client::ControlClient;
+
+use super::render::{event_label, progress_line, table};
+use crate::http_client::error_chain;
+use crate::machine::Phase;
+
+/// Options shared by every `weir ctl` command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// Address of weir's control API.
+    #[arg(long, global = true, default_value = "127.0.0.1:9090")]
+    pub control: String,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `weir ctl` commands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CtlCommand {
+    /// Rollouts as a table (like `kubectl get canary`).
+    Status {
+        /// One service; all when omitted.
+        service: Option<String>,
+    },
+    /// Live progress of one rollout: weight, per-version success rate and p99, events.
+    Watch { service: String },
+    /// Tell weir the service has a new canary revision.
+    Start {
+        service: String,
+        /// The new revision's identifier.
+        #[arg(long)]
+        revision: String,
+        /// host:port of the new revision (repeat for several); omitted keeps the canary's.
+        #[arg(long = "canary-endpoint")]
+        canary_endpoints: Vec<String>,
+        /// Block until the revision is promoted (exit 0) or rolled back (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this many seconds (exit 2).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Skip the rest of the analysis and promote.
+    Promote { service: String },
+    /// Roll the canary back now.
+    Abort { service: String },
+    /// Freeze the rollout where it is.
+    Pause { service: String },
+    /// Continue a paused rollout.
+    Resume { service: String },
+    /// Analyse again the revision that was rolled back.
+    Retry { service: String },
+    /// Set the canary's weight by hand.
+    SetWeight {
+        service: String,
+        /// Canary weight, 0-100.
+        #[arg(long)]
+        canary: u32,
+    },
+    /// Open a gate (the one the rollout waits on, or --gate).
+    Approve {
+        service: String,
+        #[arg(long, default_value = "")]
+        gate: String,
+    },
+    /// Refuse a gate: the rollout is rolled back.
+    Deny {
+        service: String,
+        #[arg(long, default_value = "")]
+        gate: String,
+    },
+}
+
+/// Why a `weir ctl` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("--control {addr:?} is not an address: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("cannot reach weir's control API at {addr} ({reason}); is `weir run` running with `control:` set to that address?")]
+    Unreachable { addr: String, reason: String },
+    /// The API refused: `not found: ...`, `invalid: ...`, `refused: ...`.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the control API closed the watch of {0}")]
+    Closed(String),
+}
+
+async fn connect(addr: &str) -> Result<ControlClient<Channel>, CtlError> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Channel::from_shared(url)
+        .map_err(|e| CtlError::BadAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(3));
+    endpoint
+        .connect()
+        .await
+        .map(ControlClient::new)
+        .map_err(|e| CtlError::Unreachable {
+            addr: addr.to_string(),
+            reason: error_chain(&e),
+        })
+}
+
+fn grpc_error(s: tonic::Status) -> CtlError {
+    let code = match s.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid",
+        tonic::Code::FailedPrecondition => "refused",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "error",
+    };
+    CtlError::Refused(format!("{code}: {}", s.message()))
+}
+
+/// Runs a `weir ctl` command.
+pub async fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    match run(args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("weir ctl: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
+    let mut client = connect(&args.control).await?;
+    let svc = |s: &str| pb::ServiceRef { service: s.into() };
+    let status = match args.command {
+        CtlCommand::Status { service } => {
+            let rollouts = match service {
+                Some(s) => vec![client
+                    .get_status(svc(&s))
+                    .await
+                    .map_err(grpc_error)?
+                    .into_inner()],
+                None => {
+                    client
+                        .list_rollouts(pb::ListRolloutsRequest {})
+                        .await
+                        .map_err(grpc_error)?
+                        .into_inner()
+                        .rollouts
+                }
+            };
+            print!("{}", table(&rollouts));
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Watch { service } => {
+            watch(&mut client, &service, None).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Start {
+            service,
+            revision,
+            canary_endpoints,
+            wait,
+            timeout,
+        } => {
+            let req = pb::StartRolloutRequest {
+                service,
+                revision,
+                canary_endpoints,
+            };
+            return start(&mut client, req, wait.then_some(timeout)).await;
+        }
+        CtlCommand::Promote { service } => client.promote(svc(&service)).await,
+        CtlCommand::Abort { service } => client.abort(svc(&service)).await,
+        CtlCommand::Pause { service } => client.pause(svc(&service)).await,
+        CtlCommand::Resume { service } => client.resume(svc(&service)).await,
+        CtlCommand::Retry { service } => client.retry(svc(&service)).await,
+        CtlCommand::SetWeight { service, canary } => {
+            client
+                .set_weight(pb::SetWeightRequest {
+                    service,
+                    canary_weight: canary,
+                })
+                .await
+        }
+        CtlCommand::Approve { service, gate } => {
+            client.approve(pb::GateRequest { service, gate }).await
+        }
+        CtlCommand::Deny { service, gate } => client.deny(pb::GateRequest { service, gate }).await,
+    }
+    .map_err(grpc_error)?
+    .into_inner();
+    print!("{}", table(&[status]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir ctl start`: with a timeout (`--wait`), follows the rollout to its decision:
+/// exit 0 promoted, 1 rolled back, 2 no decision in time.
+async fn start(
+    client: &mut ControlClient<Channel>,
+    req: pb::StartRolloutRequest,
+    wait: Option<u64>,
+) -> Result<ExitCode, CtlError> {
+    let (service, revision) = (req.service.clone(), req.revision.clone());
+    // Subscribe first, so no transition can slip between the start and the watch.
+    let stream = match wait {
+        Some(_) => Some(
+            client
+                .watch(pb::ServiceRef {
+                    service: service.clone(),
+                })
+                .await
+                .map_err(grpc_error)?
+                .into_inner(),
+        ),
+        None => None,
+    };
+    let s = client
+        .start_rollout(req)
+        .await
+        .map_err(grpc_error)?
+        .into_inner();
+    let (Some(stream), Some(timeout)) = (stream, wait) else {
+        println!("{service}: revision {revision} started ({})", s.phase);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(timeout),
+        follow(stream, &service, Some(&revision)),
+    )
+    .await;
+    match outcome {
+        Err(_) => {
+            eprintln!("weir ctl: {service}: no decision on {revision} within {timeout}s");
+            Ok(ExitCode::from(2))
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(true)) => {
+            println!("{service}: revision {revision} promoted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(false)) => {
+            println!("{service}: revision {revision} failed and was rolled back");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn watch(
+    client: &mut ControlClient<Channel>,
+    service: &str,
+    revision: Option<&str>,
+) -> Result<bool, CtlError> {
+    let stream = client
+        .watch(pb::ServiceRef {
+            service: service.into(),
+        })
+        .await
+        .map_err(grpc_error)?
+        .into_inner();
+    follow(stream, service, revision).await
+}
+
+/// Prints events and progress; with a revision, returns once it is promoted (true) or
+/// rolled back (false).
+async fn follow(
+    mut stream: tonic::Streaming<pb::WatchEvent>,
+    service: &str,
+    revision: Option<&str>,
+) -> Result<bool, CtlError> {
+    use pb::watch_event::Kind;
+    let mut seen_active = false;
+    let mut last_line = String::new();
+    loop {
+        let item = stream
+            .message()
+            .await
+            .map_err(grpc_error)?
+            .ok_or_else(|| CtlError::Closed(service.to_string()))?;
+        match item.kind {
+            Some(Kind::Event(e)) => println!("{} {}", event_label(&e), e.message),
+            Some(Kind::Status(s)) => {
+                let line = progress_line(&s);
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+                let Some(rev) = revision else { continue };
+                let phase = Phase::from_name(&s.phase);
+                seen_active |= phase.is_some_and(Phase::is_active) && s.canary_revision == rev;
+                if phase == Some(Phase::Succeeded) && s.primary_revision == rev {
+                    return Ok(true);
+                }
+                if phase == Some(Phase::Failed) && seen_active {
+                    return Ok(false);
+                }
+            }
+            None => {}
+        }
+    }
+}

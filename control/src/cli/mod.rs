@@ -1,0 +1,107 @@
+//! The `weir` command line: `run`, `proxy`, `check`, `demo` and `ctl`.
+
+mod ctl;
+mod demo;
+mod render;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// weir: a progressive-delivery proxy that splits, matches and measures each version.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy and, for services with an `analysis`, the controller.
+    Run {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// Run the data plane only.
+    Proxy {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a weir.yaml and explain every error.
+    Check {
+        /// Path to weir.yaml.
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+    /// A self-contained demo: two built-in versions, a load loop, the proxy and the
+    /// controller rolling v2 out (or back, with --faulty) with a live view.
+    Demo(demo::DemoArgs),
+    /// Talk to a running weir's control API: status, watch, start, promote, abort, ...
+    Ctl(ctl::CtlArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo and ctl print their own lines; only errors go to the log there.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Ctl(_));
+    init_logging(cli.log_format, if quiet { "error" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run::run(&config, true).await,
+            Command::Proxy { config } => run::run(&config, false).await,
+            Command::Check { config } => run::check(&config),
+            Command::Demo(args) => demo::demo(args).await,
+            Command::Ctl(args) => ctl::ctl(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

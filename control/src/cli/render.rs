@@ -1,0 +1,126 @@
+//! What the command line prints: the rollout table, weight bars, progress lines.
+
+use std::time::Duration;
+
+use weir_protos::control as pb;
+use weir_proxy::Window;
+
+/// The `kubectl get canary` table.
+pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATUS".into(),
+        "WEIGHT".into(),
+        "FAILEDCHECKS".into(),
+        "LASTTRANSITIONTIME".into(),
+    ]];
+    for r in rollouts {
+        let status = if r.paused {
+            format!("{} (paused)", r.phase)
+        } else {
+            r.phase.clone()
+        };
+        rows.push([
+            r.service.clone(),
+            status,
+            r.canary_weight.to_string(),
+            r.failed_checks.to_string(),
+            r.last_transition_time.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn stats(v: &Option<pb::VersionStats>) -> String {
+    match v {
+        Some(v) if v.has_data => format!(
+            "{:>6} req  ok {:>7.2}%  p99 {:>7.2}ms",
+            v.requests, v.success_rate, v.p99_ms
+        ),
+        _ => "no traffic".into(),
+    }
+}
+
+/// The canary weight as a bar of `width` cells, `#` for the canary's share.
+pub fn weight_bar(weight: u32, width: usize) -> String {
+    let filled = (weight as usize * width).div_ceil(100).min(width);
+    "#".repeat(filled) + &".".repeat(width - filled)
+}
+
+/// How an event is labelled on a terminal: `WARN` or `info`.
+pub fn event_label(e: &pb::Event) -> &'static str {
+    if e.r#type == "Warning" {
+        "WARN"
+    } else {
+        "info"
+    }
+}
+
+/// One live line of `weir ctl watch`.
+pub fn progress_line(s: &pb::RolloutStatus) -> String {
+    let bar = weight_bar(s.canary_weight, 20);
+    let mut line = format!(
+        "{:<16} [{bar}] {:>3}%  primary {}  canary {}  failed {}/{}",
+        s.phase,
+        s.canary_weight,
+        stats(&s.primary),
+        stats(&s.canary),
+        s.failed_checks,
+        s.threshold
+    );
+    if s.mirrored {
+        line.push_str("  (mirroring)");
+    }
+    if s.paused {
+        line.push_str("  (paused)");
+    }
+    if !s.waiting_gate.is_empty() {
+        line.push_str(&format!("  waiting on {}", s.waiting_gate));
+    }
+    line
+}
+
+/// One live line of `weir demo`: the weight, the split as seen, each version's window.
+pub fn view_line(
+    elapsed: Duration,
+    weight: u32,
+    phase: &str,
+    primary: &Window,
+    canary: &Window,
+) -> String {
+    let total = (primary.requests() + canary.requests()).max(1) as f64;
+    let pct = |w: &Window| 100.0 * w.requests() as f64 / total;
+    let bar = weight_bar(weight, 20);
+    let fmt = |w: &Window| {
+        format!(
+            "{:>5} req  ok {:>7}  p99 {:>8}",
+            w.requests(),
+            w.success_rate()
+                .map(|r| format!("{r:.2}%"))
+                .unwrap_or_else(|| "-".into()),
+            w.quantile_ms(0.99)
+                .map(|p| format!("{p:.2}ms"))
+                .unwrap_or_else(|| "-".into())
+        )
+    };
+    format!(
+        "[{:>3}s] {phase:<16} weight [{bar}] {weight:>3}% (seen {:>5.1}%) | primary {} | canary {}",
+        elapsed.as_secs(),
+        pct(canary),
+        fmt(primary),
+        fmt(canary)
+    )
+}

@@ -1,0 +1,201 @@
+//! weir.yaml as a whole: the data plane's config (listeners, limits, services) plus what
+//! the controller reads (`control`, `state`, `alertProviders` and each service's
+//! `analysis:` block). Every error in the file is reported with its field path.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use weir_proxy::config::{decode, parse_document, socket_addr, ConfigError, ConfigErrors};
+use weir_proxy::ProxyConfig;
+
+use crate::spec::{self, AlertProviderConfig, Analysis};
+
+/// The control API's default address.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:9090";
+
+/// A whole weir.yaml.
+#[derive(Debug, Clone)]
+pub struct WeirConfig {
+    /// The data plane's part.
+    pub proxy: ProxyConfig,
+    /// The gRPC control API's address.
+    pub control: String,
+    /// The rollout state file.
+    pub state: Option<PathBuf>,
+    /// Alert providers an analysis' `alerts[].providerRef` names (Flagger's AlertProvider).
+    pub alert_providers: Vec<AlertProviderConfig>,
+    /// The services with an `analysis:` block, in file order.
+    pub analyses: IndexMap<String, AnalysisBlock>,
+}
+
+/// One service's `analysis:` block: as written, and validated.
+#[derive(Debug, Clone)]
+pub struct AnalysisBlock {
+    /// The block as the file has it (a reload compares it to tell an edit).
+    pub written: serde_json::Value,
+    /// The validated analysis.
+    pub analysis: Analysis,
+}
+
+impl WeirConfig {
+    /// Reads and validates a weir.yaml.
+    pub fn load(path: &Path) -> Result<WeirConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        WeirConfig::parse(&text)
+    }
+
+    /// Parses and validates YAML (or JSON) text, reporting every error found.
+    pub fn parse(text: &str) -> Result<WeirConfig, ConfigErrors> {
+        WeirConfig::from_value(parse_document(text)?)
+    }
+
+    /// Decodes and validates a document: the controller's keys are taken out and checked
+    /// here, the rest is the data plane's config.
+    pub fn from_value(mut value: serde_json::Value) -> Result<WeirConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut take = |key: &str| {
+            value
+                .as_object_mut()
+                .and_then(|o| o.remove(key))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let control: Option<String> = decode(take("control"), "control", &mut errors).flatten();
+        let state: Option<PathBuf> = decode(take("state"), "state", &mut errors).flatten();
+        let providers: Vec<AlertProviderConfig> =
+            decode(take("alertProviders"), "alertProviders", &mut errors)
+                .flatten()
+                .unwrap_or_default();
+        let written = take_analyses(&mut value);
+        let control = control.unwrap_or_else(|| DEFAULT_CONTROL.to_string());
+        if let Err(m) = socket_addr(&control) {
+            errors.push(ConfigError::new("control", m));
+        }
+        let Some(mut proxy) = ProxyConfig::decode(value, &mut errors) else {
+            return Err(ConfigErrors(errors));
+        };
+        let mut analyses = IndexMap::new();
+        for (i, block) in written {
+            let Some(svc) = proxy.services.get_mut(i) else {
+                continue;
+            };
+            if svc.versions.len() < 2 {
+                errors.push(ConfigError::new(
+                    format!("services[{i}].versions"),
+                    "an analysis needs two versions: the primary (first) and the canary (second)",
+                ));
+                continue;
+            }
+            match spec::parse(&block, &format!("services[{i}].analysis"), &providers) {
+                Ok(analysis) => {
+                    // Flagger's primary cookie lives one analysis interval.
+                    if let Some(sa) = svc.session_affinity.as_mut() {
+                        sa.primary_max_age = analysis.interval.as_secs().max(1);
+                    }
+                    analyses.insert(
+                        svc.name.clone(),
+                        AnalysisBlock {
+                            written: block,
+                            analysis,
+                        },
+                    );
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        ConfigErrors::check(errors)?;
+        Ok(WeirConfig {
+            proxy,
+            control,
+            state,
+            alert_providers: providers,
+            analyses,
+        })
+    }
+}
+
+/// Takes each service's `analysis:` block out of the document, by service index.
+fn take_analyses(value: &mut serde_json::Value) -> Vec<(usize, serde_json::Value)> {
+    let Some(services) = value.get_mut("services").and_then(|s| s.as_array_mut()) else {
+        return Vec::new();
+    };
+    services
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_object_mut()?.remove("analysis")?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_YAML: &str = r#"
+listen: 127.0.0.1:8080
+admin: 127.0.0.1:9901
+control: 127.0.0.1:9090
+state: ./weir-state.json
+services:
+  - name: podinfo
+    namespace: test
+    hosts: ["podinfo", "podinfo.test"]
+    port: 9898
+    versions:
+      primary: { endpoints: ["127.0.0.1:18081"] }
+      canary:  { endpoints: ["127.0.0.1:18082"], revision: "5.0.1" }
+    routes:
+      - match: { headers: { x-canary: { exact: always } } }
+        to: canary
+      - split: { primary: 90, canary: 10 }
+        mirror: { version: canary, percent: 0 }
+    sessionAffinity: { cookieName: canary-cookie, maxAge: 86400 }
+    analysis:
+      interval: 15s
+      threshold: 5
+      maxWeight: 50
+      stepWeight: 5
+      metrics:
+        - name: request-success-rate
+          thresholdRange: { min: 99 }
+          interval: 1m
+      webhooks:
+        - name: smoke
+          type: pre-rollout
+          url: http://127.0.0.1:8888/
+          timeout: 5s
+"#;
+
+    #[test]
+    fn design_example_parses_as_written() {
+        let cfg = WeirConfig::parse(DESIGN_YAML).expect("the design's weir.yaml is valid");
+        let svc = &cfg.proxy.services[0];
+        assert_eq!(
+            svc.versions.keys().collect::<Vec<_>>(),
+            ["primary", "canary"]
+        );
+        assert_eq!(svc.routes[1].split.as_ref().map(|s| s["canary"]), Some(10));
+        assert_eq!(svc.versions["canary"].revision.as_deref(), Some("5.0.1"));
+        assert_eq!(cfg.analyses["podinfo"].analysis.threshold, 5);
+        assert_eq!(cfg.control, "127.0.0.1:9090");
+        assert_eq!(
+            svc.session_affinity.as_ref().map(|s| s.primary_max_age),
+            Some(15)
+        );
+    }
+
+    #[test]
+    fn errors_of_both_parts_are_reported_with_their_paths() {
+        let errs = WeirConfig::parse(
+            "control: nowhere\nbogus: 1\nservices:\n  - name: a\n    versions: { v1: { endpoints: [\"127.0.0.1:1\"] } }\n    analysis: { interval: 1m, stepWeight: 5 }\n",
+        )
+        .expect_err("invalid");
+        let joined = errs.joined();
+        for want in [
+            "control: \"nowhere\" is not an ip:port address",
+            "bogus: unknown field `bogus`",
+            "services[0].versions: an analysis needs two versions",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in {joined}");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The controller at run time: one task per service drives its rollout's state machine
+//! every interval and runs the fast-fail guard every 100 ms (`driver`), operators change
+//! rollouts over the API (`ops`), weir.yaml is re-read on SIGHUP (`reload`), and the state
+//! is published (status, Watch, metrics) and persisted after every change.
+
+mod driver;
+mod env;
+mod ops;
+mod reload;
+mod rollout;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use indexmap::IndexMap;
+use tokio::sync::{broadcast, Notify};
+use weir_protos::control as pb;
+use weir_proxy::Proxy;
+
+pub use crate::notify::Notice;
+
+use crate::api::convert;
+use crate::config::WeirConfig;
+use crate::http_client::HttpPoster;
+use crate::machine::{Machine, Phase};
+use crate::metrics::Metrics;
+use crate::notify::{About, Notifier};
+use crate::spec::AlertProviderConfig;
+use crate::store::{self, StoreError};
+use env::LiveEnv;
+use rollout::{Rollout, RolloutError};
+
+/// Why a control request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Precondition(String),
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] StoreError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    #[error("cannot apply the saved rollout state: {0}")]
+    Apply(weir_proxy::ConfigErrors),
+}
+
+/// One rollout, its published status and its task's signals.
+struct RolloutHandle {
+    /// The service's namespace (for `flagger_canary_total`).
+    namespace: String,
+    rollout: tokio::sync::Mutex<Rollout>,
+    /// The status as last published, and what the state file keeps of it.
+    published: Mutex<(pb::RolloutStatus, store::Saved)>,
+    kick: Notify,
+    stop: Notify,
+}
+
+struct Shared {
+    proxy: Proxy,
+    state_path: Option<PathBuf>,
+    providers: RwLock<Vec<AlertProviderConfig>>,
+    rollouts: RwLock<IndexMap<String, Arc<RolloutHandle>>>,
+    notifier: Notifier,
+    metrics: Metrics,
+    poster: HttpPoster,
+    /// The state last written (a tick that changed nothing writes nothing); its lock
+    /// also orders the writers.
+    saved: Mutex<Option<store::State>>,
+}
+
+/// A handle to the controller. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+impl Controller {
+    /// Starts the controller for every service with an analysis: restores the state
+    /// file, routes the proxy as the state says, and spawns one task per rollout.
+    pub fn start(proxy: Proxy, config: &WeirConfig) -> Result<Controller, StartError> {
+        let saved = match &config.state {
+            Some(p) => store::load(p)?,
+            None => store::State::default(),
+        };
+        let poster = HttpPoster::new();
+        let shared = Arc::new(Shared {
+            metrics: Metrics::new(proxy.families().registry()),
+            proxy,
+            state_path: config.state.clone(),
+            providers: RwLock::new(config.alert_providers.clone()),
+            rollouts: RwLock::new(IndexMap::new()),
+            notifier: Notifier::new(poster.clone()),
+            poster,
+            saved: Mutex::new(None),
+        });
+        let controller = Controller { shared };
+        let mut rollouts = Vec::new();
+        let mut change = weir_proxy::Change::new();
+        for (name, block) in &config.analyses {
+            let Some(svc) = config.proxy.service(name) else {
+                continue;
+            };
+            let mut r = Rollout::new(svc, block, &controller.shared.proxy)?;
+            if let Some(s) = saved.services.get(name) {
+                r.restore(s, &config.alert_providers);
+            }
+            change = change
+                .version(name, &r.primary_name, r.primary.clone())
+                .version(name, &r.canary_name, r.canary.clone())
+                .policy(name, Some(r.policy()));
+            rollouts.push(r);
+        }
+        controller
+            .shared
+            .proxy
+            .commit(change)
+            .map_err(StartError::Apply)?;
+        for r in rollouts {
+            controller.spawn(r);
+        }
+        controller.persist();
+        Ok(controller)
+    }
+
+    fn spawn(&self, r: Rollout) {
+        let resume = r.status.phase != Phase::Initializing;
+        let name = r.service.clone();
+        let handle = Arc::new(RolloutHandle {
+            namespace: r.target.namespace.clone(),
+            published: Mutex::new((pb::RolloutStatus::default(), r.saved())),
+            rollout: tokio::sync::Mutex::new(r),
+            kick: Notify::new(),
+            stop: Notify::new(),
+        });
+        self.shared
+            .rollouts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, handle.clone());
+        self.count_rollouts();
+        let me = self.clone();
+        tokio::spawn(async move { me.drive(handle, resume).await });
+    }
+
+    fn handle(&self, service: &str) -> Result<Arc<RolloutHandle>, Refusal> {
+        self.shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
+            .ok_or_else(|| {
+                Refusal::NotFound(format!(
+                    "unknown service {service:?}: no service with an analysis has that name"
+                ))
+            })
+    }
+
+    /// The status of one service.
+    pub fn status(&self, service: &str) -> Result<pb::RolloutStatus, Refusal> {
+        let handle = self.handle(service)?;
+        let p = handle.published.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(p.0.clone())
+    }
+
+    /// Every rollout's status.
+    pub fn list(&self) -> Vec<pb::RolloutStatus> {
+        let rollouts = self
+            .shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        rollouts
+            .values()
+            .map(|h| {
+                h.published
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Events and status changes as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.shared.notifier.subscribe()
+    }
+
+    /// Publishes a rollout's status: Flagger's metrics, the status read by the API, and a
+    /// Watch notice when something a user sees changed.
+    fn publish(&self, handle: &RolloutHandle, r: &Rollout) {
+        let stats = r.measurements.since_start(r.status.mirrored);
+        let view = convert::RolloutView {
+            target: &r.target,
+            status: &r.status,
+            analysis: &r.analysis,
+            primary_revision: r.primary.revision.as_deref(),
+            canary_revision: r.canary.revision.as_deref(),
+        };
+        let status = convert::rollout_status(&view, &stats);
+        let m = &self.shared.metrics;
+        let (name, ns) = (r.target.name.as_str(), r.target.namespace.as_str());
+        m.status
+            .with_label_values(&[name, ns])
+            .set(r.status.phase.status_value());
+        m.weight
+            .with_label_values(&[&format!("{name}-primary"), ns])
+            .set(i64::from(100 - r.status.canary_weight.min(100)));
+        m.weight
+            .with_label_values(&[name, ns])
+            .set(i64::from(r.status.canary_weight));
+        for c in &r.status.checks {
+            if let Some(v) = c.value {
+                // Flagger reports request-duration in seconds.
+                let v = if c.name == "request-duration" {
+                    v / 1000.0
+                } else {
+                    v
+                };
+                m.analysis.with_label_values(&[name, ns, &c.name]).set(v);
+            }
+        }
+        let mut published = handle.published.lock().unwrap_or_else(|p| p.into_inner());
+        let old = &published.0;
+        let changed = old.phase != status.phase
+            || old.canary_weight != status.canary_weight
+            || old.failed_checks != status.failed_checks
+            || old.last_event != status.last_event
+            || old.paused != status.paused
+            || old.waiting_gate != status.waiting_gate;
+        *published = (status.clone(), r.saved());
+        drop(published);
+        if changed {
+            self.shared.notifier.status(status);
+        }
+    }
+
+    /// `flagger_canary_total` per namespace (set when rollouts are added or removed).
+    fn count_rollouts(&self) {
+        let rollouts = self
+            .shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut per_ns: IndexMap<&str, i64> = IndexMap::new();
+        for h in rollouts.values() {
+            *per_ns.entry(h.namespace.as_str()).or_default() += 1;
+        }
+        for (ns, n) in per_ns {
+            self.shared.metrics.total.with_label_values(&[ns]).set(n);
+        }
+    }
+
+    /// Writes every rollout's state to the state file (atomically), when it changed.
+    fn persist(&self) {
+        let Some(path) = &self.shared.state_path else {
+            return;
+        };
+        let mut saved = self.shared.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = store::State {
+            version: 1,
+            ..store::State::default()
+        };
+        for (name, h) in self
+            .shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let p = h.published.lock().unwrap_or_else(|p| p.into_inner());
+            state.services.insert(name.clone(), p.1.clone());
+        }
+        if saved.as_ref() == Some(&state) {
+            return;
+        }
+        match store::save(path, &state) {
+            Ok(()) => *saved = Some(state),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the rollout state")
+            }
+        }
+    }
+
+    /// Publishes and persists after a change; the status as published.
+    fn after_change(&self, handle: &RolloutHandle, r: &Rollout) -> pb::RolloutStatus {
+        self.publish(handle, r);
+        self.persist();
+        handle
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+}
+
+impl Rollout {
+    /// The state machine over this rollout's status, and the live hooks and checks it uses.
+    fn machine<'a>(
+        &'a mut self,
+        poster: &'a HttpPoster,
+        now_ms: u64,
+    ) -> (Machine<'a>, LiveEnv<'a>) {
+        let env = LiveEnv {
+            poster,
+            target: &self.target,
+            analysis: &self.analysis,
+            measurements: &self.measurements,
+            mirrored: self.status.mirrored,
+            revision: self.status.last_applied.clone(),
+        };
+        let machine = Machine::new(&self.target, &self.analysis, &mut self.status, now_ms);
+        (machine, env)
+    }
+
+    /// Who an event or alert is about.
+    fn about(&self) -> About<'_> {
+        About {
+            target: &self.target,
+            analysis: &self.analysis,
+            phase: self.status.phase,
+            revision: self.status.last_applied.as_deref(),
+        }
+    }
+}

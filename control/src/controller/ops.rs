@@ -1,0 +1,113 @@
+//! What the control API asks of a rollout: a new canary revision, a new analysis, and
+//! the operators' operations. Each is refused with the reason, changing nothing, or done
+//! and published.
+
+use weir_protos::control as pb;
+
+use super::{Controller, Refusal};
+use crate::clock::now_ms;
+use crate::machine::{Op, Phase};
+use crate::spec;
+
+impl Controller {
+    /// Tells weir the service has a new canary revision (at these endpoints).
+    pub async fn start_rollout(
+        &self,
+        service: &str,
+        revision: &str,
+        endpoints: &[String],
+    ) -> Result<pb::RolloutStatus, Refusal> {
+        let handle = self.handle(service)?;
+        if revision.trim().is_empty() {
+            return Err(Refusal::Invalid("revision must not be empty".into()));
+        }
+        let mut r = handle.rollout.lock().await;
+        if r.status.phase == Phase::Failed && r.status.last_applied.as_deref() == Some(revision) {
+            return Err(Refusal::Precondition(format!(
+                "revision {revision:?} of {service} was rolled back; run `weir ctl retry {service}` to analyse it again"
+            )));
+        }
+        if r.primary.revision.as_deref() == Some(revision) {
+            return Err(Refusal::Precondition(format!(
+                "revision {revision:?} is already the primary of {service}"
+            )));
+        }
+        let mut canary = r.canary.clone();
+        canary.revision = Some(revision.to_string());
+        if !endpoints.is_empty() {
+            canary.endpoints = endpoints.to_vec();
+        }
+        self.shared
+            .proxy
+            .set_version(service, &r.canary_name, canary.clone())
+            .map_err(|e| {
+                Refusal::Invalid(
+                    e.0.iter()
+                        .map(|e| {
+                            let field = e.path.split_once("].").map_or("", |(_, f)| f);
+                            format!("{service}: {field}: {}", e.message)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+        r.canary = canary;
+        let status = self.after_change(&handle, &r);
+        drop(r);
+        handle.kick.notify_one();
+        Ok(status)
+    }
+
+    /// Replaces a service's analysis (Flagger's `analysis:` block as a JSON value).
+    pub async fn apply_spec(
+        &self,
+        service: &str,
+        value: serde_json::Value,
+    ) -> Result<pb::RolloutStatus, Refusal> {
+        let handle = self.handle(service)?;
+        let providers = self
+            .shared
+            .providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let analysis = spec::parse(&value, "analysis", &providers)
+            .map_err(|e| Refusal::Invalid(weir_proxy::ConfigErrors(e).joined()))?;
+        let mut r = handle.rollout.lock().await;
+        // Both change together, and both go back if the proxy refuses the result.
+        let previous = (
+            std::mem::replace(&mut r.analysis, analysis),
+            r.applied_spec.replace(value),
+        );
+        if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
+            (r.analysis, r.applied_spec) = previous;
+            return Err(Refusal::Invalid(e.joined()));
+        }
+        let status = self.after_change(&handle, &r);
+        drop(r);
+        handle.kick.notify_one();
+        Ok(status)
+    }
+
+    /// Promote, abort, pause, resume, retry, set-weight, approve or deny.
+    pub async fn operate(&self, service: &str, op: Op) -> Result<pb::RolloutStatus, Refusal> {
+        let handle = self.handle(service)?;
+        let mut r = handle.rollout.lock().await;
+        let before = r.status.measure_from_ms;
+        let (kick, actions) = {
+            let (mut m, mut env) = r.machine(&self.shared.poster, now_ms());
+            let kick = m
+                .operate(&op, &mut env)
+                .await
+                .map_err(|e| Refusal::Precondition(e.0))?;
+            (kick, m.actions)
+        };
+        self.apply(&mut r, actions, before);
+        let status = self.after_change(&handle, &r);
+        drop(r);
+        if kick {
+            handle.kick.notify_one();
+        }
+        Ok(status)
+    }
+}

@@ -1,0 +1,150 @@
+//! Re-reading weir.yaml (SIGHUP): an invalid file changes nothing; a changed canary
+//! revision starts a rollout; the controller's weights, promotions and API-set analyses
+//! are kept unless the file edited that very thing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use weir_proxy::config::ServiceConfig;
+use weir_proxy::{Change, ConfigErrors, TrafficPolicy};
+
+use super::rollout::{effective_version, Rollout};
+use super::{Controller, RolloutHandle};
+use crate::config::{AnalysisBlock, WeirConfig};
+use crate::traffic::{self, Routing, Versions};
+
+impl Controller {
+    /// Re-reads weir.yaml; counts and logs the outcome.
+    pub async fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
+        let result = match WeirConfig::load(path) {
+            Ok(cfg) => self.reload_config(cfg).await,
+            Err(e) => Err(e),
+        };
+        self.shared.proxy.record_reload(path, &result);
+        result
+    }
+
+    async fn reload_config(&self, cfg: WeirConfig) -> Result<(), ConfigErrors> {
+        let handles: Vec<_> = self
+            .shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut live = Vec::new();
+        for (name, h) in &handles {
+            live.push((name.clone(), h.clone(), h.rollout.lock().await));
+        }
+        // Stage every change on copies; commit only if the proxy accepts the result.
+        let mut staged: Vec<Rollout> = Vec::new();
+        let mut fresh = Vec::new();
+        let mut change = Change::new().config(cfg.proxy.clone());
+        for (name, block) in &cfg.analyses {
+            let Some(svc) = cfg.proxy.service(name) else {
+                continue;
+            };
+            let current = live.iter().find(|l| l.0 == *name);
+            let Some(mut next) = current.and_then(|l| l.2.staged(&self.shared.proxy)) else {
+                if let Some(policy) = initial_policy(svc, block) {
+                    change = change.policy(name, Some(policy));
+                }
+                fresh.push(name.clone());
+                continue;
+            };
+            follow_file(&mut next, svc, block);
+            change = change
+                .version(name, &next.primary_name, next.primary.clone())
+                .version(name, &next.canary_name, next.canary.clone())
+                .policy(name, Some(next.policy()));
+            staged.push(next);
+        }
+        for (name, _, _) in &live {
+            // A service whose analysis is gone routes as its file says again.
+            if !cfg.analyses.contains_key(name) && cfg.proxy.service(name).is_some() {
+                change = change.policy(name, None);
+            }
+        }
+        self.shared.proxy.commit(change)?;
+        *self
+            .shared
+            .providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = cfg.alert_providers.clone();
+        for mut next in staged {
+            if let Some((_, h, r)) = live.iter_mut().find(|l| l.0 == next.service) {
+                std::mem::swap(&mut next.measurements, &mut r.measurements);
+                **r = next;
+                h.kick.notify_one();
+            }
+        }
+        drop(live);
+        self.replace_rollouts(&cfg, handles, fresh);
+        Ok(())
+    }
+
+    /// Stops the rollouts whose analysis is gone (or must start over) and starts the new.
+    fn replace_rollouts(
+        &self,
+        cfg: &WeirConfig,
+        handles: Vec<(String, Arc<RolloutHandle>)>,
+        fresh: Vec<String>,
+    ) {
+        for (name, h) in handles {
+            if !cfg.analyses.contains_key(&name) || fresh.contains(&name) {
+                h.stop.notify_one();
+                self.shared
+                    .rollouts
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .shift_remove(&name);
+            }
+        }
+        for name in fresh {
+            let (Some(svc), Some(block)) = (cfg.proxy.service(&name), cfg.analyses.get(&name))
+            else {
+                continue;
+            };
+            match Rollout::new(svc, block, &self.shared.proxy) {
+                Ok(r) => self.spawn(r),
+                Err(e) => tracing::error!(service = %name, error = %e, "cannot start the rollout"),
+            }
+        }
+        self.count_rollouts();
+        self.persist();
+    }
+}
+
+/// A kept rollout after the file changed: the file's analysis when it was edited (or none
+/// was set over the API), the file's version entries when they were edited.
+fn follow_file(next: &mut Rollout, svc: &ServiceConfig, block: &AnalysisBlock) {
+    if next.written != block.written || next.applied_spec.is_none() {
+        next.analysis = block.analysis.clone();
+        next.applied_spec = None;
+    }
+    next.written = block.written.clone();
+    if let Some(fp) = svc.versions.get(&next.primary_name) {
+        next.primary = effective_version(&next.primary, &next.file_primary, fp);
+        next.file_primary = fp.clone();
+    }
+    if let Some(fc) = svc.versions.get(&next.canary_name) {
+        next.canary = effective_version(&next.canary, &next.file_canary, fc);
+        next.file_canary = fc.clone();
+    }
+}
+
+/// A new rollout's traffic: all to the primary.
+fn initial_policy(svc: &ServiceConfig, block: &AnalysisBlock) -> Option<TrafficPolicy> {
+    let mut names = svc.versions.keys();
+    let v = Versions {
+        primary: names.next()?,
+        canary: names.next()?,
+    };
+    let routing = Routing {
+        canary_weight: 0,
+        mirror: false,
+        ab: false,
+    };
+    Some(traffic::policy(&block.analysis, v, routing))
+}

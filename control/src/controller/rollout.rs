@@ -1,0 +1,210 @@
+//! One service's rollout as the controller holds it: its analysis (from the file or set
+//! over the API), its status, the primary's and canary's effective versions, and its
+//! measurement windows; and how it is created, restored from the state file and saved.
+
+use std::time::Duration;
+
+use weir_proxy::config::{ServiceConfig, VersionConfig};
+use weir_proxy::{Proxy, TrafficPolicy};
+
+use crate::clock::now_ms;
+use crate::config::AnalysisBlock;
+use crate::machine::{Phase, Status, Target};
+use crate::measurements::Measurements;
+use crate::spec::{self, AlertProviderConfig, Analysis, DEFAULT_METRIC_INTERVAL};
+use crate::store;
+use crate::traffic::{self, Routing, Versions};
+
+/// One service's rollout.
+pub(crate) struct Rollout {
+    pub service: String,
+    pub target: Target,
+    pub analysis: Analysis,
+    /// The analysis block as the file has it (a reload compares it to tell an edit).
+    pub written: serde_json::Value,
+    /// An analysis set over the control API, replacing the file's.
+    pub applied_spec: Option<serde_json::Value>,
+    pub status: Status,
+    pub primary_name: String,
+    pub canary_name: String,
+    /// The versions as they run (promotions and StartRollout change them).
+    pub primary: VersionConfig,
+    pub canary: VersionConfig,
+    /// The versions as weir.yaml last said, to tell a file edit apart.
+    pub file_primary: VersionConfig,
+    pub file_canary: VersionConfig,
+    pub measurements: Measurements,
+}
+
+/// Why a rollout could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("service {0:?}: an analysis needs a primary and a canary version")]
+    Versions(String),
+    #[error("service {0:?}: the proxy does not know its versions")]
+    NotRouted(String),
+}
+
+impl Rollout {
+    /// A new rollout for a service of the file (its first version the primary, its
+    /// second the canary).
+    pub fn new(
+        svc: &ServiceConfig,
+        block: &AnalysisBlock,
+        proxy: &Proxy,
+    ) -> Result<Rollout, RolloutError> {
+        let mut versions = svc.versions.iter();
+        let (Some((primary_name, primary)), Some((canary_name, canary))) =
+            (versions.next(), versions.next())
+        else {
+            return Err(RolloutError::Versions(svc.name.clone()));
+        };
+        let handle = |v: &str| {
+            proxy
+                .version(&svc.name, v)
+                .ok_or_else(|| RolloutError::NotRouted(svc.name.clone()))
+        };
+        Ok(Rollout {
+            service: svc.name.clone(),
+            target: Target {
+                name: svc.name.clone(),
+                namespace: svc.namespace.clone(),
+            },
+            analysis: block.analysis.clone(),
+            written: block.written.clone(),
+            applied_spec: None,
+            status: Status::default(),
+            measurements: Measurements::new(handle(primary_name)?, handle(canary_name)?),
+            primary_name: primary_name.clone(),
+            canary_name: canary_name.clone(),
+            file_primary: primary.clone(),
+            file_canary: canary.clone(),
+            primary: primary.clone(),
+            canary: canary.clone(),
+        })
+    }
+
+    /// Resumes a saved rollout; a file edit made while weir was down wins for that version.
+    pub fn restore(&mut self, s: &store::Saved, providers: &[AlertProviderConfig]) {
+        self.status = s.status.clone();
+        self.primary = effective_version(&s.primary, &s.file_primary, &self.file_primary);
+        self.canary = effective_version(&s.canary, &s.file_canary, &self.file_canary);
+        if let Some(spec) = &s.spec {
+            match spec::parse(spec, "state.spec", providers) {
+                Ok(a) => {
+                    self.analysis = a;
+                    self.applied_spec = Some(spec.clone());
+                }
+                Err(e) => {
+                    let e = weir_proxy::ConfigErrors(e);
+                    tracing::warn!(error = %e.joined(), "ignoring the saved analysis");
+                }
+            }
+        }
+        // The canary's measurements restart with the process.
+        self.status.measure_from_ms = Some(now_ms());
+        if self.analysis.spec.revert_on_restart && self.status.phase.is_active() {
+            tracing::warn!(canary = %self.target, "weir restarted mid-rollout and revertOnRestart is set: routing all traffic to the primary");
+            let s = &mut self.status;
+            s.phase = Phase::Failed;
+            s.canary_weight = 0;
+            s.mirrored = false;
+            s.ab_routed = false;
+            s.failed_checks = 0;
+            s.last_event = format!("Canary failed! Scaling down {}", self.target);
+            s.last_transition_ms = now_ms();
+        } else if self.status.phase.is_active() {
+            tracing::info!(canary = %self.target, phase = self.status.phase.name(), weight = self.status.canary_weight, "resuming the rollout");
+        }
+    }
+
+    /// What the state file keeps of this rollout.
+    pub fn saved(&self) -> store::Saved {
+        store::Saved {
+            status: self.status.clone(),
+            primary: self.primary.clone(),
+            canary: self.canary.clone(),
+            file_primary: self.file_primary.clone(),
+            file_canary: self.file_canary.clone(),
+            spec: self.applied_spec.clone(),
+        }
+    }
+
+    /// The rollout's traffic as its status routes it now.
+    pub fn policy(&self) -> TrafficPolicy {
+        let s = &self.status;
+        self.policy_for(Routing {
+            canary_weight: s.canary_weight,
+            mirror: s.mirrored,
+            ab: s.ab_routed,
+        })
+    }
+
+    /// The rollout's traffic routed as `routing`.
+    pub fn policy_for(&self, routing: Routing) -> TrafficPolicy {
+        let versions = Versions {
+            primary: &self.primary_name,
+            canary: &self.canary_name,
+        };
+        traffic::policy(&self.analysis, versions, routing)
+    }
+
+    /// How long checkpoints are kept: the longest metric window plus one interval.
+    pub fn keep(&self) -> Duration {
+        self.analysis
+            .metrics
+            .iter()
+            .map(|m| m.window)
+            .max()
+            .unwrap_or(DEFAULT_METRIC_INTERVAL)
+            + self.analysis.interval
+    }
+
+    /// Takes a measurement checkpoint.
+    pub fn checkpoint(&mut self) {
+        let (shadow, keep) = (self.analysis.spec.mirror, self.keep());
+        self.measurements.checkpoint(shadow, keep);
+    }
+
+    /// Drops measurements from before the canary's current traffic began.
+    pub fn restart_measurements(&mut self) {
+        let (shadow, keep) = (self.analysis.spec.mirror, self.keep());
+        self.measurements.restart(shadow, keep);
+    }
+
+    /// A copy for staging a change (its measurements are carried over on commit).
+    pub fn staged(&self, proxy: &Proxy) -> Option<Rollout> {
+        Some(Rollout {
+            service: self.service.clone(),
+            target: self.target.clone(),
+            analysis: self.analysis.clone(),
+            written: self.written.clone(),
+            applied_spec: self.applied_spec.clone(),
+            status: self.status.clone(),
+            primary_name: self.primary_name.clone(),
+            canary_name: self.canary_name.clone(),
+            primary: self.primary.clone(),
+            canary: self.canary.clone(),
+            file_primary: self.file_primary.clone(),
+            file_canary: self.file_canary.clone(),
+            measurements: Measurements::new(
+                proxy.version(&self.service, &self.primary_name)?,
+                proxy.version(&self.service, &self.canary_name)?,
+            ),
+        })
+    }
+}
+
+/// A version after the file changed under a rollout: the file's entry when it was
+/// edited, otherwise the rollout's effective one (promotions, StartRollout endpoints).
+pub(crate) fn effective_version(
+    effective: &VersionConfig,
+    file_then: &VersionConfig,
+    file_now: &VersionConfig,
+) -> VersionConfig {
+    if file_then == file_now {
+        effective.clone()
+    } else {
+        file_now.clone()
+    }
+}

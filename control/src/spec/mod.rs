@@ -1,0 +1,10 @@
+//! The analysis spec: Flagger's `analysis:` block as written (`wire`), validated into the
+//! model the controller reads (`model`), by `validate`.
+
+mod model;
+mod validate;
+mod wire;
+
+pub use model::*;
+pub use validate::{parse, validate};
+pub use wire::*;

@@ -1,0 +1,128 @@
+//! What outlives a route table: each version's endpoints and measurement handles, each
+//! service's mirror bound and affinity token, and the metric families. A reload or a
+//! weight change builds a new table from these, so it never resets a connection pool or
+//! a counter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::config::{ServiceConfig, VersionConfig};
+use crate::headers::affinity::Tokens;
+use crate::measure::{Families, VersionHandle, VersionMetrics};
+use crate::upstream::Upstream;
+
+/// (service, version).
+type VersionKey = (String, String);
+
+struct Parts {
+    upstream: Arc<Upstream>,
+    metrics: VersionHandle,
+}
+
+/// Long-lived pools, metric handles, mirror bounds and affinity tokens.
+#[derive(Default)]
+pub(crate) struct Backends {
+    pub(crate) families: Families,
+    versions: Mutex<HashMap<VersionKey, Parts>>,
+    /// Per service: the mirror in-flight bound and its size.
+    mirror_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    pub(crate) tokens: Tokens,
+}
+
+impl Backends {
+    /// The endpoints and measurements of one version: the pools are kept while the
+    /// connection settings are unchanged, the measurements as long as the version exists.
+    pub(crate) fn version(
+        &self,
+        svc: &ServiceConfig,
+        name: &str,
+        cfg: &VersionConfig,
+    ) -> Result<(Arc<Upstream>, VersionHandle), String> {
+        let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (svc.name.clone(), name.to_string());
+        if let Some(p) = cache.get_mut(&key) {
+            if !p.upstream.settings.same_connections(cfg) {
+                p.upstream = Arc::new(Upstream::new(cfg)?);
+            }
+            return Ok((p.upstream.clone(), p.metrics.clone()));
+        }
+        let upstream = Arc::new(Upstream::new(cfg)?);
+        let metrics = |mirrored| {
+            Arc::new(VersionMetrics::new(
+                &self.families,
+                &svc.name,
+                &svc.namespace,
+                svc.port,
+                name,
+                mirrored,
+            ))
+        };
+        let metrics = VersionHandle {
+            users: metrics(false),
+            shadow: metrics(true),
+        };
+        cache.insert(
+            key,
+            Parts {
+                upstream: upstream.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        Ok((upstream, metrics))
+    }
+
+    /// The measurements of a version, if it exists.
+    pub(crate) fn handle(&self, service: &str, version: &str) -> Option<VersionHandle> {
+        let cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(&(service.to_string(), version.to_string()))
+            .map(|p| p.metrics.clone())
+    }
+
+    /// The service's mirror bound, kept across tables unless its size changes.
+    pub(crate) fn mirror_slots(&self, service: &str, size: usize) -> Arc<Semaphore> {
+        let mut slots = self.mirror_slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get(service) {
+            Some((n, s)) if *n == size => s.clone(),
+            _ => {
+                let s = Arc::new(Semaphore::new(size));
+                slots.insert(service.to_string(), (size, s.clone()));
+                s
+            }
+        }
+    }
+
+    /// Forgets the versions and services that are gone, and their metric series.
+    pub(crate) fn retain<'a>(&self, live: impl Iterator<Item = &'a ServiceConfig>) {
+        let mut names: HashMap<&str, Vec<&str>> = HashMap::new();
+        for svc in live {
+            names
+                .entry(svc.name.as_str())
+                .or_default()
+                .extend(svc.versions.keys().map(String::as_str));
+        }
+        let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(s, v), parts| {
+            let keep = names
+                .get(s.as_str())
+                .is_some_and(|vs| vs.contains(&v.as_str()));
+            if !keep {
+                parts.metrics.users.forget(&self.families);
+                parts.metrics.shadow.forget(&self.families);
+            }
+            keep
+        });
+        drop(cache);
+        let mut slots = self.mirror_slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|s, _| {
+            let keep = names.contains_key(s.as_str());
+            if !keep {
+                self.families.forget_service(s);
+            }
+            keep
+        });
+        self.tokens.retain(|s| names.contains_key(s));
+    }
+}

@@ -1,0 +1,247 @@
+//! The data plane's configuration: listeners, limits and services. Every error names the
+//! field path and the problem (`services[0].routes[1].match.headers.x-canary.regex:
+//! unclosed group`), and every error in a file is reported, not only the first.
+
+pub(crate) mod decode;
+mod duration;
+pub(crate) mod schema;
+pub(crate) mod validate;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use decode::{decode, join, parse_document, ConfigError, ConfigErrors};
+pub use duration::Dur;
+pub use schema::{
+    MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig, ServiceConfig,
+    SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig,
+};
+pub use validate::{endpoint, match_config, socket_addr, string_match};
+
+/// The data plane's configuration: where it listens, its limits, and its services.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Proxy listener (HTTP/1.1 and h2c on one port).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin listener: /metrics /ready /live /config.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Connection limits and timeouts of the proxy listener.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The services behind the proxy.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+
+/// Listener limits: header sizes, slowloris and idle timeouts, drain.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line plus headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    pub max_headers: usize,
+    /// Time allowed for a client to send a complete request head (slowloris guard).
+    pub header_read_timeout: Dur,
+    /// A client connection with no request in flight is closed after this long.
+    pub idle_timeout: Dur,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    pub drain_timeout: Dur,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            drain_timeout: Dur::secs(30),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        ProxyConfig::parse(&text)
+    }
+
+    /// Parses and validates YAML (or JSON) text, reporting every error found.
+    pub fn parse(text: &str) -> Result<ProxyConfig, ConfigErrors> {
+        ProxyConfig::from_value(parse_document(text)?)
+    }
+
+    /// Decodes and validates an already parsed document.
+    pub fn from_value(value: serde_json::Value) -> Result<ProxyConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let decoded = ProxyConfig::decode(value, &mut errors);
+        match decoded {
+            Some(cfg) if errors.is_empty() => Ok(cfg),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Decodes and validates, adding every problem to `errors`.
+    pub fn decode(value: serde_json::Value, errors: &mut Vec<ConfigError>) -> Option<ProxyConfig> {
+        let cfg: ProxyConfig = decode(value, "", errors)?;
+        errors.extend(validate::config(&cfg));
+        Some(cfg)
+    }
+
+    /// Checks everything serde cannot: addresses, names, weights, regexes, references.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        ConfigErrors::check(validate::config(self))
+    }
+
+    /// The service with this name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        match ProxyConfig::parse(yaml) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn regex_error_names_the_field_path_and_problem() {
+        let errs = errors_of(
+            r#"
+services:
+  - name: podinfo
+    versions: { primary: { endpoints: ["127.0.0.1:1"] } }
+    routes:
+      - to: primary
+      - match: { headers: { x-canary: { regex: "(abc" } } }
+        to: primary
+"#,
+        );
+        assert_eq!(
+            errs,
+            ["services[0].routes[1].match.headers.x-canary.regex: unclosed group"]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let errs = errors_of(
+            r#"
+listen: nowhere
+bogus: 1
+services:
+  - name: podinfo
+    colour: blue
+    versions:
+      primary: { endpoints: ["127.0.0.1:1"], connectTimeout: "soon" }
+      canary: { endpoints: [] }
+    routes:
+      - split: { primary: 0, canary: 0 }
+      - to: nightly
+      - to: primary
+        split: { primary: 1 }
+"#,
+        );
+        let joined = errs.join("\n");
+        for want in [
+            "bogus: unknown field `bogus`",
+            "services[0].colour: unknown field `colour`",
+            "services[0].versions.primary.connectTimeout: invalid duration \"soon\"",
+            "listen: \"nowhere\" is not an ip:port address",
+            "services[0].versions.canary.endpoints: a version needs at least one endpoint",
+            "services[0].routes[0].split: the weights sum to 0",
+            "services[0].routes[1].to: unknown version \"nightly\"",
+            "services[0].routes[2]: set either `to` or `split`, not both",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+        }
+        assert_eq!(errs.len(), 8, "{joined}");
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let errs = errors_of(
+            r#"
+services:
+  - name: podinfo
+    port: eighty
+    versions: { primary: { endpoints: ["127.0.0.1:1"] } }
+"#,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("services[0].port: invalid type"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn missing_required_field_is_reported_once() {
+        let errs =
+            errors_of("services:\n  - name: a\n    versions: { primary: { endpoints: 5 } }\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("services[0].versions.primary.endpoints: invalid type"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_and_matchers_are_rejected() {
+        let errs = errors_of(
+            r#"
+services:
+  - name: a
+    hosts: [a]
+    versions: { primary: { endpoints: ["http://x:1", "x", "x:0"] } }
+    routes:
+      - match:
+          path: { prefix: "/a", exact: "/b" }
+          method: [GEt, "BAD METHOD"]
+          headers: { "bad header": { exact: x, prefix: y } }
+        to: primary
+  - name: b
+    hosts: [A]
+    versions: { primary: { endpoints: ["x:1"] } }
+    sticky: { header: x, cookie: y }
+"#,
+        );
+        let joined = errs.join("\n");
+        for want in [
+            "services[0].versions.primary.endpoints[0]",
+            "services[0].versions.primary.endpoints[1]",
+            "services[0].versions.primary.endpoints[2]",
+            "services[0].routes[0].match.path: set exactly one",
+            "services[0].routes[0].match.method[1]",
+            "services[0].routes[0].match.headers.bad header: \"bad header\" is not a valid header name",
+            "services[0].routes[0].match.headers.bad header: set at most one",
+            "services[1].hosts[0]: host \"A\" is already served by services[0]",
+            "services[1].sticky: set exactly one of header or cookie",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+        }
+    }
+}

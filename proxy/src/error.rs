@@ -1,0 +1,219 @@
+//! The data plane's one error type: what went wrong, which side caused it, whether it is
+//! safe to retry, and the one mapping to a status code, a metric label and a log message.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use http::StatusCode;
+
+/// Which side of the proxy caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: a bad request, a body too slow, a client gone.
+    Client,
+    /// The upstream version: refused, reset, timed out, spoke bad HTTP.
+    Upstream,
+    /// weir itself: no route for the request.
+    Proxy,
+}
+
+/// What went wrong. Upstream kinds count against the version that caused them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The endpoint refused the connection (or there is no route to it).
+    ConnectRefused,
+    /// Opening the connection took longer than the connect timeout.
+    ConnectTimeout,
+    /// The connection was reset or closed before a complete response.
+    UpstreamReset,
+    /// No response within the route's timeout.
+    UpstreamTimeout,
+    /// The upstream spoke invalid HTTP.
+    UpstreamProtocol,
+    /// No service or rule matched the request.
+    NoRoute,
+    /// The request cannot be forwarded as it is (an invalid Host, say).
+    BadRequest,
+}
+
+impl ErrorKind {
+    /// The upstream failures, in the order of their metric label (`weir_upstream_errors_total`).
+    pub const UPSTREAM: [ErrorKind; 5] = [
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::UpstreamReset,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamProtocol,
+    ];
+
+    /// The side that caused it.
+    pub const fn side(self) -> Side {
+        match self {
+            ErrorKind::ConnectRefused
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamProtocol => Side::Upstream,
+            ErrorKind::BadRequest => Side::Client,
+            ErrorKind::NoRoute => Side::Proxy,
+        }
+    }
+
+    /// Safe to send again on a new connection: the request never reached the upstream.
+    pub const fn retryable(self) -> bool {
+        matches!(self, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout)
+    }
+
+    /// The status code weir answers with.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::ConnectRefused
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::UpstreamReset => "reset",
+            ErrorKind::UpstreamTimeout => "timeout",
+            ErrorKind::UpstreamProtocol => "protocol",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
+        }
+    }
+
+    /// What a person reads: the body of weir's answer and the log line.
+    pub const fn message(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectRefused => "upstream connection refused",
+            ErrorKind::ConnectTimeout => "upstream connect timeout",
+            ErrorKind::UpstreamReset => "upstream connection reset",
+            ErrorKind::UpstreamTimeout => "upstream request timeout",
+            ErrorKind::UpstreamProtocol => "upstream protocol error",
+            ErrorKind::NoRoute => "no route",
+            ErrorKind::BadRequest => "bad request",
+        }
+    }
+
+    /// The index of an upstream kind in [`ErrorKind::UPSTREAM`].
+    pub(crate) fn upstream_index(self) -> Option<usize> {
+        ErrorKind::UPSTREAM.iter().position(|k| *k == self)
+    }
+}
+
+/// A failure of one request, with the error behind it (formatted only when logged).
+pub struct ProxyError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// The underlying error, for the log.
+    pub source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl ProxyError {
+    /// An error of `kind` with nothing behind it.
+    pub fn bare(kind: ErrorKind) -> Self {
+        ProxyError { kind, source: None }
+    }
+
+    /// Classifies an error from talking to an upstream. `connect` says it happened while
+    /// dialling.
+    pub fn upstream(err: Box<dyn StdError + Send + Sync>, connect: bool) -> Self {
+        let kind = classify(&*err, connect);
+        ProxyError {
+            kind,
+            source: Some(err),
+        }
+    }
+}
+
+impl fmt::Debug for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.message())?;
+        let mut source = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static));
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Walks an error's source chain for the first cause weir can name.
+fn classify(err: &(dyn StdError + 'static), connect: bool) -> ErrorKind {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                TimedOut if connect => return ErrorKind::ConnectTimeout,
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                    if connect =>
+                {
+                    return ErrorKind::ConnectRefused
+                }
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return ErrorKind::UpstreamReset
+                }
+                _ => {}
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return ErrorKind::UpstreamReset;
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return ErrorKind::UpstreamProtocol;
+            }
+        }
+        source = e.source();
+    }
+    if connect {
+        // A connect timeout carries TimedOut above; anything else failed to dial.
+        ErrorKind::ConnectRefused
+    } else {
+        ErrorKind::UpstreamReset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_kinds_by_phase() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            ProxyError::upstream(Box::new(refused), true).kind,
+            ErrorKind::ConnectRefused
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = ProxyError::upstream(Box::new(reset), false);
+        assert_eq!(e.kind, ErrorKind::UpstreamReset);
+        assert_eq!(e.kind.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(e.kind.side(), Side::Upstream);
+        assert!(!e.kind.retryable());
+        assert!(ErrorKind::ConnectTimeout.retryable());
+        assert_eq!(
+            ErrorKind::UpstreamTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(e.to_string(), "upstream connection reset: connection reset");
+    }
+}

@@ -1,0 +1,232 @@
+//! The request path, as phases over one exchange:
+//!
+//! route -> build the upstream request (all Host, URI and header work, once) -> mirror
+//! -> forward -> downstream response, and one `Exchange::finish` when the response ends
+//! (in the body) or fails (here).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::{ErrorKind, ProxyError};
+use crate::exchange::Exchange;
+use crate::headers::{add_forwarding, authority_of, is_upgrade, strip_hop_by_hop};
+use crate::mirror::Shadow;
+use crate::route::{Decision, RequestView};
+use crate::state::ProxyState;
+use crate::upstream::{Endpoint, Lease, Path};
+
+/// Handles one request: route, forward, answer; its outcome is recorded once, at its end.
+pub(crate) async fn handle(
+    state: &ProxyState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let table = state.table.load_full();
+    let decision = match route(&table, &req) {
+        Some(d) => d,
+        None => {
+            state.backends.families.unrouted.inc();
+            let host = authority_of(req.uri(), req.headers()).unwrap_or("(none)");
+            let text = format!("weir: no route for host {host} path {}\n", req.uri().path());
+            return synthetic(StatusCode::NOT_FOUND, text);
+        }
+    };
+    let endpoint = decision.version.upstream.next_endpoint();
+    let mut upstream = match upstream_request(&decision, endpoint, peer, req) {
+        Ok(u) => u,
+        Err(text) => return synthetic(StatusCode::BAD_REQUEST, text),
+    };
+    let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
+    mirror(&decision, &mut upstream, &mut exchange);
+    let sent = endpoint.forward(
+        Request::from_parts(upstream.parts, upstream.body),
+        upstream.path,
+    );
+    let forwarded = match tokio::time::timeout(decision.rule.timeout, sent).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::bare(ErrorKind::UpstreamTimeout)),
+    };
+    match forwarded {
+        Ok((resp, lease)) => {
+            downstream_response(resp, lease, exchange, upstream.upgrade, decision.set_cookie)
+        }
+        Err(e) => answer_failure(e, exchange, &decision, endpoint),
+    }
+}
+
+/// Phase 1: which service, rule and version the request goes to.
+fn route<'t>(table: &'t crate::route::RouteTable, req: &Request<Incoming>) -> Option<Decision<'t>> {
+    let view = RequestView {
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    table.route(authority_of(req.uri(), req.headers()), &view)
+}
+
+/// The request as it goes upstream.
+struct UpstreamRequest {
+    parts: http::request::Parts,
+    body: RequestBody,
+    /// How it reaches the endpoint (which decided the URI's form).
+    path: Path,
+    /// The client's side of an HTTP/1.1 upgrade.
+    upgrade: Option<OnUpgrade>,
+}
+
+/// Phase 2: the upstream request, with all header, Host and URI work done once: hop-by-hop
+/// headers out, forwarding headers in; origin-form URI for a pooled HTTP/1.1 connection,
+/// absolute-form for hyper's client; `Host` for HTTP/1.1, `:authority` for HTTP/2.
+fn upstream_request(
+    d: &Decision<'_>,
+    endpoint: &Endpoint,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<UpstreamRequest, String> {
+    let http2 = d.version.upstream.http2;
+    let tunnel = req.version() == HttpVersion::HTTP_11 && !http2 && is_upgrade(req.headers());
+    let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+    let path = endpoint.path_for(req.method(), tunnel);
+    let (mut parts, body) = req.into_parts();
+    match path {
+        Path::Pooled => {
+            if let Some(authority) = parts.uri.authority() {
+                // Absolute-form (or h2's `:authority`): the host becomes Host when there is
+                // none, the request line gets the origin form.
+                if !parts.headers.contains_key(header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+                let mut origin = http::uri::Parts::default();
+                origin.path_and_query = parts.uri.path_and_query().cloned();
+                parts.uri =
+                    Uri::from_parts(origin).map_err(|e| format!("weir: invalid URI: {e}\n"))?;
+            }
+        }
+        Path::Client => {
+            let host = authority_of(&parts.uri, &parts.headers)
+                .unwrap_or(endpoint.address.as_str())
+                .to_owned();
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(host.as_str())
+                .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                .build()
+                .map_err(|_| format!("weir: invalid Host {host:?}\n"))?;
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers, tunnel);
+    add_forwarding(&mut parts.headers, peer.ip(), "http");
+    if http2 {
+        parts.version = HttpVersion::HTTP_2;
+        // `:authority` carries the host; a second `host` header would be a duplicate.
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = HttpVersion::HTTP_11;
+        if !parts.headers.contains_key(header::HOST) {
+            let value = parts
+                .uri
+                .authority()
+                .map_or(endpoint.address.as_str(), |a| a.as_str());
+            if let Ok(v) = HeaderValue::from_str(value) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    Ok(UpstreamRequest {
+        parts,
+        body: RequestBody::stream(body),
+        path,
+        upgrade,
+    })
+}
+
+/// Phase 3: a copy to the shadow version when the rule mirrors this request.
+fn mirror(d: &Decision<'_>, up: &mut UpstreamRequest, exchange: &mut Exchange) {
+    let Some(rule) = d.rule.mirror.as_ref() else {
+        return;
+    };
+    if !crate::split::chance(rule.percent) {
+        return;
+    }
+    let version = &d.service.versions[rule.version];
+    let shadow = Shadow {
+        upstream: version.upstream.clone(),
+        metrics: version.metrics.shadow.clone(),
+    };
+    if let Some(tx) = rule.start(shadow, &up.parts, &mut up.body) {
+        exchange.compare_with(tx);
+    }
+}
+
+/// Phase 5: the upstream's answer, as the client gets it; the exchange ends with its body.
+fn downstream_response(
+    mut resp: Response<Incoming>,
+    lease: Option<Lease>,
+    mut exchange: Exchange,
+    client_upgrade: Option<OnUpgrade>,
+    set_cookie: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let status = resp.status();
+    exchange.respond(status.as_u16());
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if let (Some(client), true) = (client_upgrade, switching) {
+        tunnel(client, hyper::upgrade::on(&mut resp));
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    resp.map(|body| ResponseBody::upstream(body, lease, exchange))
+}
+
+/// Copies bytes both ways once both sides of an upgrade are ready.
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        if let (Ok(c), Ok(u)) = (client.await, upstream.await) {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        }
+    });
+}
+
+/// The request failed before a response: weir answers itself, and the exchange ends here.
+fn answer_failure(
+    e: ProxyError,
+    mut exchange: Exchange,
+    d: &Decision<'_>,
+    endpoint: &Endpoint,
+) -> Response<ResponseBody> {
+    tracing::debug!(service = %d.service.name, version = %d.version.name, endpoint = %endpoint.address, reason = e.kind.label(), error = %e, "upstream failed");
+    exchange.finish(Some(e.kind));
+    synthetic(
+        e.kind.status(),
+        format!(
+            "weir: {}: service {} version {} ({})\n",
+            e.kind.message(),
+            d.service.name,
+            d.version.name,
+            endpoint.address
+        ),
+    )
+}
+
+/// A response weir makes itself: status and a one-line text body.
+pub(crate) fn synthetic(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::synthetic(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

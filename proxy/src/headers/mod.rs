@@ -1,0 +1,13 @@
+//! Header work at the proxy boundary: hop-by-hop removal, forwarding headers, Host,
+//! cookies and the session-affinity cookies.
+
+pub(crate) mod affinity;
+mod cookie;
+mod forwarding;
+mod hop;
+mod host;
+
+pub(crate) use cookie::cookie;
+pub(crate) use forwarding::{add_forwarding, request_id};
+pub(crate) use hop::{is_upgrade, strip_hop_by_hop};
+pub(crate) use host::{authority_of, shadow_host, strip_port};

@@ -1,0 +1,113 @@
+//! Snapshots and windows: cumulative measurements at an instant, and what happened
+//! between two of them (the controller's checks read windows).
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::error::ErrorKind;
+
+/// Cumulative measurements of one service version at an instant.
+#[derive(Clone)]
+pub struct VersionSnapshot {
+    /// Service name.
+    pub service: String,
+    /// Version name.
+    pub version: String,
+    /// When it was taken.
+    pub at: Instant,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (including weir's own 502/504).
+    pub responses: [u64; 5],
+    /// Upstream failures weir answered itself, indexed like [`ErrorKind::UPSTREAM`].
+    pub failures: [u64; 5],
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl std::fmt::Debug for VersionSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionSnapshot")
+            .field("service", &self.service)
+            .field("version", &self.version)
+            .field("responses", &self.responses)
+            .field("failures", &self.failures)
+            .field("latency_count", &self.latency.len())
+            .finish()
+    }
+}
+
+impl VersionSnapshot {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &VersionSnapshot) -> Window {
+        let mut latency = self.latency.clone();
+        // Counts only grow, so subtracting an earlier snapshot cannot underflow.
+        if latency.subtract(&earlier.latency).is_err() {
+            latency = self.latency.clone();
+        }
+        Window {
+            duration: self.at.saturating_duration_since(earlier.at),
+            responses: std::array::from_fn(|i| {
+                self.responses[i].saturating_sub(earlier.responses[i])
+            }),
+            failures: std::array::from_fn(|i| self.failures[i].saturating_sub(earlier.failures[i])),
+            latency,
+        }
+    }
+
+    /// Everything since the start, as a window.
+    pub fn total(&self) -> Window {
+        Window {
+            duration: Duration::ZERO,
+            responses: self.responses,
+            failures: self.failures,
+            latency: self.latency.clone(),
+        }
+    }
+}
+
+/// Measurements over a window (the difference of two snapshots).
+#[derive(Clone)]
+pub struct Window {
+    /// Length of the window.
+    pub duration: Duration,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
+    /// Upstream failures weir answered itself, indexed like [`ErrorKind::UPSTREAM`].
+    pub failures: [u64; 5],
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Window {
+    /// Responses in the window.
+    pub fn requests(&self) -> u64 {
+        self.responses.iter().sum()
+    }
+
+    /// 5xx responses, including weir's own 502/504.
+    pub fn errors_5xx(&self) -> u64 {
+        self.responses[4]
+    }
+
+    /// Responses weir made itself because the upstream failed.
+    pub fn proxy_failures(&self) -> u64 {
+        self.failures.iter().sum()
+    }
+
+    /// Failures of one kind.
+    pub fn failures_of(&self, kind: ErrorKind) -> u64 {
+        kind.upstream_index().map_or(0, |i| self.failures[i])
+    }
+
+    /// Percentage of non-5xx responses, as Flagger's `request-success-rate`; None without requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        let n = self.requests();
+        (n > 0).then(|| 100.0 * (n - self.errors_5xx()) as f64 / n as f64)
+    }
+
+    /// Latency quantile (0.99 for p99) in milliseconds; None without requests.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        (!self.latency.is_empty()).then(|| self.latency.value_at_quantile(q) as f64 / 1000.0)
+    }
+}

@@ -1,0 +1,311 @@
+//! The proxy's state: the route table read by every request, the backends that outlive
+//! it, and the desired configuration (the file's services, the versions set since, the
+//! controller's policies) from which a change builds the next table.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::backends::Backends;
+use crate::config::{
+    validate, ConfigError, ConfigErrors, Limits, ProxyConfig, ServiceConfig, VersionConfig,
+};
+use crate::policy::{self, TrafficPolicy};
+use crate::route::{build_service, HostIndex, RouteTable, Service};
+
+/// A set of changes applied at once: one validation, one build of the services they
+/// touch, one swap. Nothing changes when any part is invalid.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    config: Option<ProxyConfig>,
+    versions: Vec<(String, String, VersionConfig)>,
+    policies: Vec<(String, Option<TrafficPolicy>)>,
+}
+
+impl Change {
+    /// An empty change.
+    pub fn new() -> Change {
+        Change::default()
+    }
+
+    /// Replaces the services (a reloaded file); the policies of services that remain are
+    /// kept. Listener addresses and limits only take effect on restart.
+    pub fn config(mut self, config: ProxyConfig) -> Change {
+        self.config = Some(config);
+        self
+    }
+
+    /// Sets one version of a service (its endpoints, revision and settings).
+    pub fn version(mut self, service: &str, version: &str, settings: VersionConfig) -> Change {
+        self.versions
+            .push((service.to_string(), version.to_string(), settings));
+        self
+    }
+
+    /// Sets (or with None, clears) a service's traffic policy.
+    pub fn policy(mut self, service: &str, policy: Option<TrafficPolicy>) -> Change {
+        self.policies.push((service.to_string(), policy));
+        self
+    }
+}
+
+/// What the table is built from.
+struct Desired {
+    config: ProxyConfig,
+    policies: HashMap<String, TrafficPolicy>,
+}
+
+/// Shared state behind a `Proxy` handle.
+pub(crate) struct ProxyState {
+    pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) backends: Backends,
+    pub(crate) draining: AtomicBool,
+    pub(crate) limits: Limits,
+    /// Serialises changes so read-modify-write changes never interleave.
+    desired: Mutex<Desired>,
+}
+
+impl ProxyState {
+    pub(crate) fn new(config: ProxyConfig) -> Result<ProxyState, ConfigErrors> {
+        ConfigErrors::check(validate::config(&config))?;
+        let backends = Backends::default();
+        let services = build_all(&config.services, &HashMap::new(), None, &backends)?;
+        let table = RouteTable {
+            hosts: Arc::new(HostIndex::new(&services)),
+            services,
+        };
+        table.services.iter().for_each(|s| s.publish_weights());
+        Ok(ProxyState {
+            table: ArcSwap::from_pointee(table),
+            backends,
+            draining: AtomicBool::new(false),
+            limits: config.limits.clone(),
+            desired: Mutex::new(Desired {
+                config,
+                policies: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The effective config: the file's services as they route now.
+    pub(crate) fn config(&self) -> ProxyConfig {
+        let desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.table.load();
+        ProxyConfig {
+            services: table.services.iter().map(|s| s.config.clone()).collect(),
+            ..desired.config.clone_listeners()
+        }
+    }
+
+    /// Applies a change atomically.
+    pub(crate) fn commit(&self, change: Change) -> Result<(), ConfigErrors> {
+        let mut desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.table.load_full();
+        match change.config {
+            Some(config) => self.replace(
+                &mut desired,
+                &current,
+                config,
+                change.versions,
+                change.policies,
+            ),
+            None => self.edit(&mut desired, &current, change.versions, change.policies),
+        }
+    }
+
+    /// A new set of services: everything is validated, services whose effective config
+    /// is unchanged keep their built form.
+    fn replace(
+        &self,
+        desired: &mut Desired,
+        current: &RouteTable,
+        mut config: ProxyConfig,
+        versions: Vec<(String, String, VersionConfig)>,
+        edits: Vec<(String, Option<TrafficPolicy>)>,
+    ) -> Result<(), ConfigErrors> {
+        let mut policies: HashMap<String, TrafficPolicy> = desired
+            .policies
+            .iter()
+            .filter(|(s, _)| config.service(s).is_some())
+            .map(|(s, p)| (s.clone(), p.clone()))
+            .collect();
+        for (service, version, settings) in versions {
+            find(&mut config.services, &service)?
+                .1
+                .versions
+                .insert(version, settings);
+        }
+        for (service, policy) in edits {
+            find(&mut config.services, &service)?;
+            match policy {
+                Some(p) => policies.insert(service, p),
+                None => policies.remove(&service),
+            };
+        }
+        let mut check = config.clone();
+        for svc in &mut check.services {
+            if let Some(p) = policies.get(&svc.name) {
+                *svc = policy::effective(svc, p);
+            }
+        }
+        ConfigErrors::check(validate::config(&check))?;
+        let services = build_all(&config.services, &policies, Some(current), &self.backends)?;
+        let table = RouteTable {
+            hosts: Arc::new(HostIndex::new(&services)),
+            services,
+        };
+        table.services.iter().for_each(|s| s.publish_weights());
+        self.table.store(Arc::new(table));
+        self.backends.retain(check.services.iter());
+        *desired = Desired { config, policies };
+        Ok(())
+    }
+
+    /// Versions and policies of some services: only those are validated and rebuilt.
+    fn edit(
+        &self,
+        desired: &mut Desired,
+        current: &RouteTable,
+        versions: Vec<(String, String, VersionConfig)>,
+        edits: Vec<(String, Option<TrafficPolicy>)>,
+    ) -> Result<(), ConfigErrors> {
+        let mut bases: HashMap<String, (usize, ServiceConfig)> = HashMap::new();
+        let mut policies: HashMap<String, Option<TrafficPolicy>> = HashMap::new();
+        for (service, version, settings) in versions {
+            base(&desired.config, &mut bases, &service)?
+                .1
+                .versions
+                .insert(version, settings);
+        }
+        for (service, policy) in edits {
+            base(&desired.config, &mut bases, &service)?;
+            policies.insert(service, policy);
+        }
+        let mut errors = Vec::new();
+        let mut built = Vec::new();
+        for (name, (i, svc)) in &bases {
+            let policy = match policies.get(name) {
+                Some(p) => p.as_ref(),
+                None => desired.policies.get(name),
+            };
+            let effective = match policy {
+                Some(p) => policy::effective(svc, p),
+                None => svc.clone(),
+            };
+            let p = format!("services[{i}]");
+            let before = errors.len();
+            validate::service(&effective, &p, &mut errors);
+            if errors.len() > before {
+                continue;
+            }
+            match build_service(&effective, &p, &self.backends) {
+                Ok(s) => built.push((*i, Arc::new(s))),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| a.path.cmp(&b.path));
+            return Err(ConfigErrors(errors));
+        }
+        let mut services = current.services.clone();
+        for (i, s) in built {
+            s.publish_weights();
+            services[i] = s;
+        }
+        self.table.store(Arc::new(RouteTable {
+            services,
+            hosts: current.hosts.clone(),
+        }));
+        for (name, (i, svc)) in bases {
+            desired.config.services[i] = svc;
+            match policies.remove(&name) {
+                Some(Some(p)) => {
+                    desired.policies.insert(name, p);
+                }
+                Some(None) => {
+                    desired.policies.remove(&name);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProxyConfig {
+    /// The listener part, without services.
+    fn clone_listeners(&self) -> ProxyConfig {
+        ProxyConfig {
+            listen: self.listen.clone(),
+            admin: self.admin.clone(),
+            limits: self.limits.clone(),
+            services: Vec::new(),
+        }
+    }
+}
+
+fn unknown(service: &str) -> ConfigErrors {
+    ConfigErrors::one("services", format!("unknown service {service:?}"))
+}
+
+fn find<'c>(
+    services: &'c mut [ServiceConfig],
+    name: &str,
+) -> Result<(usize, &'c mut ServiceConfig), ConfigErrors> {
+    services
+        .iter_mut()
+        .enumerate()
+        .find(|(_, s)| s.name == name)
+        .ok_or_else(|| unknown(name))
+}
+
+/// The working copy of one service's base config in an edit.
+fn base<'b>(
+    config: &ProxyConfig,
+    bases: &'b mut HashMap<String, (usize, ServiceConfig)>,
+    name: &str,
+) -> Result<(usize, &'b mut ServiceConfig), ConfigErrors> {
+    if !bases.contains_key(name) {
+        let i = config
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| unknown(name))?;
+        bases.insert(name.to_string(), (i, config.services[i].clone()));
+    }
+    let (i, svc) = bases.get_mut(name).expect("inserted above");
+    Ok((*i, svc))
+}
+
+/// Builds every service; one whose effective config equals its built form in `current`
+/// is kept as it is.
+fn build_all(
+    services: &[ServiceConfig],
+    policies: &HashMap<String, TrafficPolicy>,
+    current: Option<&RouteTable>,
+    backends: &Backends,
+) -> Result<Vec<Arc<Service>>, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut out = Vec::with_capacity(services.len());
+    for (i, svc) in services.iter().enumerate() {
+        let effective = match policies.get(&svc.name) {
+            Some(p) => policy::effective(svc, p),
+            None => svc.clone(),
+        };
+        let kept = current
+            .and_then(|t| t.service(&svc.name))
+            .filter(|s| s.config == effective);
+        if let Some(s) = kept {
+            out.push(s.clone());
+            continue;
+        }
+        match build_service(&effective, &format!("services[{i}]"), backends) {
+            Ok(s) => out.push(Arc::new(s)),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    ConfigErrors::check(errors)?;
+    Ok(out)
+}

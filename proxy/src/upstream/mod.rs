@@ -1,0 +1,153 @@
+//! Upstreams: the endpoints of a version, used round robin, and how a request reaches one.
+//!
+//! HTTP/1.1 requests to an HTTP/1.1 version run on a pooled connection the request itself
+//! drives (`pool`); HTTP/2 versions, upgrades and CONNECT go through hyper's pooled client;
+//! mirror copies have a client of their own, so shadow work never shares a connection
+//! (or the runtime driving it) with users' requests.
+
+mod connect;
+mod pool;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub(crate) use pool::Lease;
+
+use crate::body::RequestBody;
+use crate::config::VersionConfig;
+use crate::error::ProxyError;
+use connect::EndpointConnector;
+use pool::Pool;
+
+type EndpointClient = Client<EndpointConnector, RequestBody>;
+
+/// One endpoint of a version.
+pub(crate) struct Endpoint {
+    /// `host:port`.
+    pub address: String,
+    /// HTTP/1.1 connections driven by the request that holds them (none for HTTP/2).
+    pool: Option<Arc<Pool>>,
+    /// HTTP/2, upgrades and CONNECT: hyper's pooled client.
+    client: EndpointClient,
+    /// Mirror copies: a client of their own.
+    shadow: EndpointClient,
+}
+
+/// The endpoints of one version and how to reach them.
+pub(crate) struct Upstream {
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    /// Speaks HTTP/2 to the endpoints.
+    pub http2: bool,
+    /// The settings it was built from.
+    pub settings: VersionConfig,
+}
+
+impl Upstream {
+    /// Builds the pools of a version (nothing is dialled until a request needs it).
+    pub(crate) fn new(cfg: &VersionConfig) -> Result<Upstream, String> {
+        let client = |connector: &EndpointConnector| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(cfg.idle_timeout.0)
+                .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
+                .http2_only(cfg.http2)
+                .set_host(true)
+                .build(connector.clone())
+        };
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|address| {
+                let connector = EndpointConnector::new(address, cfg.connect_timeout.0)?;
+                let pool = (!cfg.http2).then(|| {
+                    Pool::new(
+                        connector.clone(),
+                        cfg.idle_timeout.0,
+                        cfg.max_idle_per_endpoint,
+                    )
+                });
+                Ok(Endpoint {
+                    address: address.clone(),
+                    pool,
+                    client: client(&connector),
+                    shadow: client(&connector),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Upstream {
+            endpoints,
+            next: AtomicUsize::new(0),
+            http2: cfg.http2,
+            settings: cfg.clone(),
+        })
+    }
+
+    /// The next endpoint, round robin.
+    pub(crate) fn next_endpoint(&self) -> &Endpoint {
+        if self.endpoints.len() == 1 {
+            return &self.endpoints[0];
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        &self.endpoints[i]
+    }
+}
+
+/// How a request reaches an endpoint, which decides the form of its URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// A pooled HTTP/1.1 connection the request drives: origin-form URI.
+    Pooled,
+    /// hyper's client (HTTP/2, upgrades, CONNECT): absolute-form URI.
+    Client,
+}
+
+impl Endpoint {
+    /// How a user's request gets here.
+    pub(crate) fn path_for(&self, method: &http::Method, tunnel: bool) -> Path {
+        match &self.pool {
+            Some(_) if !tunnel && method != http::Method::CONNECT => Path::Pooled,
+            _ => Path::Client,
+        }
+    }
+
+    /// Forwards a user's request on `path`; the lease (pooled requests only) holds the
+    /// connection until the response body is done.
+    pub(crate) async fn forward(
+        &self,
+        req: Request<RequestBody>,
+        path: Path,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        match (&self.pool, path) {
+            (Some(pool), Path::Pooled) => {
+                let (resp, lease) = pool.send(req).await?;
+                Ok((resp, Some(lease)))
+            }
+            _ => self
+                .client
+                .request(req)
+                .await
+                .map(|resp| (resp, None))
+                .map_err(client_error),
+        }
+    }
+
+    /// Sends a mirror copy (absolute-form URI) on the shadow client.
+    pub(crate) async fn send_shadow(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.shadow.request(req).await.map_err(client_error)
+    }
+}
+
+fn client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    let connect = e.is_connect();
+    ProxyError::upstream(Box::new(e), connect)
+}
