@@ -5,125 +5,9 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use support::control::*;
 use support::*;
-use tonic::transport::Channel;
 use weir_protos::control as pb;
-use weir_protos::control::control_client::ControlClient;
-
-/// A service with an analysis; `canary` starts at the primary's endpoint and revision, so
-/// nothing rolls out until a test says so.
-fn config(primary: &Upstream, analysis: &str, extra: &str) -> String {
-    format!(
-        r#"control: 127.0.0.1:0
-{extra}
-services:
-  - name: podinfo
-    namespace: test
-    hosts: ["*"]
-    port: 9898
-    versions:
-      primary: {{ endpoints: ["{p}"], revision: "1" }}
-      canary: {{ endpoints: ["{p}"], revision: "1" }}
-    analysis:
-{analysis}
-"#,
-        p = primary.endpoint(),
-    )
-}
-
-const FAST: &str = r#"      interval: 1s
-      threshold: 2
-      maxWeight: 30
-      stepWeight: 10
-      minRequests: 10
-      metrics:
-        - name: request-success-rate
-          thresholdRange: { min: 99 }
-          interval: 2s
-        - name: request-duration
-          thresholdRange: { max: 200 }
-          interval: 2s"#;
-
-/// A connected channel to weir's control listener.
-async fn channel(weir: &Weir) -> Channel {
-    Channel::from_shared(weir.control_url())
-        .expect("control url")
-        .connect()
-        .await
-        .expect("connect to the control API")
-}
-
-async fn client(weir: &Weir) -> ControlClient<Channel> {
-    ControlClient::new(channel(weir).await)
-}
-
-async fn status(c: &mut ControlClient<Channel>) -> pb::RolloutStatus {
-    c.get_status(pb::ServiceRef {
-        service: "podinfo".into(),
-    })
-    .await
-    .expect("GetStatus")
-    .into_inner()
-}
-
-/// Waits until the canary weight reaches at least `weight`.
-async fn wait_weight(c: &ControlClient<Channel>, weight: u32, limit: Duration) {
-    wait_for(&format!("weight {weight}"), limit, || {
-        let mut c = c.clone();
-        async move { status(&mut c).await.canary_weight >= weight }
-    })
-    .await;
-}
-
-async fn wait_phase(
-    c: &mut ControlClient<Channel>,
-    phase: &str,
-    limit: Duration,
-) -> pb::RolloutStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let s = status(c).await;
-        if s.phase == phase {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for phase {phase}; status {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn start(
-    c: &mut ControlClient<Channel>,
-    revision: &str,
-    canary: &Upstream,
-) -> pb::RolloutStatus {
-    c.start_rollout(pb::StartRolloutRequest {
-        service: "podinfo".into(),
-        revision: revision.into(),
-        canary_endpoints: vec![canary.endpoint()],
-    })
-    .await
-    .expect("StartRollout")
-    .into_inner()
-}
-
-/// Who answers `n` plain requests (by `x-served-by`).
-async fn served_by(weir: &Weir, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let got = get(&weir.url("/"), headers).await;
-        out.push(
-            got.headers
-                .get("x-served-by")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string(),
-        );
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_canary_is_promoted_and_takes_over_the_primary() {
@@ -564,25 +448,6 @@ fn ctl_start_wait(weir: &Weir, revision: &str, endpoint: &str) -> (i32, String, 
     })
 }
 
-fn ctl(weir: &Weir, args: &[&str]) -> (i32, String, String) {
-    ctl_at(weir.control_url().trim_start_matches("http://"), args)
-}
-
-/// `weir ctl --control ADDR ARGS...`: exit code, stdout, stderr.
-fn ctl_at(control: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(weir_bin())
-        .arg("ctl")
-        .args(["--control", control])
-        .args(args)
-        .output()
-        .expect("run weir ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weir_ctl_start_wait_exit_codes_and_status_table() {
     let v1 = Upstream::start("v1").await;
@@ -778,7 +643,12 @@ fn weir_check_names_analysis_errors() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
-    assert!(err.contains("services[0].analysis.metrics[0]: \"request-success-rate\": PromQL queries and metric templates are not supported"), "{err}");
+    assert!(
+        err.contains(
+            "services[0].analysis.metrics[0].query: an inline query needs `metricsServer:`"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,3 +308,123 @@ fn canary_buckets(text: &str) -> Vec<(f64, f64)> {
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
 }
+
+/// A Prometheus on a free port scraping `targets` every second; killed when dropped.
+async fn prometheus(targets: &[String]) -> (KillOnDrop, String) {
+    let dir = temp_dir("prometheus-templates");
+    let port = closed_port();
+    let list = targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: all\n    static_configs:\n      - targets: [{list}]\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let child = Command::new(require("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let prom = format!("127.0.0.1:{port}");
+    wait_for("prometheus to answer", Duration::from_secs(60), || async {
+        query(&prom, "vector(1)").await == Some(1.0)
+    })
+    .await;
+    (KillOnDrop(child), prom)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagger_metric_templates_are_queried_on_a_real_prometheus() {
+    use support::control::*;
+    let v1 = Upstream::start("v1").await;
+    let missing = Upstream::start_with("missing", Behaviour::Status(404)).await;
+    let weir_port = closed_port();
+    let admin = format!("127.0.0.1:{weir_port}");
+    let (_prom, prom) = prometheus(&[admin.clone(), missing.endpoint()]).await;
+    let analysis = r#"      interval: 3s
+      threshold: 2
+      maxWeight: 30
+      stepWeight: 10
+      fastFail: { disabled: true }
+      metrics:
+        - name: canary-served
+          templateRef: { name: upstream-requests }
+          templateVariables: { upstream: missing }
+          thresholdRange: { min: 1 }
+        - name: not-found-rate
+          templateRef: { name: not-found-percentage, namespace: flagger }
+          interval: 15s
+          thresholdRange: { max: 5 }"#;
+    let templates = format!(
+        r#"admin: {admin}
+metricTemplates:
+  - name: upstream-requests
+    namespace: test
+    provider: {{ type: prometheus, address: "http://{prom}" }}
+    query: sum(upstream_requests_total{{name="{{{{ variables.upstream }}}}"}})
+  - apiVersion: flagger.app/v1beta1
+    kind: MetricTemplate
+    metadata: {{ name: not-found-percentage, namespace: flagger }}
+    spec:
+      provider: {{ type: prometheus, address: "http://{prom}" }}
+      query: |
+        100 * sum(rate(envoy_cluster_upstream_rq{{envoy_cluster_name=~"{{{{ namespace }}}}_{{{{ target }}}}-canary_[0-9]+",envoy_response_code="404"}}[{{{{ interval }}}}]))
+        / sum(rate(envoy_cluster_upstream_rq{{envoy_cluster_name=~"{{{{ namespace }}}}_{{{{ target }}}}-canary_[0-9]+"}}[{{{{ interval }}}}]))"#
+    );
+    let weir = Weir::start(&config(&v1, analysis, &templates));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(20)).await;
+    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(120));
+    start(&mut c, "2", &missing).await;
+    let failed = wait_phase(&mut c, "Failed", Duration::from_secs(90)).await;
+    assert_eq!(failed.canary_weight, 0);
+    let logs = weir.logs();
+    assert!(
+        logs.contains("Halt podinfo.test advancement not-found-rate 100 > 5"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("canary-served") && logs.contains("verdict=\"pass\""),
+        "the upstream's own metric was read: {logs}"
+    );
+}
+
+#[test]
+fn weir_check_refuses_providers_it_cannot_query() {
+    let dir = temp_dir("check-templates");
+    let path = dir.join("weir.yaml");
+    std::fs::write(
+        &path,
+        "metricTemplates:\n  - name: dd\n    provider: { type: datadog, address: https://api.datadoghq.com }\n    query: avg:requests\nservices:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n    analysis:\n      interval: 1m\n      stepWeight: 5\n      metrics:\n        - name: latency\n          templateRef: { name: dd, namespace: default }\n          thresholdRange: { max: 5 }\n        - name: errors\n          templateRef: { name: nowhere }\n          thresholdRange: { max: 5 }\n",
+    )
+    .expect("write");
+    let out = Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("weir check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services[0].analysis.metrics[0].templateRef: metric template \"dd\" uses provider \"datadog\"; weir queries Prometheus only"),
+        "{err}"
+    );
+    assert!(
+        err.contains("services[0].analysis.metrics[1].templateRef: no metricTemplates entry named \"nowhere\""),
+        "{err}"
+    );
+}

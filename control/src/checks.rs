@@ -1,10 +1,10 @@
 //! Metric checks over the proxy's own measurements: Flagger's built-ins, weir's relative
-//! checks against the primary, minimum sample sizes, and the fast-fail guard's exact tests.
+//! checks against the primary, and minimum sample sizes.
 
 use serde::{Deserialize, Serialize};
 use weir_proxy::Window;
 
-use crate::spec::{BuiltinMetric, FastFail, Metric};
+use crate::spec::{BuiltinMetric, Metric, MetricKind};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,11 +55,28 @@ impl Counts {
         }
     }
 
-    fn rate(self) -> f64 {
+    /// The failure rate (0 without requests).
+    pub fn rate(self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
             self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// What happened since `earlier` (cumulative counters only grow).
+    pub fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+        }
+    }
+
+    /// Both together.
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
         }
     }
 }
@@ -125,10 +142,29 @@ impl Judge<'_> {
 }
 
 /// Evaluates one metric on the canary's window (and the primary's, for relative checks).
+/// A query metric is run elsewhere (it asks Prometheus) and judged by [`judge_query`].
 pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
     let j = Judge { m };
     let c = Counts::of(canary);
-    match m.kind {
+    let b = match &m.kind {
+        MetricKind::Builtin(b) => *b,
+        MetricKind::StatusRate(patterns) => {
+            return j.too_few("", c.requests).unwrap_or_else(|| {
+                let hits = canary.responses_where(|code| patterns.iter().any(|p| p.matches(code)));
+                let value = 100.0 * hits as f64 / c.requests as f64;
+                let (verdict, text) = j.range(value, &|v| format!("{v:.2}%"));
+                j.result(verdict, Some(value), format!("{} {text}", m.name))
+            })
+        }
+        MetricKind::Query(_) => {
+            return j.result(
+                Verdict::Fail,
+                None,
+                format!("Metric query failed for {}: not run", m.name),
+            )
+        }
+    };
+    match b {
         BuiltinMetric::SuccessRate => j
             .too_few("", c.requests)
             .unwrap_or_else(|| success_rate(&j, c)),
@@ -142,29 +178,63 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
             .too_few("canary ", c.requests)
             .or_else(|| j.too_few("primary ", primary.requests()))
             .unwrap_or_else(|| duration_vs_primary(&j, canary, primary)),
-        BuiltinMetric::ErrorRateVsPrimary => {
-            let pc = Counts::of(primary);
-            j.too_few("canary ", c.requests)
-                .or_else(|| j.too_few("primary ", pc.requests))
-                .unwrap_or_else(|| {
-                    let value = fisher_greater(c, pc);
-                    let (verdict, text) = j.range(value, &|v| format!("p={v:.3e}"));
-                    j.result(
-                        verdict,
-                        Some(value),
-                        format!(
-                            "{} {text} (canary 5xx {}/{} vs primary {}/{})",
-                            m.name, c.errors, c.requests, pc.errors, pc.requests
-                        ),
-                    )
-                })
-        }
+        BuiltinMetric::ErrorRateVsPrimary => error_rate_vs_primary(&j, c, Counts::of(primary)),
         BuiltinMetric::Count5xx => {
             let value = c.errors as f64;
             let (verdict, text) = j.range(value, &|v| format!("{v}"));
             j.result(verdict, Some(value), format!("{} {text}", m.name))
         }
     }
+}
+
+/// What asking Prometheus gave: a value, no value (an empty result or NaN), or an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    Value(f64),
+    NoValues(String),
+    Failed(String),
+}
+
+/// Judges a query metric's value, in Flagger's words: no value and a failed query are
+/// failed checks (`no values found for custom metric: ...`, `Metric query failed for ...`).
+pub fn judge_query(m: &Metric, outcome: QueryOutcome) -> CheckResult {
+    let j = Judge { m };
+    match outcome {
+        QueryOutcome::Value(value) => {
+            let (verdict, text) = j.range(value, &|v| format!("{v}"));
+            j.result(verdict, Some(value), format!("{} {text}", m.name))
+        }
+        QueryOutcome::NoValues(e) => j.result(
+            Verdict::Fail,
+            None,
+            format!("no values found for custom metric: {}: {e}", m.name),
+        ),
+        QueryOutcome::Failed(e) => j.result(
+            Verdict::Fail,
+            None,
+            format!("Metric query failed for {}: {e}", m.name),
+        ),
+    }
+}
+
+/// Fisher's exact test that the canary fails more often than the primary.
+fn error_rate_vs_primary(j: &Judge<'_>, c: Counts, pc: Counts) -> CheckResult {
+    if let Some(r) = j
+        .too_few("canary ", c.requests)
+        .or_else(|| j.too_few("primary ", pc.requests))
+    {
+        return r;
+    }
+    let value = fisher_greater(c, pc);
+    let (verdict, text) = j.range(value, &|v| format!("p={v:.3e}"));
+    j.result(
+        verdict,
+        Some(value),
+        format!(
+            "{} {text} (canary 5xx {}/{} vs primary {}/{})",
+            j.m.name, c.errors, c.requests, pc.errors, pc.requests
+        ),
+    )
 }
 
 /// Flagger's success rate, worded as Flagger words it (`success rate 98.82% < 99%`).
@@ -178,17 +248,42 @@ fn success_rate(j: &Judge<'_>, c: Counts) -> CheckResult {
     j.result(verdict, Some(value), text)
 }
 
-/// The canary's p99 over the primary's in the same window.
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.96;
+
+/// The value at quantile `q` of a window's latency, in milliseconds, with the 95%
+/// confidence interval of that order statistic (normal approximation to the binomial
+/// rank): (low, point, high).
+fn quantile_interval(w: &Window, q: f64) -> (f64, f64, f64) {
+    let n = w.latency.len().max(1) as f64;
+    let half = Z95 * (q * (1.0 - q) / n).sqrt();
+    let at = |q: f64| w.latency.value_at_quantile(q.clamp(0.0, 1.0)) as f64 / 1000.0;
+    (at(q - half), at(q), at(q + half))
+}
+
+/// The canary's p99 over the primary's in the same window. Both p99s are uncertain, so
+/// the ratio is judged by its interval: it fails only when even its most favourable end
+/// (canary low, primary high) is past the bound, so noise alone cannot fail a canary.
 fn duration_vs_primary(j: &Judge<'_>, canary: &Window, primary: &Window) -> CheckResult {
-    let cp = canary.quantile_ms(0.99).unwrap_or(0.0);
-    let pp = primary.quantile_ms(0.99).unwrap_or(0.0).max(0.001);
-    let value = cp / pp;
-    let (verdict, text) = j.range(value, &|v| format!("{v:.2}"));
+    let (c_lo, cp, c_hi) = quantile_interval(canary, 0.99);
+    let (p_lo, pp, p_hi) = quantile_interval(primary, 0.99);
+    let ratio = |c: f64, p: f64| c / p.max(0.001);
+    let (low, value, high) = (ratio(c_lo, p_hi), ratio(cp, pp), ratio(c_hi, p_lo));
+    let verdict = match (j.m.min, j.m.max) {
+        (_, Some(hi)) if low > hi => Verdict::Fail,
+        (Some(lo), _) if high < lo => Verdict::Fail,
+        _ => Verdict::Pass,
+    };
+    let bound = match (verdict, j.m.min, j.m.max) {
+        (Verdict::Fail, _, Some(hi)) if low > hi => format!(" > {hi}"),
+        (Verdict::Fail, Some(lo), _) => format!(" < {lo}"),
+        _ => String::new(),
+    };
     j.result(
         verdict,
         Some(value),
         format!(
-            "{} {text} (canary p99 {} vs primary {})",
+            "{} {value:.2} (95% interval {low:.2}-{high:.2}){bound} (canary p99 {} vs primary {})",
             j.m.name,
             go_duration(cp),
             go_duration(pp)
@@ -259,80 +354,9 @@ pub fn fisher_greater(canary: Counts, primary: Counts) -> f64 {
     }
 }
 
-/// One-sided binomial test: the probability of at least `errors` failures in `requests`
-/// at failure rate `p0`.
-pub fn binomial_greater(c: Counts, p0: f64) -> f64 {
-    if c.errors == 0 {
-        return 1.0;
-    }
-    if p0 <= 0.0 {
-        return 0.0;
-    }
-    if p0 >= 1.0 {
-        return 1.0;
-    }
-    let n = c.requests;
-    let pmf =
-        |x: u64| (ln_choose(n, x) + x as f64 * p0.ln() + (n - x) as f64 * (1.0 - p0).ln()).exp();
-    if c.errors as f64 >= n as f64 * p0 {
-        tail(c.errors, 0, n, true, pmf).min(1.0)
-    } else {
-        (1.0 - tail(c.errors - 1, 0, n, false, pmf)).clamp(0.0, 1.0)
-    }
-}
-
-/// The fast-fail guard: Some(reason) when the canary fails significantly worse than the
-/// primary (or, with too little primary traffic, than the success-rate threshold allows).
-pub fn guard(
-    ff: &FastFail,
-    canary: Counts,
-    primary: Counts,
-    allowed: Option<f64>,
-) -> Option<String> {
-    if canary.requests < ff.min_requests || canary.errors == 0 {
-        return None;
-    }
-    let pct = |c: Counts| 100.0 * c.rate();
-    if primary.requests >= ff.min_requests {
-        if canary.rate() <= primary.rate() {
-            return None;
-        }
-        let p = fisher_greater(canary, primary);
-        (p < ff.alpha).then(|| {
-            format!(
-                "canary 5xx {}/{} ({:.2}%) vs primary {}/{} ({:.2}%), p={p:.2e} < {}",
-                canary.errors,
-                canary.requests,
-                pct(canary),
-                primary.errors,
-                primary.requests,
-                pct(primary),
-                ff.alpha
-            )
-        })
-    } else {
-        let p0 = allowed?;
-        if canary.rate() <= p0 {
-            return None;
-        }
-        let p = binomial_greater(canary, p0);
-        (p < ff.alpha).then(|| {
-            format!(
-                "canary 5xx {}/{} ({:.2}%) vs {:.2}% allowed, p={p:.2e} < {}",
-                canary.errors,
-                canary.requests,
-                pct(canary),
-                100.0 * p0,
-                ff.alpha
-            )
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn counts(requests: u64, errors: u64) -> Counts {
         Counts { requests, errors }
@@ -349,38 +373,6 @@ mod tests {
         // Same rates: not significant.
         let p = fisher_greater(counts(1000, 10), counts(9000, 90));
         assert!(p > 0.3, "{p}");
-    }
-
-    #[test]
-    fn binomial_matches_known_values() {
-        // P(X >= 2 | n=10, p=0.1) = 1 - 0.9^10 - 10*0.1*0.9^9.
-        let want = 1.0 - 0.9f64.powi(10) - 0.9f64.powi(9);
-        let p = binomial_greater(counts(10, 2), 0.1);
-        assert!((p - want).abs() < 1e-9, "{p} vs {want}");
-    }
-
-    #[test]
-    fn guard_fires_only_with_enough_evidence() {
-        let ff = FastFail {
-            min_requests: 20,
-            alpha: 0.001,
-            window: Duration::from_secs(30),
-        };
-        assert!(
-            guard(&ff, counts(10, 10), counts(1000, 0), None).is_none(),
-            "too few"
-        );
-        let why = guard(&ff, counts(20, 20), counts(400, 0), None).expect("fires");
-        assert!(
-            why.starts_with("canary 5xx 20/20 (100.00%) vs primary 0/400"),
-            "{why}"
-        );
-        assert!(
-            guard(&ff, counts(100, 1), counts(1000, 10), None).is_none(),
-            "same rate"
-        );
-        assert!(guard(&ff, counts(30, 30), counts(0, 0), Some(0.01)).is_some());
-        assert!(guard(&ff, counts(30, 30), counts(0, 0), None).is_none());
     }
 
     #[test]

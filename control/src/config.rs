@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 use weir_proxy::config::{decode, parse_document, socket_addr, ConfigError, ConfigErrors};
 use weir_proxy::ProxyConfig;
 
-use crate::spec::{self, AlertProviderConfig, Analysis};
+use crate::spec::{self, AlertProviderConfig, Analysis, Catalog, MetricTemplate};
 
 /// The control API's default address.
 pub const DEFAULT_CONTROL: &str = "127.0.0.1:9090";
@@ -22,10 +22,33 @@ pub struct WeirConfig {
     pub control: String,
     /// The rollout state file.
     pub state: Option<PathBuf>,
-    /// Alert providers an analysis' `alerts[].providerRef` names (Flagger's AlertProvider).
-    pub alert_providers: Vec<AlertProviderConfig>,
+    /// What analyses refer to: alert providers, metric templates, the metrics server.
+    pub refs: References,
     /// The services with an `analysis:` block, in file order.
     pub analyses: IndexMap<String, AnalysisBlock>,
+}
+
+/// What an analysis may refer to, as weir.yaml declares it.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    /// `alertProviders`: where `alerts[].providerRef` points (Flagger's AlertProvider).
+    pub alert_providers: Vec<AlertProviderConfig>,
+    /// `metricTemplates`: what `metrics[].templateRef` points to (Flagger's MetricTemplate).
+    pub metric_templates: Vec<MetricTemplate>,
+    /// `metricsServer`: the Prometheus inline `query` metrics run against.
+    pub metrics_server: Option<String>,
+}
+
+impl References {
+    /// The references seen from a service in `namespace`.
+    pub fn catalog<'a>(&'a self, namespace: &'a str) -> Catalog<'a> {
+        Catalog {
+            providers: &self.alert_providers,
+            templates: &self.metric_templates,
+            metrics_server: self.metrics_server.as_deref(),
+            namespace,
+        }
+    }
 }
 
 /// One service's `analysis:` block: as written, and validated.
@@ -62,10 +85,24 @@ impl WeirConfig {
         };
         let control: Option<String> = decode(take("control"), "control", &mut errors).flatten();
         let state: Option<PathBuf> = decode(take("state"), "state", &mut errors).flatten();
-        let providers: Vec<AlertProviderConfig> =
+        let alert_providers: Vec<AlertProviderConfig> =
             decode(take("alertProviders"), "alertProviders", &mut errors)
                 .flatten()
                 .unwrap_or_default();
+        let metric_templates: Vec<MetricTemplate> = decode(
+            kubernetes_objects(take("metricTemplates")),
+            "metricTemplates",
+            &mut errors,
+        )
+        .flatten()
+        .unwrap_or_default();
+        let metrics_server: Option<String> =
+            decode(take("metricsServer"), "metricsServer", &mut errors).flatten();
+        let refs = References {
+            alert_providers,
+            metric_templates,
+            metrics_server,
+        };
         let written = take_analyses(&mut value);
         let control = control.unwrap_or_else(|| DEFAULT_CONTROL.to_string());
         if let Err(m) = socket_addr(&control) {
@@ -79,14 +116,8 @@ impl WeirConfig {
             let Some(svc) = proxy.services.get_mut(i) else {
                 continue;
             };
-            if svc.versions.len() < 2 {
-                errors.push(ConfigError::new(
-                    format!("services[{i}].versions"),
-                    "an analysis needs two versions: the primary (first) and the canary (second)",
-                ));
-                continue;
-            }
-            match spec::parse(&block, &format!("services[{i}].analysis"), &providers) {
+            let catalog = refs.catalog(&svc.namespace);
+            match spec::parse(&block, &format!("services[{i}].analysis"), &catalog) {
                 Ok(analysis) => {
                     // Flagger's primary cookie lives one analysis interval.
                     if let Some(sa) = svc.session_affinity.as_mut() {
@@ -108,10 +139,34 @@ impl WeirConfig {
             proxy,
             control,
             state,
-            alert_providers: providers,
+            refs,
             analyses,
         })
     }
+}
+
+/// Kubernetes MetricTemplate objects (`metadata` and `spec`) in the flat form.
+fn kubernetes_objects(list: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Array(items) = list else {
+        return list;
+    };
+    let flat = items.into_iter().map(|mut item| {
+        let (Some(meta), Some(spec)) = (
+            item.get("metadata").cloned(),
+            item.get_mut("spec").map(std::mem::take),
+        ) else {
+            return item;
+        };
+        let mut out = spec;
+        if let Some(o) = out.as_object_mut() {
+            o.insert("name".into(), meta.get("name").cloned().unwrap_or_default());
+            if let Some(ns) = meta.get("namespace") {
+                o.insert("namespace".into(), ns.clone());
+            }
+        }
+        out
+    });
+    serde_json::Value::Array(flat.collect())
 }
 
 /// Takes each service's `analysis:` block out of the document, by service index.
@@ -186,14 +241,14 @@ services:
     #[test]
     fn errors_of_both_parts_are_reported_with_their_paths() {
         let errs = WeirConfig::parse(
-            "control: nowhere\nbogus: 1\nservices:\n  - name: a\n    versions: { v1: { endpoints: [\"127.0.0.1:1\"] } }\n    analysis: { interval: 1m, stepWeight: 5 }\n",
+            "control: nowhere\nbogus: 1\nservices:\n  - name: a\n    versions: { v1: { endpoints: [\"127.0.0.1:1\"] }, v2: { endpoints: [\"127.0.0.1:2\"] }, v3: { endpoints: [\"127.0.0.1:3\"] } }\n    analysis: { interval: 1m, stepWeight: 500 }\n",
         )
         .expect_err("invalid");
         let joined = errs.joined();
         for want in [
             "control: \"nowhere\" is not an ip:port address",
             "bogus: unknown field `bogus`",
-            "services[0].versions: an analysis needs two versions",
+            "services[0].analysis.stepWeight: 500 is not between 1 and 100",
         ] {
             assert!(joined.contains(want), "missing {want:?} in {joined}");
         }

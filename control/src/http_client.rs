@@ -20,11 +20,14 @@ pub enum PostError {
     TimedOut { url: String, after: Duration },
 }
 
-/// The answer to one POST.
+/// The most of an answer's body kept.
+const MAX_BODY: usize = 1 << 20;
+
+/// The answer to one request.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
-    /// The first KiB of the body, trimmed.
+    /// The body (its first MiB), trimmed.
     pub body: String,
 }
 
@@ -65,6 +68,26 @@ impl HttpPoster {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<Answer, PostError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| PostError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.send(http::Method::POST, url, Some(bytes), timeout)
+            .await
+    }
+
+    /// GETs `url`, within `timeout`.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<Answer, PostError> {
+        self.send(http::Method::GET, url, None, timeout).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        json: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Answer, PostError> {
         let bad = |reason: String| PostError::BadUrl {
             url: url.to_string(),
             reason,
@@ -72,14 +95,15 @@ impl HttpPoster {
         let uri: http::Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-        let bytes = serde_json::to_vec(body).map_err(|e| bad(e.to_string()))?;
-        let req = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("weir/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(bytes)))
+        let mut req = http::Request::builder().method(method).uri(uri).header(
+            http::header::USER_AGENT,
+            concat!("weir/", env!("CARGO_PKG_VERSION")),
+        );
+        if json.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|e| bad(e.to_string()))?;
         let call = async {
             let resp = self
@@ -94,7 +118,7 @@ impl HttpPoster {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let text = String::from_utf8_lossy(&body[..body.len().min(1024)])
+            let text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)])
                 .trim()
                 .to_string();
             Ok(Answer { status, body: text })

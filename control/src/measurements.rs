@@ -10,6 +10,8 @@ use tokio::time::Instant;
 use weir_proxy::{VersionHandle, VersionSnapshot, Window};
 
 use crate::checks::Counts;
+use crate::guard::Guard;
+use crate::spec::FastFail;
 
 /// Cumulative measurements of both versions at one instant.
 struct Checkpoint {
@@ -31,19 +33,15 @@ impl Checkpoint {
     }
 }
 
-/// Counters polled by the guard: (responses, 5xx) of each version.
-struct GuardMark {
-    at: Instant,
-    primary: (u64, u64),
-    canary: (u64, u64),
-}
-
 /// The windows of one rollout.
 pub struct Measurements {
     primary: VersionHandle,
-    canary: VersionHandle,
+    /// None until the canary version exists (a primary-only service before a rollout).
+    canary: Option<VersionHandle>,
     checkpoints: VecDeque<Checkpoint>,
-    guard: VecDeque<GuardMark>,
+    /// The fast-fail guard of the current run (its start, Unix ms), and whether it last
+    /// looked at the canary's shadow traffic.
+    guard: Option<(Option<u64>, bool, Guard)>,
 }
 
 /// The canary's and the primary's measurements over one window.
@@ -54,12 +52,26 @@ pub struct Windows {
 
 impl Measurements {
     /// Windows over the primary's and the canary's measurements.
-    pub fn new(primary: VersionHandle, canary: VersionHandle) -> Measurements {
+    pub fn new(primary: VersionHandle, canary: Option<VersionHandle>) -> Measurements {
         Measurements {
             primary,
             canary,
             checkpoints: VecDeque::new(),
-            guard: VecDeque::new(),
+            guard: None,
+        }
+    }
+
+    /// The canary version came to exist.
+    pub fn attach_canary(&mut self, canary: Option<VersionHandle>) {
+        if self.canary.is_none() {
+            self.canary = canary;
+        }
+    }
+
+    fn canary_snapshot(&self, mirrored: bool) -> VersionSnapshot {
+        match &self.canary {
+            Some(c) => c.snapshot(mirrored),
+            None => VersionSnapshot::empty("", ""),
         }
     }
 
@@ -70,8 +82,8 @@ impl Measurements {
         self.checkpoints.push_back(Checkpoint {
             at,
             primary: self.primary.snapshot(false),
-            canary: self.canary.snapshot(false),
-            shadow: shadow.then(|| self.canary.snapshot(true)),
+            canary: self.canary_snapshot(false),
+            shadow: shadow.then(|| self.canary_snapshot(true)),
         });
         let horizon = at.checked_sub(keep).unwrap_or(at);
         while self.checkpoints.len() > 1 && self.checkpoints.get(1).is_some_and(|c| c.at <= horizon)
@@ -83,7 +95,6 @@ impl Measurements {
     /// Drops every measurement from before now: the canary's current traffic starts here.
     pub fn restart(&mut self, shadow: bool, keep: Duration) {
         self.checkpoints.clear();
-        self.guard.clear();
         self.checkpoint(shadow, keep);
     }
 
@@ -107,7 +118,7 @@ impl Measurements {
     }
 
     fn since(&self, from: Option<&Checkpoint>, mirrored: bool) -> Windows {
-        let canary_now = self.canary.snapshot(mirrored);
+        let canary_now = self.canary_snapshot(mirrored);
         let primary_now = self.primary.snapshot(false);
         match from {
             Some(c) => Windows {
@@ -124,31 +135,35 @@ impl Measurements {
         }
     }
 
-    /// Records the guard's counters now and returns the (canary, primary) counts over the
-    /// last `window`.
-    pub fn guard_counts(&mut self, mirrored: bool, window: Duration) -> (Counts, Counts) {
-        let now = Instant::now();
-        let primary = self.primary.counts(false);
-        let canary = self.canary.counts(mirrored);
-        self.guard.push_back(GuardMark {
-            at: now,
-            primary,
-            canary,
-        });
-        let horizon = now.checked_sub(window).unwrap_or(now);
-        while self.guard.len() > 1 && self.guard.front().is_some_and(|g| g.at < horizon) {
-            self.guard.pop_front();
-        }
-        let first = self.guard.front().expect("pushed above");
-        let diff = |now: (u64, u64), then: (u64, u64)| Counts {
-            requests: now.0.saturating_sub(then.0),
-            errors: now.1.saturating_sub(then.1),
+    /// One look of the fast-fail guard of run `run` (a new run starts a new guard): Some
+    /// reason when the canary must be rolled back now.
+    pub fn guard(
+        &mut self,
+        ff: &FastFail,
+        run: Option<u64>,
+        mirrored: bool,
+        allowed: Option<f64>,
+    ) -> Option<String> {
+        let c = self.canary.as_ref().map_or((0, 0), |c| c.counts(mirrored));
+        let p = self.primary.counts(false);
+        let counts = |(requests, errors): (u64, u64)| Counts { requests, errors };
+        let guard = match &mut self.guard {
+            Some((r, m, g)) if *r == run => {
+                if *m != mirrored {
+                    // Other counters from here on: the next look starts a new batch.
+                    *m = mirrored;
+                    g.rebase();
+                }
+                g
+            }
+            _ => &mut self.guard.insert((run, mirrored, Guard::new(ff.alpha))).2,
         };
-        (diff(canary, first.canary), diff(primary, first.primary))
+        let why = guard.look(counts(c), counts(p), allowed)?;
+        (guard.canary_requests() >= ff.min_requests).then_some(why)
     }
 
-    /// Forgets the guard's history (the guard is off).
+    /// Forgets the guard (it is off, or the run is over).
     pub fn reset_guard(&mut self) {
-        self.guard.clear();
+        self.guard = None;
     }
 }

@@ -34,11 +34,13 @@ pub struct Saved {
     pub status: Status,
     /// The primary's effective version (it changes on promotion).
     pub primary: VersionConfig,
-    /// The canary's effective version (StartRollout changes it).
-    pub canary: VersionConfig,
+    /// The canary's effective version (StartRollout brings or changes it).
+    #[serde(default)]
+    pub canary: Option<VersionConfig>,
     /// The primary and canary as weir.yaml last said, to tell a file edit apart.
     pub file_primary: VersionConfig,
-    pub file_canary: VersionConfig,
+    #[serde(default)]
+    pub file_canary: Option<VersionConfig>,
     /// An analysis set over the control API, replacing the file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<serde_json::Value>,
@@ -105,9 +107,9 @@ mod tests {
             Saved {
                 status,
                 primary: v.clone(),
-                canary: v.clone(),
+                canary: Some(v.clone()),
                 file_primary: v.clone(),
-                file_canary: v,
+                file_canary: Some(v),
                 spec: None,
             },
         );

@@ -15,17 +15,28 @@ pub struct Routing {
     pub ab: bool,
 }
 
-/// The names of the primary and canary versions.
+/// The names of the primary and canary versions; a primary-only service has no canary
+/// until a rollout brings one.
 #[derive(Debug, Clone, Copy)]
 pub struct Versions<'a> {
     pub primary: &'a str,
-    pub canary: &'a str,
+    pub canary: Option<&'a str>,
 }
 
 /// The policy for a rollout routed as `routing`: the A/B matches go to the canary while
 /// they route; a canary analysis with `match` ramps inside the matched segment only;
 /// otherwise the service's weighted rules carry the canary's weight (and the mirror).
 pub fn policy(analysis: &Analysis, v: Versions<'_>, routing: Routing) -> TrafficPolicy {
+    let Some(canary) = v.canary else {
+        return TrafficPolicy {
+            weights: Some([(v.primary.to_string(), 100)].into_iter().collect()),
+            ..TrafficPolicy::default()
+        };
+    };
+    let v = Pair {
+        primary: v.primary,
+        canary,
+    };
     let split = |w: u32| -> IndexMap<String, u32> {
         [
             (v.primary.to_string(), 100 - w.min(100)),
@@ -71,6 +82,11 @@ pub fn policy(analysis: &Analysis, v: Versions<'_>, routing: Routing) -> Traffic
     }
 }
 
+struct Pair<'a> {
+    primary: &'a str,
+    canary: &'a str,
+}
+
 /// A Flagger (Istio) match condition as the proxy's: header names in lower case, `uri`
 /// as the path, `method` exact.
 fn match_config(m: &MatchRequest) -> MatchConfig {
@@ -100,12 +116,12 @@ mod tests {
 
     fn analysis(yaml: &str) -> Analysis {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-        crate::spec::parse(&v, "analysis", &[]).expect("valid")
+        crate::spec::parse(&v, "analysis", &crate::spec::Catalog::default()).expect("valid")
     }
 
     const V: Versions<'static> = Versions {
         primary: "primary",
-        canary: "canary",
+        canary: Some("canary"),
     };
 
     #[test]
@@ -169,5 +185,32 @@ mod tests {
             SegmentTarget::Split { weights, .. } => assert_eq!(weights["canary"], 30),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod primary_only {
+    use super::*;
+
+    #[test]
+    fn a_service_without_a_canary_sends_everything_to_the_primary() {
+        let v: serde_json::Value =
+            serde_yaml_ng::from_str("interval: 10s\nstepWeight: 10\n").expect("yaml");
+        let a =
+            crate::spec::parse(&v, "analysis", &crate::spec::Catalog::default()).expect("valid");
+        let v = Versions {
+            primary: "primary",
+            canary: None,
+        };
+        let routing = Routing {
+            canary_weight: 30,
+            mirror: true,
+            ab: false,
+        };
+        let p = policy(&a, v, routing);
+        let w = p.weights.expect("weights");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w["primary"], 100);
+        assert!(p.mirror.is_none() && p.segment.is_none());
     }
 }

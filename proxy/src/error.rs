@@ -17,19 +17,33 @@ pub enum Side {
     Proxy,
 }
 
-/// What went wrong. Upstream kinds count against the version that caused them.
+/// What went wrong. Upstream kinds count against the version that caused them; client
+/// kinds never do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The endpoint refused the connection (or there is no route to it).
     ConnectRefused,
     /// Opening the connection took longer than the connect timeout.
     ConnectTimeout,
-    /// The connection was reset or closed before a complete response.
+    /// The connection was reset or closed before the response headers.
     UpstreamReset,
-    /// No response within the route's timeout.
+    /// The response did not end within the route's timeout (counted from the end of the
+    /// request body).
     UpstreamTimeout,
     /// The upstream spoke invalid HTTP.
     UpstreamProtocol,
+    /// The response broke off after its headers: reset, or shorter than it said.
+    UpstreamTruncated,
+    /// Nothing moved for the route's idle timeout while weir waited on the upstream.
+    UpstreamIdle,
+    /// The client's request body is malformed (bad chunked framing, say).
+    ClientMalformed,
+    /// Nothing moved for the route's idle timeout while weir waited on the client's body.
+    ClientTimeout,
+    /// The client went away before the exchange ended.
+    ClientGone,
+    /// The client stopped reading the response and weir closed its connection.
+    ClientStalled,
     /// No service or rule matched the request.
     NoRoute,
     /// The request cannot be forwarded as it is (an invalid Host, say).
@@ -38,12 +52,22 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The upstream failures, in the order of their metric label (`weir_upstream_errors_total`).
-    pub const UPSTREAM: [ErrorKind; 5] = [
+    pub const UPSTREAM: [ErrorKind; 7] = [
         ErrorKind::ConnectRefused,
         ErrorKind::ConnectTimeout,
         ErrorKind::UpstreamReset,
         ErrorKind::UpstreamTimeout,
         ErrorKind::UpstreamProtocol,
+        ErrorKind::UpstreamTruncated,
+        ErrorKind::UpstreamIdle,
+    ];
+
+    /// The client's faults, in the order of their metric label (`weir_client_errors_total`).
+    pub const CLIENT: [ErrorKind; 4] = [
+        ErrorKind::ClientMalformed,
+        ErrorKind::ClientTimeout,
+        ErrorKind::ClientGone,
+        ErrorKind::ClientStalled,
     ];
 
     /// The side that caused it.
@@ -53,8 +77,14 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamProtocol => Side::Upstream,
-            ErrorKind::BadRequest => Side::Client,
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTruncated
+            | ErrorKind::UpstreamIdle => Side::Upstream,
+            ErrorKind::ClientMalformed
+            | ErrorKind::ClientTimeout
+            | ErrorKind::ClientGone
+            | ErrorKind::ClientStalled
+            | ErrorKind::BadRequest => Side::Client,
             ErrorKind::NoRoute => Side::Proxy,
         }
     }
@@ -64,20 +94,29 @@ impl ErrorKind {
         matches!(self, ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout)
     }
 
-    /// The status code weir answers with.
+    /// The status code weir answers with (or, after the headers, the one the exchange
+    /// amounts to: a broken body is a bad gateway, a stalled one a timeout).
     pub const fn status(self) -> StatusCode {
         match self {
             ErrorKind::ConnectRefused
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
-            | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
-            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTruncated => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout | ErrorKind::UpstreamIdle => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ClientMalformed | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            // Nobody reads these: the client is gone. nginx's 499 names the case.
+            ErrorKind::ClientGone | ErrorKind::ClientStalled => match StatusCode::from_u16(499) {
+                Ok(s) => s,
+                Err(_) => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
-    /// The `reason` label value.
+    /// The `reason` label value (of `weir_upstream_errors_total` or
+    /// `weir_client_errors_total`), also the `x-weir-error` header of weir's answers.
     pub const fn label(self) -> &'static str {
         match self {
             ErrorKind::ConnectRefused => "connect_refused",
@@ -85,6 +124,12 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "reset",
             ErrorKind::UpstreamTimeout => "timeout",
             ErrorKind::UpstreamProtocol => "protocol",
+            ErrorKind::UpstreamTruncated => "truncated",
+            ErrorKind::UpstreamIdle => "idle_timeout",
+            ErrorKind::ClientMalformed => "malformed",
+            ErrorKind::ClientTimeout => "timeout",
+            ErrorKind::ClientGone => "gone",
+            ErrorKind::ClientStalled => "not_reading",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
         }
@@ -98,6 +143,12 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream connection reset",
             ErrorKind::UpstreamTimeout => "upstream request timeout",
             ErrorKind::UpstreamProtocol => "upstream protocol error",
+            ErrorKind::UpstreamTruncated => "upstream response broke off",
+            ErrorKind::UpstreamIdle => "upstream stopped sending",
+            ErrorKind::ClientMalformed => "malformed request body",
+            ErrorKind::ClientTimeout => "request body too slow",
+            ErrorKind::ClientGone => "client went away",
+            ErrorKind::ClientStalled => "client stopped reading",
             ErrorKind::NoRoute => "no route",
             ErrorKind::BadRequest => "bad request",
         }
@@ -106,6 +157,11 @@ impl ErrorKind {
     /// The index of an upstream kind in [`ErrorKind::UPSTREAM`].
     pub(crate) fn upstream_index(self) -> Option<usize> {
         ErrorKind::UPSTREAM.iter().position(|k| *k == self)
+    }
+
+    /// The index of a client kind in [`ErrorKind::CLIENT`].
+    pub(crate) fn client_index(self) -> Option<usize> {
+        ErrorKind::CLIENT.iter().position(|k| *k == self)
     }
 }
 
@@ -118,6 +174,14 @@ pub struct ProxyError {
 }
 
 impl ProxyError {
+    /// An error of `kind` caused by `source`.
+    pub fn new(kind: ErrorKind, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        ProxyError {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
     /// An error of `kind` with nothing behind it.
     pub fn bare(kind: ErrorKind) -> Self {
         ProxyError { kind, source: None }
@@ -152,6 +216,14 @@ impl fmt::Display for ProxyError {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+impl StdError for ProxyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 

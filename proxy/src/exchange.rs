@@ -71,16 +71,13 @@ impl Exchange {
         }
     }
 
-    /// The exchange ended: complete (`None`) or failed with `error`. Records the status
-    /// class, what failed and the latency, and completes the mirror comparison.
+    /// The exchange ended: complete (`None`) or failed with `error`, caused by the
+    /// upstream (it counts against the version as the 502 or 504 it amounts to) or by the
+    /// client (counted apart, never against the version). Records what happened and the
+    /// latency, and completes the mirror comparison.
     pub(crate) fn finish(&mut self, error: Option<ErrorKind>) {
         if std::mem::replace(&mut self.done, true) {
             return;
-        }
-        if let Some(kind) = error {
-            if self.status == 0 {
-                self.status = kind.status().as_u16();
-            }
         }
         if let (Some(c), None) = (self.compare.take(), error) {
             let _ = c.tx.send((self.status, c.hasher.finish()));
@@ -94,12 +91,9 @@ impl Exchange {
 }
 
 impl Drop for Exchange {
-    /// A response abandoned before its end (the client went away) still counts, with the
-    /// status it had.
+    /// An exchange dropped before its end was abandoned by the client (the connection
+    /// closed while weir waited on the upstream).
     fn drop(&mut self) {
-        if !self.done {
-            self.compare = None;
-            self.finish(None);
-        }
+        self.finish(Some(ErrorKind::ClientGone));
     }
 }

@@ -8,18 +8,22 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::error::{ErrorKind, ProxyError};
+use std::sync::Arc;
+
+use crate::body::{Progress, RequestBody, ResponseBody, Stage};
+use crate::error::{ProxyError, Side};
 use crate::exchange::Exchange;
 use crate::headers::{add_forwarding, authority_of, is_upgrade, strip_hop_by_hop};
 use crate::mirror::Shadow;
 use crate::route::{Decision, RequestView};
 use crate::state::ProxyState;
+use crate::timeouts::BodyClock;
 use crate::upstream::{Endpoint, Lease, Path};
 
 /// Handles one request: route, forward, answer; its outcome is recorded once, at its end.
@@ -40,25 +44,45 @@ pub(crate) async fn handle(
         }
     };
     let endpoint = decision.version.upstream.next_endpoint();
-    let mut upstream = match upstream_request(&decision, endpoint, peer, req) {
+    let mut upstream = match upstream_request(&decision, endpoint, peer, req, start) {
         Ok(u) => u,
         Err(text) => return synthetic(StatusCode::BAD_REQUEST, text),
     };
     let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
     mirror(&decision, &mut upstream, &mut exchange);
+    let timeouts = decision.rule.timeouts;
+    let progress = upstream.progress.clone();
     let sent = endpoint.forward(
         Request::from_parts(upstream.parts, upstream.body),
         upstream.path,
     );
-    let forwarded = match tokio::time::timeout(decision.rule.timeout, sent).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::bare(ErrorKind::UpstreamTimeout)),
+    let forwarded = tokio::select! {
+        result = sent => result,
+        kind = timeouts.before_headers(progress.as_deref(), start) => Err(ProxyError::bare(kind)),
     };
     match forwarded {
         Ok((resp, lease)) => {
-            downstream_response(resp, lease, exchange, upstream.upgrade, decision.set_cookie)
+            let clock = BodyClock::new(timeouts, progress, start);
+            let end = End {
+                lease,
+                exchange,
+                clock,
+            };
+            downstream_response(resp, end, upstream.upgrade, decision.set_cookie)
         }
-        Err(e) => answer_failure(e, exchange, &decision, endpoint),
+        Err(e) => answer_failure(blame(e, progress.as_deref()), exchange, &decision, endpoint),
+    }
+}
+
+/// A request whose own body broke failed by the client's doing, whatever the upstream
+/// side reported.
+fn blame(e: ProxyError, progress: Option<&Progress>) -> ProxyError {
+    match progress.map(Progress::stage) {
+        Some(Stage::Failed(kind)) => ProxyError {
+            kind,
+            source: e.source,
+        },
+        _ => e,
     }
 }
 
@@ -80,6 +104,8 @@ struct UpstreamRequest {
     path: Path,
     /// The client's side of an HTTP/1.1 upgrade.
     upgrade: Option<OnUpgrade>,
+    /// How far the client's body has come (None: it had none).
+    progress: Option<Arc<Progress>>,
 }
 
 /// Phase 2: the upstream request, with all header, Host and URI work done once: hop-by-hop
@@ -90,6 +116,7 @@ fn upstream_request(
     endpoint: &Endpoint,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    start: Instant,
 ) -> Result<UpstreamRequest, String> {
     let http2 = d.version.upstream.http2;
     let tunnel = req.version() == HttpVersion::HTTP_11 && !http2 && is_upgrade(req.headers());
@@ -142,11 +169,13 @@ fn upstream_request(
             }
         }
     }
+    let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
     Ok(UpstreamRequest {
         parts,
-        body: RequestBody::stream(body),
+        body: RequestBody::stream(body, progress.clone()),
         path,
         upgrade,
+        progress,
     })
 }
 
@@ -168,16 +197,22 @@ fn mirror(d: &Decision<'_>, up: &mut UpstreamRequest, exchange: &mut Exchange) {
     }
 }
 
+/// What the response body carries to the end of the exchange.
+struct End {
+    lease: Option<Lease>,
+    exchange: Exchange,
+    clock: BodyClock,
+}
+
 /// Phase 5: the upstream's answer, as the client gets it; the exchange ends with its body.
 fn downstream_response(
     mut resp: Response<Incoming>,
-    lease: Option<Lease>,
-    mut exchange: Exchange,
+    mut end: End,
     client_upgrade: Option<OnUpgrade>,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let status = resp.status();
-    exchange.respond(status.as_u16());
+    end.exchange.respond(status.as_u16());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     if let (Some(client), true) = (client_upgrade, switching) {
         tunnel(client, hyper::upgrade::on(&mut resp));
@@ -186,7 +221,7 @@ fn downstream_response(
     if let Some(cookie) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    resp.map(|body| ResponseBody::upstream(body, lease, exchange))
+    resp.map(|body| ResponseBody::upstream(body, end.lease, end.exchange, end.clock))
 }
 
 /// Copies bytes both ways once both sides of an upgrade are ready.
@@ -199,14 +234,22 @@ fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     });
 }
 
-/// The request failed before a response: weir answers itself, and the exchange ends here.
+/// The request failed before a response: weir answers itself (400 or 408 for the
+/// client's own mistakes, 502 or 504 for the upstream's), and the exchange ends here.
 fn answer_failure(
     e: ProxyError,
     mut exchange: Exchange,
     d: &Decision<'_>,
     endpoint: &Endpoint,
 ) -> Response<ResponseBody> {
-    tracing::debug!(service = %d.service.name, version = %d.version.name, endpoint = %endpoint.address, reason = e.kind.label(), error = %e, "upstream failed");
+    match e.kind.side() {
+        Side::Client => {
+            tracing::info!(service = %d.service.name, version = %d.version.name, reason = e.kind.label(), error = %e, "client error, not counted against the version")
+        }
+        _ => {
+            tracing::debug!(service = %d.service.name, version = %d.version.name, endpoint = %endpoint.address, reason = e.kind.label(), error = %e, "upstream failed")
+        }
+    }
     exchange.finish(Some(e.kind));
     synthetic(
         e.kind.status(),

@@ -23,6 +23,7 @@ mod route;
 mod server;
 mod split;
 mod state;
+mod timeouts;
 mod upstream;
 
 use std::future::Future;

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::activity::ConnActivity;
+use crate::activity::{ConnActivity, WatchedIo};
 use crate::config::Limits;
 use crate::handler::handle;
 use crate::state::ProxyState;
@@ -130,7 +130,8 @@ async fn connection(
             Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = WatchedIo::new(stream, activity.clone());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = pin!(conn);
     let idle = limits.idle_timeout.0;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
@@ -143,8 +144,12 @@ async fn connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for(idle) {
+            _ = tick.tick() => {
+                if activity.stopped_reading(idle) {
+                    // The client stopped reading: its responses are abandoned.
+                    break;
+                }
+                if !closing && activity.idle_for(idle) {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

@@ -2,6 +2,8 @@
 //! `/metrics` scraping and waiting for conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -42,7 +44,9 @@ pub struct Seen {
 ///
 /// Paths: `/status/N` answers N; `/slow/MS` waits MS first; `/download/N` streams N bytes;
 /// `/upload` counts the request body; `/trailers` answers with trailers; `/reset` drops the
-/// connection; anything else answers 200 `<name>`. Every answer carries `x-served-by`.
+/// connection; `/truncate/N` promises N bytes, sends 10 and closes; `/stall` sends its
+/// headers and then nothing; `/trickle/N` sends N bytes one a second; anything else answers
+/// 200 `<name>`. Every answer carries `x-served-by`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -73,6 +77,8 @@ pub enum Behaviour {
     Huge(usize),
     /// Answers every request 200 after this many milliseconds.
     Delay(u64),
+    /// Answers every request like `/truncate/1000`.
+    Truncate,
 }
 
 impl Upstream {
@@ -176,10 +182,13 @@ async fn answer(
     });
     let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
     let (head, arg) = match &behaviour {
+        // The upstream's own metrics are served whatever the behaviour.
+        _ if path == "/metrics" => ("metrics", String::new()),
         Behaviour::Status(code) => ("status", code.to_string()),
         Behaviour::Huge(n) => ("download", n.to_string()),
         Behaviour::Body(b) => ("body", b.clone()),
         Behaviour::Delay(ms) => ("slow", ms.to_string()),
+        Behaviour::Truncate => ("truncate", "1000".to_string()),
         _ => (
             parts_iter.next().unwrap_or(""),
             parts_iter.next().unwrap_or("").to_string(),
@@ -213,6 +222,53 @@ async fn answer(
             r
         }
         "upload" => Response::new(full(format!("{body_len}"))),
+        "metrics" => {
+            // The upstream's own metrics, as an application exposes them.
+            let served = seen.lock().expect("lock").len();
+            Response::new(full(format!(
+                "# TYPE upstream_requests_total counter\nupstream_requests_total{{name=\"{name}\"}} {served}\n"
+            )))
+        }
+        "truncate" => {
+            // Promises `arg` bytes and sends 10 (flushed with the headers); then the body
+            // ends short and the connection closes mid-body.
+            let chunk = futures_util::stream::unfold(0u8, |i| async move {
+                match i {
+                    0 => Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"0123456789"))),
+                        1,
+                    )),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        None
+                    }
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(chunk)));
+            r.headers_mut()
+                .insert("content-length", arg.parse().unwrap_or(1000u64).into());
+            r
+        }
+        "stall" => {
+            let never = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+            Response::new(BodyExt::boxed(StreamBody::new(never)))
+        }
+        "trickle" => {
+            let n: usize = arg.parse().unwrap_or(10);
+            let bytes = futures_util::stream::unfold(0usize, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                    i + 1,
+                ))
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(bytes)));
+            r.headers_mut().insert("content-length", n.into());
+            r
+        }
         "body" => Response::new(full(arg.to_string())),
         "trailers" => {
             let mut trailers = HeaderMap::new();

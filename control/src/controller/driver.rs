@@ -7,11 +7,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Controller, RolloutHandle};
-use crate::checks;
 use crate::clock::now_ms;
 use crate::controller::rollout::Rollout;
 use crate::machine::{Action, Input, Phase};
-use crate::spec::BuiltinMetric;
+use crate::spec::{BuiltinMetric, MetricKind};
 use crate::traffic::Routing;
 
 /// How often the fast-fail guard looks at the counters (cheap: a few atomic loads).
@@ -54,7 +53,7 @@ impl Controller {
         let mut r = handle.rollout.lock().await;
         r.checkpoint();
         let input = Input {
-            canary_revision: r.canary.revision.clone(),
+            canary_revision: r.canary_revision().map(str::to_string),
             primary_revision: r.primary.revision.clone(),
         };
         let before = r.status.measure_from_ms;
@@ -118,7 +117,10 @@ impl Controller {
                     }
                 }
                 Action::Promote => {
-                    r.primary = r.canary.clone();
+                    let Some(canary) = r.canary.clone() else {
+                        continue;
+                    };
+                    r.primary = canary;
                     let result =
                         shared
                             .proxy
@@ -172,23 +174,23 @@ impl Controller {
     }
 }
 
-/// Records the guard's counters and returns why the canary must be rolled back now, if
-/// the fast-fail guard says so.
+/// One look of the fast-fail guard: why the canary must be rolled back now, if it must.
 fn fast_fail_reason(r: &mut Rollout) -> Option<String> {
     let Some(ff) = r.analysis.fast_fail else {
         r.measurements.reset_guard();
         return None;
     };
-    let (canary, primary) = r.measurements.guard_counts(r.status.mirrored, ff.window);
-    if !r.status.phase.is_analysing() || r.status.paused || r.analysis.spec.suspend {
+    let s = &r.status;
+    if !s.phase.is_analysing() || s.paused || r.analysis.spec.suspend {
         return None;
     }
     let allowed = r
         .analysis
         .metrics
         .iter()
-        .find(|m| m.kind == BuiltinMetric::SuccessRate)
+        .find(|m| m.kind == MetricKind::Builtin(BuiltinMetric::SuccessRate))
         .and_then(|m| m.min)
         .map(|min| ((100.0 - min) / 100.0).max(0.0));
-    checks::guard(&ff, canary, primary, allowed)
+    let (run, mirrored) = (s.started_ms, s.mirrored);
+    r.measurements.guard(&ff, run, mirrored, allowed)
 }

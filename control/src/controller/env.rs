@@ -1,12 +1,15 @@
 //! The state machine's hooks and checks against the live world: webhooks over HTTP (or
 //! local commands), checks over the rollout's measurement windows.
 
-use crate::checks::{self, CheckResult};
+use weir_proxy::config::Dur;
+
+use crate::checks::{self, CheckResult, QueryOutcome};
 use crate::hooks;
 use crate::http_client::HttpPoster;
 use crate::machine::{Env, HookOutcome, Phase, Target};
 use crate::measurements::Measurements;
-use crate::spec::{Analysis, HookKind};
+use crate::prometheus;
+use crate::spec::{render, Analysis, HookKind, Metric, MetricKind, Query, Vars};
 
 /// Hooks and checks for one rollout's machine.
 pub(crate) struct LiveEnv<'a> {
@@ -60,16 +63,34 @@ impl Env for LiveEnv<'_> {
     }
 
     async fn checks(&mut self) -> Vec<CheckResult> {
-        self.analysis
-            .metrics
-            .iter()
-            .map(|m| {
-                let w = self.measurements.window(m.window, self.mirrored);
-                let r = checks::evaluate(m, &w.canary, &w.primary);
-                tracing::info!(canary = %self.target, check = %r.name, verdict = r.verdict.name(), value = ?r.value, threshold = %r.threshold, "{}", r.detail);
-                r
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.analysis.metrics.len());
+        for m in &self.analysis.metrics {
+            let r = match &m.kind {
+                MetricKind::Query(q) => checks::judge_query(m, self.query(q, m).await),
+                _ => {
+                    let w = self.measurements.window(m.window, self.mirrored);
+                    checks::evaluate(m, &w.canary, &w.primary)
+                }
+            };
+            tracing::info!(canary = %self.target, check = %r.name, verdict = r.verdict.name(), value = ?r.value, threshold = %r.threshold, "{}", r.detail);
+            out.push(r);
+        }
+        out
+    }
+}
+
+impl LiveEnv<'_> {
+    /// Renders and runs a query metric.
+    async fn query(&self, q: &Query, m: &Metric) -> QueryOutcome {
+        let vars = Vars {
+            name: &self.target.name,
+            namespace: &self.target.namespace,
+            interval: Dur(m.window),
+        };
+        match render(q, &vars) {
+            Ok(promql) => prometheus::query(self.poster, &q.address, &promql).await,
+            Err(e) => QueryOutcome::Failed(e),
+        }
     }
 }
 

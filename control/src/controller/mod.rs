@@ -20,12 +20,11 @@ use weir_proxy::Proxy;
 pub use crate::notify::Notice;
 
 use crate::api::convert;
-use crate::config::WeirConfig;
+use crate::config::{References, WeirConfig};
 use crate::http_client::HttpPoster;
 use crate::machine::{Machine, Phase};
 use crate::metrics::Metrics;
 use crate::notify::{About, Notifier};
-use crate::spec::AlertProviderConfig;
 use crate::store::{self, StoreError};
 use env::LiveEnv;
 use rollout::{Rollout, RolloutError};
@@ -66,7 +65,7 @@ struct RolloutHandle {
 struct Shared {
     proxy: Proxy,
     state_path: Option<PathBuf>,
-    providers: RwLock<Vec<AlertProviderConfig>>,
+    refs: RwLock<References>,
     rollouts: RwLock<IndexMap<String, Arc<RolloutHandle>>>,
     notifier: Notifier,
     metrics: Metrics,
@@ -95,7 +94,7 @@ impl Controller {
             metrics: Metrics::new(proxy.families().registry()),
             proxy,
             state_path: config.state.clone(),
-            providers: RwLock::new(config.alert_providers.clone()),
+            refs: RwLock::new(config.refs.clone()),
             rollouts: RwLock::new(IndexMap::new()),
             notifier: Notifier::new(poster.clone()),
             poster,
@@ -110,12 +109,9 @@ impl Controller {
             };
             let mut r = Rollout::new(svc, block, &controller.shared.proxy)?;
             if let Some(s) = saved.services.get(name) {
-                r.restore(s, &config.alert_providers);
+                r.restore(s, &config.refs);
             }
-            change = change
-                .version(name, &r.primary_name, r.primary.clone())
-                .version(name, &r.canary_name, r.canary.clone())
-                .policy(name, Some(r.policy()));
+            change = r.change(change);
             rollouts.push(r);
         }
         controller
@@ -204,7 +200,7 @@ impl Controller {
             status: &r.status,
             analysis: &r.analysis,
             primary_revision: r.primary.revision.as_deref(),
-            canary_revision: r.canary.revision.as_deref(),
+            canary_revision: r.canary_revision(),
         };
         let status = convert::rollout_status(&view, &stats);
         let m = &self.shared.metrics;

@@ -3,6 +3,7 @@
 //! and published.
 
 use weir_protos::control as pb;
+use weir_proxy::config::VersionConfig;
 
 use super::{Controller, Refusal};
 use crate::clock::now_ms;
@@ -32,11 +33,20 @@ impl Controller {
                 "revision {revision:?} is already the primary of {service}"
             )));
         }
-        let mut canary = r.canary.clone();
+        let mut canary = r
+            .canary
+            .clone()
+            .unwrap_or_else(|| VersionConfig::at(Vec::new()));
         canary.revision = Some(revision.to_string());
         if !endpoints.is_empty() {
             canary.endpoints = endpoints.to_vec();
         }
+        if canary.endpoints.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "{service} has no canary version yet: give the new revision's endpoints (--canary-endpoint)"
+            )));
+        }
+        let first = r.canary.is_none();
         self.shared
             .proxy
             .set_version(service, &r.canary_name, canary.clone())
@@ -51,7 +61,15 @@ impl Controller {
                         .join("; "),
                 )
             })?;
-        r.canary = canary;
+        r.canary = Some(canary);
+        if first {
+            // The canary version exists from now on: route it (at weight 0) and measure it.
+            let canary = self.shared.proxy.version(service, &r.canary_name);
+            r.measurements.attach_canary(canary);
+            if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
+                tracing::error!(service, error = %e, "cannot route the new canary");
+            }
+        }
         let status = self.after_change(&handle, &r);
         drop(r);
         handle.kick.notify_one();
@@ -65,15 +83,12 @@ impl Controller {
         value: serde_json::Value,
     ) -> Result<pb::RolloutStatus, Refusal> {
         let handle = self.handle(service)?;
-        let providers = self
-            .shared
-            .providers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let analysis = spec::parse(&value, "analysis", &providers)
-            .map_err(|e| Refusal::Invalid(weir_proxy::ConfigErrors(e).joined()))?;
         let mut r = handle.rollout.lock().await;
+        let analysis = {
+            let refs = self.shared.refs.read().unwrap_or_else(|p| p.into_inner());
+            spec::parse(&value, "analysis", &refs.catalog(&r.target.namespace))
+                .map_err(|e| Refusal::Invalid(weir_proxy::ConfigErrors(e).joined()))?
+        };
         // Both change together, and both go back if the proxy refuses the result.
         let previous = (
             std::mem::replace(&mut r.analysis, analysis),

@@ -54,10 +54,7 @@ impl Controller {
                 continue;
             };
             follow_file(&mut next, svc, block);
-            change = change
-                .version(name, &next.primary_name, next.primary.clone())
-                .version(name, &next.canary_name, next.canary.clone())
-                .policy(name, Some(next.policy()));
+            change = next.change(change);
             staged.push(next);
         }
         for (name, _, _) in &live {
@@ -67,14 +64,12 @@ impl Controller {
             }
         }
         self.shared.proxy.commit(change)?;
-        *self
-            .shared
-            .providers
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = cfg.alert_providers.clone();
+        *self.shared.refs.write().unwrap_or_else(|p| p.into_inner()) = cfg.refs.clone();
         for mut next in staged {
             if let Some((_, h, r)) = live.iter_mut().find(|l| l.0 == next.service) {
                 std::mem::swap(&mut next.measurements, &mut r.measurements);
+                let canary = self.shared.proxy.version(&next.service, &next.canary_name);
+                next.measurements.attach_canary(canary);
                 **r = next;
                 h.kick.notify_one();
             }
@@ -128,10 +123,9 @@ fn follow_file(next: &mut Rollout, svc: &ServiceConfig, block: &AnalysisBlock) {
         next.primary = effective_version(&next.primary, &next.file_primary, fp);
         next.file_primary = fp.clone();
     }
-    if let Some(fc) = svc.versions.get(&next.canary_name) {
-        next.canary = effective_version(&next.canary, &next.file_canary, fc);
-        next.file_canary = fc.clone();
-    }
+    let fc = svc.versions.get(&next.canary_name).cloned();
+    next.canary = effective_version(&next.canary, &next.file_canary, &fc);
+    next.file_canary = fc;
 }
 
 /// A new rollout's traffic: all to the primary.
@@ -139,7 +133,7 @@ fn initial_policy(svc: &ServiceConfig, block: &AnalysisBlock) -> Option<TrafficP
     let mut names = svc.versions.keys();
     let v = Versions {
         primary: names.next()?,
-        canary: names.next()?,
+        canary: names.next().map(String::as_str),
     };
     let routing = Routing {
         canary_weight: 0,

@@ -8,12 +8,15 @@ use weir_proxy::config::{ServiceConfig, VersionConfig};
 use weir_proxy::{Proxy, TrafficPolicy};
 
 use crate::clock::now_ms;
-use crate::config::AnalysisBlock;
+use crate::config::{AnalysisBlock, References};
 use crate::machine::{Phase, Status, Target};
 use crate::measurements::Measurements;
-use crate::spec::{self, AlertProviderConfig, Analysis, DEFAULT_METRIC_INTERVAL};
+use crate::spec::{self, Analysis, DEFAULT_METRIC_INTERVAL};
 use crate::store;
 use crate::traffic::{self, Routing, Versions};
+
+/// The canary's name in a service that declares only its primary.
+pub const DEFAULT_CANARY: &str = "canary";
 
 /// One service's rollout.
 pub(crate) struct Rollout {
@@ -27,19 +30,20 @@ pub(crate) struct Rollout {
     pub status: Status,
     pub primary_name: String,
     pub canary_name: String,
-    /// The versions as they run (promotions and StartRollout change them).
+    /// The versions as they run (promotions and StartRollout change them); a
+    /// primary-only service has no canary until a rollout brings one.
     pub primary: VersionConfig,
-    pub canary: VersionConfig,
+    pub canary: Option<VersionConfig>,
     /// The versions as weir.yaml last said, to tell a file edit apart.
     pub file_primary: VersionConfig,
-    pub file_canary: VersionConfig,
+    pub file_canary: Option<VersionConfig>,
     pub measurements: Measurements,
 }
 
 /// Why a rollout could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
-    #[error("service {0:?}: an analysis needs a primary and a canary version")]
+    #[error("service {0:?}: an analysis needs a primary version")]
     Versions(String),
     #[error("service {0:?}: the proxy does not know its versions")]
     NotRouted(String),
@@ -54,10 +58,12 @@ impl Rollout {
         proxy: &Proxy,
     ) -> Result<Rollout, RolloutError> {
         let mut versions = svc.versions.iter();
-        let (Some((primary_name, primary)), Some((canary_name, canary))) =
-            (versions.next(), versions.next())
-        else {
+        let Some((primary_name, primary)) = versions.next() else {
             return Err(RolloutError::Versions(svc.name.clone()));
+        };
+        let (canary_name, canary) = match versions.next() {
+            Some((n, v)) => (n.clone(), Some(v.clone())),
+            None => (DEFAULT_CANARY.to_string(), None),
         };
         let handle = |v: &str| {
             proxy
@@ -74,23 +80,26 @@ impl Rollout {
             written: block.written.clone(),
             applied_spec: None,
             status: Status::default(),
-            measurements: Measurements::new(handle(primary_name)?, handle(canary_name)?),
+            measurements: Measurements::new(
+                handle(primary_name)?,
+                proxy.version(&svc.name, &canary_name),
+            ),
             primary_name: primary_name.clone(),
-            canary_name: canary_name.clone(),
+            canary_name,
             file_primary: primary.clone(),
             file_canary: canary.clone(),
             primary: primary.clone(),
-            canary: canary.clone(),
+            canary,
         })
     }
 
     /// Resumes a saved rollout; a file edit made while weir was down wins for that version.
-    pub fn restore(&mut self, s: &store::Saved, providers: &[AlertProviderConfig]) {
+    pub fn restore(&mut self, s: &store::Saved, refs: &References) {
         self.status = s.status.clone();
         self.primary = effective_version(&s.primary, &s.file_primary, &self.file_primary);
         self.canary = effective_version(&s.canary, &s.file_canary, &self.file_canary);
         if let Some(spec) = &s.spec {
-            match spec::parse(spec, "state.spec", providers) {
+            match spec::parse(spec, "state.spec", &refs.catalog(&self.target.namespace)) {
                 Ok(a) => {
                     self.analysis = a;
                     self.applied_spec = Some(spec.clone());
@@ -130,6 +139,20 @@ impl Rollout {
         }
     }
 
+    /// The canary's revision, when there is a canary.
+    pub fn canary_revision(&self) -> Option<&str> {
+        self.canary.as_ref()?.revision.as_deref()
+    }
+
+    /// The proxy change that routes this rollout: its versions as they run and its policy.
+    pub fn change(&self, change: weir_proxy::Change) -> weir_proxy::Change {
+        let mut change = change.version(&self.service, &self.primary_name, self.primary.clone());
+        if let Some(c) = &self.canary {
+            change = change.version(&self.service, &self.canary_name, c.clone());
+        }
+        change.policy(&self.service, Some(self.policy()))
+    }
+
     /// The rollout's traffic as its status routes it now.
     pub fn policy(&self) -> TrafficPolicy {
         let s = &self.status;
@@ -144,7 +167,7 @@ impl Rollout {
     pub fn policy_for(&self, routing: Routing) -> TrafficPolicy {
         let versions = Versions {
             primary: &self.primary_name,
-            canary: &self.canary_name,
+            canary: self.canary.as_ref().map(|_| self.canary_name.as_str()),
         };
         traffic::policy(&self.analysis, versions, routing)
     }
@@ -189,7 +212,7 @@ impl Rollout {
             file_canary: self.file_canary.clone(),
             measurements: Measurements::new(
                 proxy.version(&self.service, &self.primary_name)?,
-                proxy.version(&self.service, &self.canary_name)?,
+                proxy.version(&self.service, &self.canary_name),
             ),
         })
     }
@@ -197,11 +220,11 @@ impl Rollout {
 
 /// A version after the file changed under a rollout: the file's entry when it was
 /// edited, otherwise the rollout's effective one (promotions, StartRollout endpoints).
-pub(crate) fn effective_version(
-    effective: &VersionConfig,
-    file_then: &VersionConfig,
-    file_now: &VersionConfig,
-) -> VersionConfig {
+pub(crate) fn effective_version<V: PartialEq + Clone>(
+    effective: &V,
+    file_then: &V,
+    file_now: &V,
+) -> V {
     if file_then == file_now {
         effective.clone()
     } else {

@@ -174,7 +174,7 @@ mod tests {
 
     fn analysis(yaml: &str) -> Result<spec::Analysis, Vec<weir_proxy::ConfigError>> {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("test yaml");
-        spec::parse(&v, "analysis", &[])
+        spec::parse(&v, "analysis", &crate::spec::Catalog::default())
     }
 
     #[test]

@@ -76,7 +76,8 @@ struct Rollout {
 impl Rollout {
     fn new(yaml: &str) -> Rollout {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-        let analysis = spec::parse(&v, "analysis", &[]).expect("valid analysis");
+        let analysis =
+            spec::parse(&v, "analysis", &crate::spec::Catalog::default()).expect("valid analysis");
         Rollout {
             target: Target {
                 name: "podinfo".into(),

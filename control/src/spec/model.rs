@@ -18,10 +18,65 @@ pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// A webhook's timeout when the spec gives none (Flagger's).
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// The fast-fail guard's sliding window when the spec gives none.
-pub const DEFAULT_FAST_FAIL_WINDOW: Duration = Duration::from_secs(30);
+/// The fast-fail guard's probability of ever rolling back a healthy canary in one run.
+pub const DEFAULT_FAST_FAIL_ALPHA: f64 = 0.01;
 /// Flagger's `progressDeadlineSeconds` default.
 pub const DEFAULT_PROGRESS_DEADLINE: u64 = 600;
+
+/// What a metric check measures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricKind {
+    /// A built-in over weir's own measurements.
+    Builtin(BuiltinMetric),
+    /// `request-status-rate`: percent of responses whose status matches one of these.
+    StatusRate(Vec<StatusPattern>),
+    /// A PromQL query against a Prometheus HTTP API.
+    Query(Query),
+}
+
+/// A status code (`404`) or class (`4xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPattern {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusPattern {
+    /// Parses `404` or `4xx`.
+    pub fn parse(s: &str) -> Option<StatusPattern> {
+        match s.as_bytes() {
+            [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                Some(StatusPattern::Class(u16::from(d - b'0')))
+            }
+            _ => s
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .map(StatusPattern::Code),
+        }
+    }
+
+    /// True when `code` matches.
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            StatusPattern::Code(c) => c == code,
+            StatusPattern::Class(c) => code / 100 == c,
+        }
+    }
+}
+
+/// A PromQL query to run at each check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// The Prometheus HTTP API's base URL.
+    pub address: String,
+    /// The query with Flagger's template variables, rendered at each check.
+    pub template: String,
+    /// `{{ variables.X }}`.
+    pub variables: BTreeMap<String, String>,
+    /// The template's name (`name.namespace`), or None for an inline query.
+    pub from: Option<String>,
+}
 
 /// The built-in metrics weir computes from its own measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +94,14 @@ pub enum BuiltinMetric {
 }
 
 impl BuiltinMetric {
-    /// Every built-in metric name.
-    pub const NAMES: [&'static str; 5] = [
+    /// Every built-in metric name (`request-status-rate` too).
+    pub const NAMES: [&'static str; 6] = [
         "request-success-rate",
         "request-duration",
         "request-duration-vs-primary",
         "error-rate-vs-primary",
         "request-5xx-count",
+        "request-status-rate",
     ];
 
     /// The metric a name refers to.
@@ -205,7 +261,7 @@ pub struct Analysis {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
     pub name: String,
-    pub kind: BuiltinMetric,
+    pub kind: MetricKind,
     pub window: Duration,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -245,9 +301,10 @@ impl Hook {
 /// A validated fast-fail guard.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FastFail {
+    /// The guard never fires before the canary served this many requests in the run.
     pub min_requests: u64,
+    /// The probability of ever rolling back a healthy canary during a run.
     pub alpha: f64,
-    pub window: Duration,
 }
 
 impl Analysis {

@@ -6,24 +6,25 @@ use std::time::Duration;
 
 use weir_proxy::config::{decode, join, string_match, ConfigError, Dur};
 
+use super::metrics::{metrics, Catalog};
 use super::model::*;
 use super::wire::{AlertProviderConfig, AlertSpec, AnalysisSpec, MatchRequest};
 
 /// Collects errors under one block's path.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     path: &'a str,
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn add(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: &str, message: impl Into<String>) {
         self.list
             .push(ConfigError::new(join(self.path, field), message));
     }
 
     /// An optional duration field: `default` when absent or empty, and when it does not
     /// parse (after reporting the error).
-    fn duration(&mut self, v: Option<&str>, default: Duration, field: &str) -> Duration {
+    pub(super) fn duration(&mut self, v: Option<&str>, default: Duration, field: &str) -> Duration {
         match v {
             None | Some("") => default,
             Some(s) => Dur::parse(s).map(|d| d.0).unwrap_or_else(|e| {
@@ -46,12 +47,12 @@ impl Errors<'_> {
 pub fn parse(
     value: &serde_json::Value,
     path: &str,
-    providers: &[AlertProviderConfig],
+    catalog: &Catalog<'_>,
 ) -> Result<Analysis, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let spec: Option<AnalysisSpec> = decode(value.clone(), path, &mut errors);
     match spec {
-        Some(spec) if errors.is_empty() => validate(spec, path, providers),
+        Some(spec) if errors.is_empty() => validate(spec, path, catalog),
         _ => Err(errors),
     }
 }
@@ -60,7 +61,7 @@ pub fn parse(
 pub fn validate(
     spec: AnalysisSpec,
     path: &str,
-    providers: &[AlertProviderConfig],
+    catalog: &Catalog<'_>,
 ) -> Result<Analysis, Vec<ConfigError>> {
     let mut e = Errors {
         path,
@@ -86,10 +87,10 @@ pub fn validate(
         }
     }
     let min_requests = spec.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS);
-    let metrics = metrics(&spec, min_requests, &mut e);
+    let metrics = metrics(&spec, min_requests, catalog, &mut e);
     let hooks = hooks(&spec, &mut e);
-    let alerts = alerts(&spec.alerts, providers, &mut e);
-    let fast_fail = fast_fail(&spec, min_requests, &mut e);
+    let alerts = alerts(&spec.alerts, catalog.providers, &mut e);
+    let fast_fail = fast_fail(&spec, &mut e);
     let mirror_percent = match spec.mirror_weight {
         None | Some(0) => 100.0,
         Some(v) => f64::from(e.percent("mirrorWeight", v, 0)),
@@ -232,72 +233,6 @@ fn match_request(m: &MatchRequest, at: &str, e: &mut Errors<'_>) {
     }
 }
 
-fn metrics(spec: &AnalysisSpec, min_requests: u64, e: &mut Errors<'_>) -> Vec<Metric> {
-    let mut out = Vec::new();
-    for (i, m) in spec.metrics.iter().enumerate() {
-        let at = format!("metrics[{i}]");
-        if m.query.is_some() || m.template_ref.is_some() {
-            e.add(
-                &at,
-                format!(
-                    "{:?}: PromQL queries and metric templates are not supported; weir measures {} itself",
-                    m.name,
-                    BuiltinMetric::NAMES.join(", ")
-                ),
-            );
-            continue;
-        }
-        let Some(kind) = BuiltinMetric::from_name(&m.name) else {
-            e.add(
-                &format!("{at}.name"),
-                format!(
-                    "unknown metric {:?}; built-in metrics are {}",
-                    m.name,
-                    BuiltinMetric::NAMES.join(", ")
-                ),
-            );
-            continue;
-        };
-        let window = e.duration(
-            m.interval.as_deref(),
-            DEFAULT_METRIC_INTERVAL,
-            &format!("{at}.interval"),
-        );
-        let (mut min, mut max) = m
-            .threshold_range
-            .map(|r| (r.min, r.max))
-            .unwrap_or((None, None));
-        if let (None, None, Some(t)) = (min, max, m.threshold) {
-            // Flagger's deprecated `threshold`.
-            if kind == BuiltinMetric::SuccessRate {
-                min = Some(t);
-            } else {
-                max = Some(t);
-            }
-        }
-        match (min, max) {
-            (None, None) => e.add(
-                &format!("{at}.thresholdRange"),
-                "a metric needs thresholdRange.min or thresholdRange.max",
-            ),
-            (Some(lo), Some(hi)) if lo > hi => e.add(
-                &format!("{at}.thresholdRange"),
-                format!("min {lo} is above max {hi}"),
-            ),
-            _ => {}
-        }
-        out.push(Metric {
-            name: m.name.clone(),
-            kind,
-            window,
-            min,
-            max,
-            min_requests: m.min_requests.unwrap_or(min_requests),
-        });
-    }
-    out
-}
-
 fn hooks(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Vec<Hook> {
     let mut out = Vec::new();
     for (i, h) in spec.webhooks.iter().enumerate() {
@@ -419,24 +354,21 @@ fn alerts(
     out
 }
 
-fn fast_fail(spec: &AnalysisSpec, min_requests: u64, e: &mut Errors<'_>) -> Option<FastFail> {
+/// The fast-fail guard (on unless disabled). `window` is accepted from earlier specs and
+/// ignored: the guard weighs the whole run.
+fn fast_fail(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Option<FastFail> {
     let f = match &spec.fast_fail {
         Some(f) if f.disabled => return None,
         f => f.clone().unwrap_or_default(),
     };
-    let alpha = f.alpha.unwrap_or(0.001);
+    let alpha = f.alpha.unwrap_or(DEFAULT_FAST_FAIL_ALPHA);
     if !(alpha > 0.0 && alpha < 1.0) {
         e.add("fastFail.alpha", format!("{alpha} is not between 0 and 1"));
     }
-    let window = e.duration(
-        f.window.as_deref(),
-        DEFAULT_FAST_FAIL_WINDOW,
-        "fastFail.window",
-    );
+    let _ = e.duration(f.window.as_deref(), Duration::ZERO, "fastFail.window");
     Some(FastFail {
-        min_requests: f.min_requests.unwrap_or(min_requests).max(1),
+        min_requests: f.min_requests.unwrap_or(0),
         alpha,
-        window,
     })
 }
 
@@ -448,7 +380,7 @@ mod tests {
 
     fn analysis(yaml: &str) -> Result<Analysis, Vec<ConfigError>> {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("test yaml");
-        parse(&v, "analysis", &[])
+        parse(&v, "analysis", &Catalog::default())
     }
 
     fn messages(r: Result<Analysis, Vec<ConfigError>>) -> Vec<String> {
@@ -554,7 +486,11 @@ mod tests {
             "interval: 1m\nthreshold: 1\nstepWeight: 5\nalerts:\n- name: on-call\n  severity: error\n  providerRef: {name: on-call, namespace: flagger}\n- name: dev\n  providerRef: {name: dev}\n",
         )
         .expect("yaml");
-        let e = parse(&v, "a", &providers).err().expect("dev is unknown");
+        let catalog = Catalog {
+            providers: &providers,
+            ..Catalog::default()
+        };
+        let e = parse(&v, "a", &catalog).err().expect("dev is unknown");
         assert_eq!(
             e[0].to_string(),
             "a.alerts[1].providerRef: no alertProviders entry named \"dev\""

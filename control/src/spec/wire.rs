@@ -121,17 +121,60 @@ pub struct MetricSpec {
     /// Deprecated Flagger field: success rate min, or duration/custom max.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
-    /// Flagger's PromQL; not supported (weir measures itself).
+    /// Flagger's (deprecated) inline PromQL, run against `metricsServer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// Flagger's MetricTemplate reference; not supported (weir measures itself).
+    /// A `metricTemplates` entry to run (Flagger's MetricTemplate reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template_ref: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template_variables: Option<serde_json::Value>,
+    pub template_ref: Option<TemplateRef>,
+    /// `{{ variables.X }}` in the template's query.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template_variables: BTreeMap<String, String>,
+    /// weir: the status codes `request-status-rate` counts (`404`, or a class like `5xx`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<String>,
     /// weir: overrides the analysis' `minRequests` for this check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
+}
+
+/// A reference to a `metricTemplates` entry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateRef {
+    pub name: String,
+    /// Defaults to the service's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Flagger's MetricTemplate: a query for a metrics provider. weir.yaml's `metricTemplates`
+/// takes this flat form or the Kubernetes object (`metadata` and `spec`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricTemplate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub provider: MetricProvider,
+    /// The query, with Flagger's template variables (`{{ namespace }}`, `{{ target }}`,
+    /// `{{ interval }}`, `{{ variables.X }}`, ...).
+    pub query: String,
+}
+
+/// A MetricTemplate's provider.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricProvider {
+    /// `prometheus` (Flagger's other providers are refused).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The Prometheus HTTP API's base URL.
+    #[serde(default)]
+    pub address: String,
+    /// Accepted for Flagger compatibility; certificates are always verified.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// A webhook: an HTTP call (Flagger's payload) or a local command (`exec`).
@@ -201,13 +244,14 @@ pub struct ProviderRef {
 pub struct FastFailSpec {
     #[serde(default)]
     pub disabled: bool,
-    /// Canary requests needed before the guard may fire (default 20).
+    /// Canary requests needed before the guard may fire (default 0: its guarantee
+    /// holds from the first request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
-    /// Significance of the one-sided exact test (default 0.001).
+    /// The probability of ever rolling back a healthy canary in one run (default 0.01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
-    /// Sliding window of the guard (default 30s).
+    /// Accepted from earlier versions and ignored: the guard weighs the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
 }

@@ -1,9 +1,11 @@
 //! Bodies are streamed frame by frame, never buffered whole: the request body weir sends
 //! upstream, and the response body it sends the client.
 
+mod progress;
 mod request;
 mod response;
 
+pub(crate) use progress::{Progress, Stage};
 pub(crate) use request::{Copy, RequestBody};
 pub(crate) use response::ResponseBody;
 

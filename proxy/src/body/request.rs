@@ -5,29 +5,38 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-
-use super::Polled;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
+use super::progress::Progress;
+use super::Polled;
+
 /// The body weir sends upstream.
 pub(crate) enum RequestBody {
-    /// The client's body, streamed; `copy` keeps a bounded copy for a mirror.
+    /// The client's body, streamed; `copy` keeps a bounded copy for a mirror; `progress`
+    /// tells the request's clocks how far it has come.
     Stream {
         inner: Incoming,
         copy: Option<Box<Copy>>,
+        progress: Option<Arc<Progress>>,
     },
     /// Chunks weir already holds (a mirror copy), sent as they are.
     Chunks(VecDeque<Bytes>),
 }
 
 impl RequestBody {
-    /// The client's body, streamed as it is.
-    pub(crate) fn stream(inner: Incoming) -> RequestBody {
-        RequestBody::Stream { inner, copy: None }
+    /// The client's body, streamed as it is, reporting to `progress`.
+    pub(crate) fn stream(inner: Incoming, progress: Option<Arc<Progress>>) -> RequestBody {
+        RequestBody::Stream {
+            inner,
+            copy: None,
+            progress,
+        }
     }
 }
 
@@ -91,13 +100,26 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
-        let (inner, copy) = match self.get_mut() {
+        let (inner, copy, progress) = match self.get_mut() {
             RequestBody::Chunks(chunks) => {
                 return Poll::Ready(chunks.pop_front().map(|d| Ok(Frame::data(d))))
             }
-            RequestBody::Stream { inner, copy } => (inner, copy),
+            RequestBody::Stream {
+                inner,
+                copy,
+                progress,
+            } => (inner, copy, progress),
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if let Some(p) = progress {
+            match &polled {
+                Poll::Pending => p.waiting_on_client(),
+                Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => p.ended(),
+                Poll::Ready(Some(Ok(_))) => p.moved(),
+                Poll::Ready(None) => p.ended(),
+                Poll::Ready(Some(Err(e))) => p.failed(e),
+            }
+        }
         if let Some(copy) = copy {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {

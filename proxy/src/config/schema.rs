@@ -119,9 +119,14 @@ pub struct RouteConfig {
     /// Mirror a share of matching requests to another version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
-    /// Time allowed for the upstream to answer with response headers (default 15s).
+    /// Time allowed from the end of the request body to the end of the response (default
+    /// 15s, Envoy's route timeout); `0s` turns it off (long streams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
+    /// An exchange in which nothing moves for this long is cut (default 5m, Envoy's
+    /// stream idle timeout); blamed on the side weir was waiting on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
 }
 
 /// Request conditions of a rule; all must hold.

@@ -235,9 +235,9 @@ fn rule(svc: &ServiceConfig, route: &RouteConfig, rp: &str, err: &mut impl FnMut
             );
         }
     }
-    if let Some(t) = route.timeout {
+    if let Some(t) = route.idle_timeout {
         if t.0.is_zero() {
-            err(format!("{rp}.timeout"), "must be greater than 0".into());
+            err(format!("{rp}.idleTimeout"), "must be greater than 0".into());
         }
     }
     if let Some(m) = &route.matches {

@@ -54,6 +54,7 @@ pub struct Families {
     pub(super) requests: IntCounterVec,
     pub(super) duration: HistogramVec,
     pub(super) upstream_errors: IntCounterVec,
+    pub(super) client_errors: IntCounterVec,
     pub(super) mirror_skipped: IntCounterVec,
     pub(super) mirror_comparisons: IntCounterVec,
     pub(super) weight: IntGaugeVec,
@@ -97,6 +98,12 @@ impl Families {
                 &r,
                 "weir_upstream_errors_total",
                 "Requests weir answered itself because the upstream failed, by reason.",
+                &["service", "version", "reason", "mirrored"],
+            ),
+            client_errors: counter_vec(
+                &r,
+                "weir_client_errors_total",
+                "Requests that failed by the client's doing (not counted against the version), by reason.",
                 &["service", "version", "reason", "mirrored"],
             ),
             mirror_skipped: counter_vec(

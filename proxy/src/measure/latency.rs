@@ -15,7 +15,7 @@ pub(super) struct LatencyShards {
     shards: Box<[Mutex<Histogram<u64>>]>,
 }
 
-pub(super) fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HDR_MAX_MICROS, 3).expect("static bounds are valid")
 }
 

@@ -18,7 +18,7 @@ pub(super) const ENVOY_CLASSES: [&str; 5] = ["1", "2", "3", "4", "5"];
 /// How one exchange ended, as the version's measurements record it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Outcome {
-    /// The status the client got (weir's own 502/504 included).
+    /// The status of the response (weir's own 502/504 included).
     pub status: u16,
     /// What failed, when something did.
     pub error: Option<ErrorKind>,
@@ -39,7 +39,8 @@ pub struct VersionMetrics {
     envoy_total: IntCounter,
     envoy_codes: Box<[OnceLock<IntCounter>]>,
     envoy_rq: IntCounterVec,
-    errors: [IntCounter; 5],
+    errors: [IntCounter; 7],
+    client: [IntCounter; 4],
     seconds: Histogram,
     millis: Histogram,
     pub(crate) weight: IntGauge,
@@ -75,6 +76,10 @@ impl VersionMetrics {
                 f.upstream_errors
                     .with_label_values(&[service, version, k.label(), m])
             }),
+            client: ErrorKind::CLIENT.map(|k| {
+                f.client_errors
+                    .with_label_values(&[service, version, k.label(), m])
+            }),
             seconds: f.duration.with_label_values(&[service, version, m]),
             millis: f.envoy_rq_time.with_label_values(&[c]),
             weight: f.weight.with_label_values(&[service, version]),
@@ -86,12 +91,22 @@ impl VersionMetrics {
         }
     }
 
-    /// Records one finished exchange: its status class, what failed, its latency.
+    /// Records one finished exchange. A client's fault is counted apart and nowhere
+    /// else; an upstream failure counts as the 502 or 504 it amounts to (also when it
+    /// came after a 200's headers); every other exchange by its status.
     pub(crate) fn record(&self, o: &Outcome) {
-        self.record_status(o.status);
-        if let Some(i) = o.error.and_then(ErrorKind::upstream_index) {
-            self.errors[i].inc();
+        let mut status = o.status;
+        if let Some(kind) = o.error {
+            if let Some(i) = kind.client_index() {
+                self.client[i].inc();
+                return;
+            }
+            if let Some(i) = kind.upstream_index() {
+                self.errors[i].inc();
+                status = kind.status().as_u16();
+            }
         }
+        self.record_status(status);
         let secs = o.elapsed.as_secs_f64();
         self.seconds.observe(secs);
         self.millis.observe(secs * 1000.0);
@@ -127,6 +142,11 @@ impl VersionMetrics {
         for kind in ErrorKind::UPSTREAM {
             let _ = f
                 .upstream_errors
+                .remove_label_values(&[s, v, kind.label(), mirrored]);
+        }
+        for kind in ErrorKind::CLIENT {
+            let _ = f
+                .client_errors
                 .remove_label_values(&[s, v, kind.label(), mirrored]);
         }
         for reason in MirrorSkip::ALL {
@@ -169,6 +189,13 @@ impl VersionMetrics {
             at: tokio::time::Instant::now(),
             responses: self.classes.each_ref().map(|c| c.get()),
             failures: self.errors.each_ref().map(|c| c.get()),
+            client_faults: self.client.each_ref().map(|c| c.get()),
+            codes: self
+                .envoy_codes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((i as u16 + 100, c.get()?.get())))
+                .collect(),
             latency: self.latency.merged(),
         }
     }

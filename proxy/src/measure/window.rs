@@ -17,10 +17,15 @@ pub struct VersionSnapshot {
     pub version: String,
     /// When it was taken.
     pub at: Instant,
-    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (including weir's own 502/504).
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (5xx includes weir's own 502/504
+    /// and exchanges that broke off or timed out after their headers).
     pub responses: [u64; 5],
-    /// Upstream failures weir answered itself, indexed like [`ErrorKind::UPSTREAM`].
-    pub failures: [u64; 5],
+    /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
+    pub failures: [u64; 7],
+    /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
+    pub client_faults: [u64; 4],
+    /// Responses by status code (those seen), as recorded.
+    pub codes: Vec<(u16, u64)>,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
 }
@@ -38,6 +43,20 @@ impl std::fmt::Debug for VersionSnapshot {
 }
 
 impl VersionSnapshot {
+    /// A version with nothing measured.
+    pub fn empty(service: &str, version: &str) -> VersionSnapshot {
+        VersionSnapshot {
+            service: service.to_string(),
+            version: version.to_string(),
+            at: Instant::now(),
+            responses: [0; 5],
+            failures: [0; 7],
+            client_faults: [0; 4],
+            codes: Vec::new(),
+            latency: super::latency::new_histogram(),
+        }
+    }
+
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &VersionSnapshot) -> Window {
         let mut latency = self.latency.clone();
@@ -51,6 +70,21 @@ impl VersionSnapshot {
                 self.responses[i].saturating_sub(earlier.responses[i])
             }),
             failures: std::array::from_fn(|i| self.failures[i].saturating_sub(earlier.failures[i])),
+            client_faults: std::array::from_fn(|i| {
+                self.client_faults[i].saturating_sub(earlier.client_faults[i])
+            }),
+            codes: self
+                .codes
+                .iter()
+                .map(|(code, n)| {
+                    let then = earlier
+                        .codes
+                        .iter()
+                        .find(|c| c.0 == *code)
+                        .map_or(0, |c| c.1);
+                    (*code, n.saturating_sub(then))
+                })
+                .collect(),
             latency,
         }
     }
@@ -61,6 +95,8 @@ impl VersionSnapshot {
             duration: Duration::ZERO,
             responses: self.responses,
             failures: self.failures,
+            client_faults: self.client_faults,
+            codes: self.codes.clone(),
             latency: self.latency.clone(),
         }
     }
@@ -73,8 +109,12 @@ pub struct Window {
     pub duration: Duration,
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
-    /// Upstream failures weir answered itself, indexed like [`ErrorKind::UPSTREAM`].
-    pub failures: [u64; 5],
+    /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
+    pub failures: [u64; 7],
+    /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
+    pub client_faults: [u64; 4],
+    /// Responses by status code.
+    pub codes: Vec<(u16, u64)>,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
 }
@@ -95,15 +135,28 @@ impl Window {
         self.failures.iter().sum()
     }
 
-    /// Failures of one kind.
+    /// Failures of one kind (upstream or client).
     pub fn failures_of(&self, kind: ErrorKind) -> u64 {
-        kind.upstream_index().map_or(0, |i| self.failures[i])
+        match (kind.upstream_index(), kind.client_index()) {
+            (Some(i), _) => self.failures[i],
+            (_, Some(i)) => self.client_faults[i],
+            _ => 0,
+        }
     }
 
     /// Percentage of non-5xx responses, as Flagger's `request-success-rate`; None without requests.
     pub fn success_rate(&self) -> Option<f64> {
         let n = self.requests();
         (n > 0).then(|| 100.0 * (n - self.errors_5xx()) as f64 / n as f64)
+    }
+
+    /// Responses whose status code `matches`.
+    pub fn responses_where(&self, matches: impl Fn(u16) -> bool) -> u64 {
+        self.codes
+            .iter()
+            .filter(|(code, _)| matches(*code))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Latency quantile (0.99 for p99) in milliseconds; None without requests.

@@ -3,7 +3,6 @@
 //! stickiness and session affinity.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderName;
 
@@ -15,9 +14,7 @@ use crate::headers::affinity::{Affinity, CANARY};
 use crate::measure::{Comparison, MirrorSkip};
 use crate::mirror::MirrorRule;
 use crate::split::WeightTable;
-
-/// Envoy's default route timeout.
-pub(crate) const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::timeouts::{Timeouts, DEFAULT_IDLE_TIMEOUT, DEFAULT_ROUTE_TIMEOUT};
 
 /// Default bound of mirrors in flight per service.
 const DEFAULT_MIRROR_SLOTS: usize = 1024;
@@ -146,7 +143,14 @@ fn rule(
     Some(Rule {
         matcher,
         target,
-        timeout: route.timeout.map(|d| d.0).unwrap_or(DEFAULT_ROUTE_TIMEOUT),
+        timeouts: Timeouts {
+            route: match route.timeout {
+                None => Some(DEFAULT_ROUTE_TIMEOUT),
+                Some(d) if d.0.is_zero() => None,
+                Some(d) => Some(d.0),
+            },
+            idle: route.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+        },
         mirror,
     })
 }

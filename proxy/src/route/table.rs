@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -16,6 +15,7 @@ use crate::headers::{cookie, strip_port};
 use crate::measure::VersionHandle;
 use crate::mirror::MirrorRule;
 use crate::split::WeightTable;
+use crate::timeouts::Timeouts;
 use crate::upstream::Upstream;
 
 /// An immutable, fully resolved routing snapshot.
@@ -59,8 +59,8 @@ pub(crate) struct Version {
 pub(crate) struct Rule {
     pub(super) matcher: Matcher,
     pub(super) target: Target,
-    /// Time allowed for response headers.
-    pub timeout: Duration,
+    /// The route timeout and the idle timeout.
+    pub timeouts: Timeouts,
     /// Mirror settings.
     pub mirror: Option<MirrorRule>,
 }
