@@ -2,10 +2,12 @@
 //! likes (every 100 ms) and still rolls back a healthy canary with probability at most
 //! `alpha` over the whole rollout.
 //!
-//! Between two looks, the canary served `n_c` responses with `e_c` 5xx and the primary
-//! `n_p` with `e_p`. If both fail at the same rate, each of the `e_c + e_p` failures came
-//! from the canary with probability `q = n_c / (n_c + n_p)`, the canary's share of the
-//! traffic in that batch, whatever the common rate and however the traffic moved. If the
+//! Counts are gathered into batches: a batch closes at the first look at which both
+//! versions have served (a rule that depends on the traffic, not on its failures). In a
+//! batch the canary served `n_c` responses with `e_c` 5xx and the primary `n_p` with
+//! `e_p`. If both fail at the same rate, each of the `e_c + e_p` failures came from the
+//! canary with probability `q = n_c / (n_c + n_p)`, the canary's share of the traffic in
+//! that batch, whatever the common rate and however the traffic moved. If the
 //! canary fails `k` times as often, that probability is `θ(k) = kq / (kq + 1 - q)`. The
 //! likelihood ratio of a batch, `(θ/q)^e_c ((1-θ)/(1-q))^e_p`, has expectation 1 under
 //! equal rates (and at most 1 when the canary is better, or when failures are per-request
@@ -13,7 +15,8 @@
 //! so the product over batches is a nonnegative supermartingale. A mixture over `k` of
 //! such products is one too (the mixture SPRT), and by Ville's inequality it ever reaches
 //! `1/alpha` with probability at most `alpha`. When the primary has no traffic in a batch
-//! (blue/green, say), the canary's own counts are tested against the failure rate the
+//! for a while (blue/green, say: a batch reaches `ALONE` canary responses and none of the
+//! primary's), the canary's own counts are tested against the failure rate the
 //! success-rate check allows: `(ρ/p0)^e ((1-ρ)/(1-p0))^(n-e)` with `ρ = min(k·p0, 0.999)`,
 //! again expectation at most 1 when the canary is within the allowance.
 
@@ -21,6 +24,9 @@ use crate::checks::Counts;
 
 /// Failure-rate multiples the mixture spreads its weight over (equal weights).
 const MULTIPLES: [f64; 9] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0];
+
+/// Canary responses with none of the primary's that make a batch of the canary alone.
+const ALONE: u64 = 100;
 
 /// The guard's evidence against the canary over one run.
 #[derive(Debug, Clone)]
@@ -33,6 +39,8 @@ pub struct Guard {
     primary: Counts,
     /// Cumulative counters at the last look.
     last: Option<(Counts, Counts)>,
+    /// The open batch: (canary, primary) since it opened.
+    pending: (Counts, Counts),
 }
 
 impl Guard {
@@ -44,6 +52,7 @@ impl Guard {
             canary: Counts::default(),
             primary: Counts::default(),
             last: None,
+            pending: (Counts::default(), Counts::default()),
         }
     }
 
@@ -68,9 +77,14 @@ impl Guard {
         allowed: Option<f64>,
     ) -> Option<String> {
         let (c0, p0) = self.last.replace((canary, primary))?;
-        let dc = canary.since(c0);
-        let dp = primary.since(p0);
-        self.add(dc, dp, allowed);
+        let (c, p) = &mut self.pending;
+        *c = c.plus(canary.since(c0));
+        *p = p.plus(primary.since(p0));
+        let (c, p) = self.pending;
+        if (c.requests > 0 && p.requests > 0) || (c.requests >= ALONE && p.requests == 0) {
+            self.pending = (Counts::default(), Counts::default());
+            self.add(c, p, allowed);
+        }
         (self.evidence() >= 1.0 / self.alpha).then(|| self.reason(allowed))
     }
 
@@ -80,7 +94,7 @@ impl Guard {
         self.last = None;
     }
 
-    /// Adds one batch of counts.
+    /// Adds one closed batch of counts.
     pub fn add(&mut self, dc: Counts, dp: Counts, allowed: Option<f64>) {
         self.canary = self.canary.plus(dc);
         self.primary = self.primary.plus(dp);
