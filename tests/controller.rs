@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::control::*;
@@ -298,6 +297,7 @@ async fn manual_abort_promote_and_clear_refusals() {
         .set_weight(pb::SetWeightRequest {
             service: "podinfo".into(),
             canary_weight: 25,
+            force: false,
         })
         .await
         .expect("set weight")
@@ -344,88 +344,6 @@ async fn manual_abort_promote_and_clear_refusals() {
         .await
         .expect_err("nothing to abort");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-}
-
-/// Starts weir with a state file, rolls out `canary` under load until its weight reaches
-/// `weight`, and kills weir with SIGKILL. Returns the config and state file paths.
-async fn kill_9_at_weight(
-    tag: &str,
-    analysis: &str,
-    primary: &Upstream,
-    canary: &Upstream,
-    weight: u32,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let state = dir.join("state.json");
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
-        config(primary, analysis, &format!("state: {}", state.display()))
-    );
-    let path = dir.join("weir.yaml");
-    std::fs::write(&path, &yaml).expect("write config");
-    let mut weir = Weir::start_file(path.clone());
-    let mut c = client(&weir).await;
-    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
-    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
-    start(&mut c, "2", canary).await;
-    wait_weight(&c, weight, Duration::from_secs(20)).await;
-    weir.signal("KILL");
-    let _ = weir.child.wait();
-    (path, state)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_rollout_resumes_at_the_same_step() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let analysis = FAST
-        .replace("interval: 1s", "interval: 2s")
-        .replace("maxWeight: 30", "maxWeight: 60");
-    let (path, state) = kill_9_at_weight("resume", &analysis, &v1, &v2, 20).await;
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("json");
-    let weight = saved["services"]["podinfo"]["status"]["canary_weight"]
-        .as_u64()
-        .expect("saved weight");
-    assert_eq!(
-        saved["services"]["podinfo"]["status"]["phase"],
-        "Progressing"
-    );
-    assert!(weight >= 20);
-
-    let weir = Weir::start_file(path);
-    let mut c = client(&weir).await;
-    let resumed = status(&mut c).await;
-    assert_eq!(resumed.phase, "Progressing");
-    assert_eq!(u64::from(resumed.canary_weight), weight, "same step");
-    assert_eq!(
-        resumed.canary_revision, "2",
-        "the StartRollout endpoints survive"
-    );
-    let shares = served_by(&weir, 60, &[]).await;
-    assert!(
-        shares.iter().any(|s| s == "v2"),
-        "the canary is routed at once: {shares:?}"
-    );
-    let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
-    let done = wait_phase(&mut c, "Succeeded", Duration::from_secs(40)).await;
-    assert_eq!(done.primary_revision, "2");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revert_on_restart_sends_traffic_back_to_the_primary() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let analysis = format!(
-        "{}\n      revertOnRestart: true",
-        FAST.replace("maxWeight: 30", "maxWeight: 90")
-    );
-    let (path, _) = kill_9_at_weight("revert", &analysis, &v1, &v2, 10).await;
-    let weir = Weir::start_file(path);
-    let mut c = client(&weir).await;
-    let s = status(&mut c).await;
-    assert_eq!((s.phase.as_str(), s.canary_weight), ("Failed", 0));
-    assert!(served_by(&weir, 30, &[]).await.iter().all(|s| s == "v1"));
 }
 
 /// `weir ctl start podinfo --revision REV --canary-endpoint EP --wait`, from a test runtime.
@@ -502,33 +420,6 @@ async fn weir_ctl_start_wait_exit_codes_and_status_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_service_reports_serving() {
-    let v1 = Upstream::start("v1").await;
-    let weir = Weir::start(&config(&v1, FAST, ""));
-    let channel = channel(&weir).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "weir.control.v1.Control".into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner();
-    assert_eq!(
-        reply.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-    let mut c = client(&weir).await;
-    let list = c
-        .list_rollouts(pb::ListRolloutsRequest {})
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(list.rollouts.len(), 1);
-    assert_eq!(list.rollouts[0].service, "podinfo");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloaded_canary_revision_starts_a_rollout_and_a_bad_analysis_changes_nothing() {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
@@ -577,114 +468,5 @@ async fn reloaded_canary_revision_starts_a_rollout_and_a_bad_analysis_changes_no
     assert_eq!(
         (s.phase.as_str(), s.canary_revision.as_str()),
         ("Progressing", "2")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_spec_takes_typed_messages_and_flagger_manifests() {
-    let v1 = Upstream::start("v1").await;
-    let weir = Weir::start(&config(&v1, FAST, ""));
-    let mut c = client(&weir).await;
-    let typed = pb::AnalysisSpec {
-        interval: "5s".into(),
-        threshold: 7,
-        step_weights: vec![1, 20, 60],
-        ..Default::default()
-    };
-    let s = c
-        .apply_spec(pb::ApplySpecRequest {
-            service: "podinfo".into(),
-            spec: Some(pb::apply_spec_request::Spec::Typed(typed)),
-        })
-        .await
-        .expect("typed spec")
-        .into_inner();
-    assert_eq!((s.threshold, s.max_weight), (7, 60));
-    let manifest = r#"
-apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata: { name: podinfo, namespace: test }
-spec:
-  analysis:
-    interval: 1m
-    threshold: 3
-    maxWeight: 40
-    stepWeight: 10
-    metrics:
-      - name: request-success-rate
-        thresholdRange: { min: 99 }
-        interval: 1m
-"#;
-    let s = c
-        .apply_spec(pb::ApplySpecRequest {
-            service: "podinfo".into(),
-            spec: Some(pb::apply_spec_request::Spec::Text(manifest.into())),
-        })
-        .await
-        .expect("manifest spec")
-        .into_inner();
-    assert_eq!((s.threshold, s.max_weight), (3, 40));
-}
-
-#[test]
-fn weir_check_names_analysis_errors() {
-    let dir = temp_dir("check");
-    let path = dir.join("weir.yaml");
-    std::fs::write(
-        &path,
-        "services:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n      canary: { endpoints: [\"127.0.0.1:2\"] }\n    analysis:\n      interval: 1m\n      threshold: 5\n      stepWeight: 5\n      iterations: 3\n      metrics:\n        - name: request-success-rate\n          thresholdRange: { min: 99 }\n          query: up\n",
-    )
-    .expect("write");
-    let out = Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("weir check");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
-    assert!(
-        err.contains(
-            "services[0].analysis.metrics[0].query: an inline query needs `metricsServer:`"
-        ),
-        "{err}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_control_service() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let v1 = Upstream::start("v1").await;
-    let weir = Weir::start(&config(&v1, FAST, ""));
-    let channel = channel(&weir).await;
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let reply = replies
-        .message()
-        .await
-        .expect("a reply")
-        .expect("not empty");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reply {reply:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"weir.control.v1.Control".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
     );
 }

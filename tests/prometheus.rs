@@ -394,7 +394,7 @@ metricTemplates:
     assert_eq!(failed.canary_weight, 0);
     let logs = weir.logs();
     assert!(
-        logs.contains("Halt podinfo.test advancement not-found-rate 100 > 5"),
+        logs.contains("Halt podinfo.test advancement not-found-rate 100.00 > 5"),
         "{logs}"
     );
     assert!(

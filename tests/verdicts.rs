@@ -151,7 +151,7 @@ async fn a_canary_answering_404s_fails_the_request_status_rate_check() {
     assert_eq!(failed.canary_weight, 0);
     assert!(
         weir.logs()
-            .contains("Halt podinfo.test advancement request-status-rate 100.00% > 5.00%"),
+            .contains("Halt podinfo.test advancement request-status-rate 100.00% > 5%"),
         "{}",
         weir.logs()
     );

@@ -129,13 +129,20 @@ impl Judge<'_> {
         })
     }
 
-    /// The verdict of `value` against the bounds, and its text (`x < min`, `x > max`).
-    fn range(&self, value: f64, show: &dyn Fn(f64) -> String) -> (Verdict, String) {
+    /// The verdict of `value` against the bounds, and its text (`x < min`, `x > max`),
+    /// the value as `show` writes it and the bound as `bound` does (Flagger prints a
+    /// custom metric's value with `%.2f` and its bound with `%v`).
+    fn range(
+        &self,
+        value: f64,
+        show: &dyn Fn(f64) -> String,
+        bound: &dyn Fn(f64) -> String,
+    ) -> (Verdict, String) {
         if let Some(lo) = self.m.min.filter(|lo| value < *lo) {
-            return (Verdict::Fail, format!("{} < {}", show(value), show(lo)));
+            return (Verdict::Fail, format!("{} < {}", show(value), bound(lo)));
         }
         if let Some(hi) = self.m.max.filter(|hi| value > *hi) {
-            return (Verdict::Fail, format!("{} > {}", show(value), show(hi)));
+            return (Verdict::Fail, format!("{} > {}", show(value), bound(hi)));
         }
         (Verdict::Pass, show(value))
     }
@@ -152,7 +159,7 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
             return j.too_few("", c.requests).unwrap_or_else(|| {
                 let hits = canary.responses_where(|code| patterns.iter().any(|p| p.matches(code)));
                 let value = 100.0 * hits as f64 / c.requests as f64;
-                let (verdict, text) = j.range(value, &|v| format!("{v:.2}%"));
+                let (verdict, text) = j.range(value, &|v| format!("{v:.2}%"), &|v| format!("{v}%"));
                 j.result(verdict, Some(value), format!("{} {text}", m.name))
             })
         }
@@ -171,7 +178,7 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
         BuiltinMetric::Duration => j.too_few("", c.requests).unwrap_or_else(|| {
             // Flagger truncates the p99 to whole milliseconds.
             let value = canary.quantile_ms(0.99).unwrap_or(0.0).trunc();
-            let (verdict, text) = j.range(value, &|v| go_duration(v));
+            let (verdict, text) = j.range(value, &go_duration, &go_duration);
             j.result(verdict, Some(value), format!("request duration {text}"))
         }),
         BuiltinMetric::DurationVsPrimary => j
@@ -181,7 +188,7 @@ pub fn evaluate(m: &Metric, canary: &Window, primary: &Window) -> CheckResult {
         BuiltinMetric::ErrorRateVsPrimary => error_rate_vs_primary(&j, c, Counts::of(primary)),
         BuiltinMetric::Count5xx => {
             let value = c.errors as f64;
-            let (verdict, text) = j.range(value, &|v| format!("{v}"));
+            let (verdict, text) = j.range(value, &|v| format!("{v}"), &|v| format!("{v}"));
             j.result(verdict, Some(value), format!("{} {text}", m.name))
         }
     }
@@ -201,7 +208,7 @@ pub fn judge_query(m: &Metric, outcome: QueryOutcome) -> CheckResult {
     let j = Judge { m };
     match outcome {
         QueryOutcome::Value(value) => {
-            let (verdict, text) = j.range(value, &|v| format!("{v}"));
+            let (verdict, text) = j.range(value, &|v| format!("{v:.2}"), &|v| format!("{v}"));
             j.result(verdict, Some(value), format!("{} {text}", m.name))
         }
         QueryOutcome::NoValues(e) => j.result(
@@ -226,7 +233,7 @@ fn error_rate_vs_primary(j: &Judge<'_>, c: Counts, pc: Counts) -> CheckResult {
         return r;
     }
     let value = fisher_greater(c, pc);
-    let (verdict, text) = j.range(value, &|v| format!("p={v:.3e}"));
+    let (verdict, text) = j.range(value, &|v| format!("p={v:.3e}"), &|v| format!("p={v:.3e}"));
     j.result(
         verdict,
         Some(value),

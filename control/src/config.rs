@@ -5,21 +5,19 @@
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use weir_proxy::config::{decode, parse_document, socket_addr, ConfigError, ConfigErrors};
+use weir_proxy::config::{decode, parse_document, ConfigErrors};
 use weir_proxy::ProxyConfig;
 
+use crate::auth::{control_from, ControlConfig};
 use crate::spec::{self, AlertProviderConfig, Analysis, Catalog, MetricTemplate};
-
-/// The control API's default address.
-pub const DEFAULT_CONTROL: &str = "127.0.0.1:9090";
 
 /// A whole weir.yaml.
 #[derive(Debug, Clone)]
 pub struct WeirConfig {
     /// The data plane's part.
     pub proxy: ProxyConfig,
-    /// The gRPC control API's address.
-    pub control: String,
+    /// The gRPC control API: address, TLS, credentials.
+    pub control: ControlConfig,
     /// The rollout state file.
     pub state: Option<PathBuf>,
     /// What analyses refer to: alert providers, metric templates, the metrics server.
@@ -83,7 +81,7 @@ impl WeirConfig {
                 .and_then(|o| o.remove(key))
                 .unwrap_or(serde_json::Value::Null)
         };
-        let control: Option<String> = decode(take("control"), "control", &mut errors).flatten();
+        let control = take("control");
         let state: Option<PathBuf> = decode(take("state"), "state", &mut errors).flatten();
         let alert_providers: Vec<AlertProviderConfig> =
             decode(take("alertProviders"), "alertProviders", &mut errors)
@@ -104,10 +102,7 @@ impl WeirConfig {
             metrics_server,
         };
         let written = take_analyses(&mut value);
-        let control = control.unwrap_or_else(|| DEFAULT_CONTROL.to_string());
-        if let Err(m) = socket_addr(&control) {
-            errors.push(ConfigError::new("control", m));
-        }
+        let control = control_from(control, &mut errors);
         let Some(mut proxy) = ProxyConfig::decode(value, &mut errors) else {
             return Err(ConfigErrors(errors));
         };
@@ -231,7 +226,7 @@ services:
         assert_eq!(svc.routes[1].split.as_ref().map(|s| s["canary"]), Some(10));
         assert_eq!(svc.versions["canary"].revision.as_deref(), Some("5.0.1"));
         assert_eq!(cfg.analyses["podinfo"].analysis.threshold, 5);
-        assert_eq!(cfg.control, "127.0.0.1:9090");
+        assert_eq!(cfg.control.address, "127.0.0.1:9090");
         assert_eq!(
             svc.session_affinity.as_ref().map(|s| s.primary_max_age),
             Some(15)

@@ -8,8 +8,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use weir_proxy::redact;
 
-/// Why a POST got no answer.
+/// Why a POST got no answer. URLs in it are redacted (credentials in user-info, query
+/// or path never reach a log or an event).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PostError {
     #[error("{url}: not a URL: {reason}")]
@@ -69,7 +71,7 @@ impl HttpPoster {
         timeout: Duration,
     ) -> Result<Answer, PostError> {
         let bytes = serde_json::to_vec(body).map_err(|e| PostError::BadUrl {
-            url: url.to_string(),
+            url: redact::url(url),
             reason: e.to_string(),
         })?;
         self.send(http::Method::POST, url, Some(bytes), timeout)
@@ -89,7 +91,7 @@ impl HttpPoster {
         timeout: Duration,
     ) -> Result<Answer, PostError> {
         let bad = |reason: String| PostError::BadUrl {
-            url: url.to_string(),
+            url: redact::url(url),
             reason,
         };
         let uri: http::Uri = url
@@ -126,7 +128,7 @@ impl HttpPoster {
         match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(PostError::TimedOut {
-                url: url.to_string(),
+                url: redact::url(url),
                 after: timeout,
             }),
         }

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod checks;
 pub mod cli;
 pub mod clock;

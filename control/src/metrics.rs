@@ -1,7 +1,7 @@
 //! Flagger's controller metrics, plus weir's rollout-duration histogram.
 
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use weir_proxy::{counter_vec, gauge_vec, histogram_vec, register};
 
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub tick_seconds: HistogramVec,
     /// `weir_rollout_duration_seconds{service,namespace,result}`.
     pub rollout_seconds: HistogramVec,
+    /// `weir_rollout_state_lost{name,namespace}`: 1 while a rollout's state is lost.
+    pub state_lost: IntGaugeVec,
+    /// `weir_state_file_corrupt_total`: corrupt state files set aside.
+    pub state_corrupt: IntCounter,
 }
 
 impl Metrics {
@@ -94,6 +98,20 @@ impl Metrics {
                     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
                 ]),
                 &["service", "namespace", "result"],
+            ),
+            state_lost: gauge_vec(
+                r,
+                "weir_rollout_state_lost",
+                "1 while weir has lost a rollout's state (corrupt state file) and refuses rollouts until `weir ctl reset`.",
+                &["name", "namespace"],
+            ),
+            state_corrupt: register(
+                r,
+                IntCounter::new(
+                    "weir_state_file_corrupt_total",
+                    "Corrupt state files set aside at start.",
+                )
+                .expect("static metric definition"),
             ),
         }
     }

@@ -1,8 +1,11 @@
 //! Rollout state on disk, written atomically (temporary file, fsync, rename) on every
-//! transition, so `kill -9` and a restart resume where weir stopped.
+//! transition, so `kill -9` and a restart resume where weir stopped. The previous good
+//! file is kept as `<state>.bak`; a corrupt file is set aside as
+//! `<state>.corrupt-<unix seconds>` and the copy used instead, so a bad file never keeps
+//! weir from serving.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -46,6 +49,60 @@ pub struct Saved {
     pub spec: Option<serde_json::Value>,
 }
 
+/// What starting from the state file found.
+#[derive(Debug)]
+pub enum Recovery {
+    /// The file was good (or absent: an empty state).
+    Intact(State),
+    /// The file was corrupt: set aside as `corrupt`, the state came from the `.bak` copy.
+    FromBackup {
+        state: State,
+        corrupt: PathBuf,
+        reason: String,
+    },
+    /// The file was corrupt (set aside as `corrupt`) and there was no usable copy: the
+    /// rollout state is lost.
+    Lost { corrupt: PathBuf, reason: String },
+}
+
+/// `<state><suffix>`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// The last good copy, kept by [`save`].
+pub fn backup_path(path: &Path) -> PathBuf {
+    beside(path, ".bak")
+}
+
+/// Reads the state file; a corrupt one is set aside and the last good copy used.
+pub fn recover(path: &Path) -> Result<Recovery, StoreError> {
+    let reason = match load(path) {
+        Ok(state) => return Ok(Recovery::Intact(state)),
+        Err(StoreError::Corrupt { reason, .. }) => reason,
+        Err(e) => return Err(e),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let corrupt = beside(path, &format!(".corrupt-{stamp}"));
+    std::fs::rename(path, &corrupt).map_err(|e| StoreError::Unreadable {
+        path: path.display().to_string(),
+        reason: format!("corrupt ({reason}) and cannot be set aside: {e}"),
+    })?;
+    let backup = backup_path(path);
+    match load(&backup) {
+        Ok(state) if backup.exists() => Ok(Recovery::FromBackup {
+            state,
+            corrupt,
+            reason,
+        }),
+        _ => Ok(Recovery::Lost { corrupt, reason }),
+    }
+}
+
 /// Reads the state file; a missing file is an empty state.
 pub fn load(path: &Path) -> Result<State, StoreError> {
     let shown = || path.display().to_string();
@@ -63,15 +120,22 @@ pub fn load(path: &Path) -> Result<State, StoreError> {
 }
 
 /// Writes the state atomically: readers see the old file or the new one, never a part.
+/// The file being replaced becomes `<state>.bak` (by a hard link, so the state file
+/// itself is never missing).
 pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
+    let tmp = beside(path, ".tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
+    }
+    if path.exists() {
+        let link = beside(path, ".bak.tmp");
+        let _ = std::fs::remove_file(&link);
+        if std::fs::hard_link(path, &link).is_ok() {
+            std::fs::rename(&link, backup_path(path))?;
+        }
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -117,12 +181,32 @@ mod tests {
         let back = load(&path).expect("load");
         assert_eq!(back.services["podinfo"].status.canary_weight, 15);
         assert!(!dir.join("state.json.tmp").exists());
+        // A second save keeps the first as the backup.
+        state.services["podinfo"].status.canary_weight = 30;
+        save(&path, &state).expect("save again");
+        assert_eq!(
+            load(&backup_path(&path)).expect("backup").services["podinfo"]
+                .status
+                .canary_weight,
+            15
+        );
         std::fs::write(&path, b"{nope").expect("write");
         assert!(load(&path)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
             .contains("not a weir state file"));
+        match recover(&path).expect("recover") {
+            Recovery::FromBackup { state, corrupt, .. } => {
+                assert_eq!(state.services["podinfo"].status.canary_weight, 15);
+                assert_eq!(std::fs::read(&corrupt).expect("set aside"), b"{nope");
+            }
+            other => panic!("expected the backup, got {other:?}"),
+        }
+        std::fs::write(&path, b"{nope").expect("write");
+        std::fs::write(backup_path(&path), b"also bad").expect("write");
+        assert!(matches!(recover(&path), Ok(Recovery::Lost { .. })));
+        assert!(!path.exists(), "the corrupt file is set aside");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

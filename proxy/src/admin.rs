@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`.
+//! The admin listener (`/metrics`, `/ready`, `/live`, `/config`) and the metrics
+//! listener (the same without `/config`, for Prometheus and probes off the pod).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -60,10 +61,33 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
             serde_json::json!({ "name": svc.name, "versions": versions })
         })
         .collect();
-    serde_json::json!({ "services": services, "config": state.config() })
+    let mut config = serde_json::to_value(state.config()).unwrap_or_default();
+    crate::redact::json(&mut config);
+    let mut out = serde_json::json!({ "services": services, "config": config });
+    if let Some(describe) = state.describe() {
+        let mut more = describe();
+        crate::redact::json(&mut more);
+        if let (Some(out), serde_json::Value::Object(more)) = (out.as_object_mut(), more) {
+            out.extend(more);
+        }
+    }
+    out
 }
 
-async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoints {
+    /// Everything, `/config` included.
+    Admin,
+    /// `/metrics`, `/ready` and `/live` only.
+    Metrics,
+}
+
+async fn handle(
+    state: Arc<ProxyState>,
+    endpoints: Endpoints,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,10 +109,15 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Resp
             }
         }
         "/live" => reply(StatusCode::OK, "text/plain", "OK\n"),
-        "/config" | "/config_dump" => {
+        "/config" | "/config_dump" if endpoints == Endpoints::Admin => {
             let body = serde_json::to_vec_pretty(&config_json(&state)).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
+        _ if endpoints == Endpoints::Metrics => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "weir metrics: try /metrics, /ready or /live\n",
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -97,9 +126,10 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Resp
     }
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
+/// Serves `endpoints` until `shutdown` resolves.
 pub(crate) async fn serve(
     state: Arc<ProxyState>,
+    endpoints: Endpoints,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -118,7 +148,7 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
+                async move { Ok::<_, Infallible>(handle(state, endpoints, req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });

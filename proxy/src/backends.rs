@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 use crate::config::{ServiceConfig, VersionConfig};
 use crate::headers::affinity::Tokens;
 use crate::measure::{Families, VersionHandle, VersionMetrics};
-use crate::upstream::Upstream;
+use crate::tls::TlsWatch;
+use crate::upstream::{BuildError, Upstream};
 
 /// (service, version).
 type VersionKey = (String, String);
@@ -21,14 +22,28 @@ struct Parts {
     metrics: VersionHandle,
 }
 
-/// Long-lived pools, metric handles, mirror bounds and affinity tokens.
-#[derive(Default)]
+/// Long-lived pools, metric handles, mirror bounds, affinity tokens and the watch over
+/// TLS files.
 pub(crate) struct Backends {
     pub(crate) families: Families,
+    pub(crate) tls: Arc<TlsWatch>,
     versions: Mutex<HashMap<VersionKey, Parts>>,
     /// Per service: the mirror in-flight bound and its size.
     mirror_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     pub(crate) tokens: Tokens,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        let families = Families::new();
+        Backends {
+            tls: Arc::new(TlsWatch::new(families.tls_reloads.clone())),
+            families,
+            versions: Mutex::default(),
+            mirror_slots: Mutex::default(),
+            tokens: Tokens::default(),
+        }
+    }
 }
 
 impl Backends {
@@ -39,16 +54,17 @@ impl Backends {
         svc: &ServiceConfig,
         name: &str,
         cfg: &VersionConfig,
-    ) -> Result<(Arc<Upstream>, VersionHandle), String> {
+    ) -> Result<(Arc<Upstream>, VersionHandle), BuildError> {
         let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         let key = (svc.name.clone(), name.to_string());
+        let who = format!("{}/{name}", svc.name);
         if let Some(p) = cache.get_mut(&key) {
             if !p.upstream.settings.same_connections(cfg) {
-                p.upstream = Arc::new(Upstream::new(cfg)?);
+                p.upstream = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
             }
             return Ok((p.upstream.clone(), p.metrics.clone()));
         }
-        let upstream = Arc::new(Upstream::new(cfg)?);
+        let upstream = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
         let metrics = |mirrored| {
             Arc::new(VersionMetrics::new(
                 &self.families,

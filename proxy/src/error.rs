@@ -36,6 +36,8 @@ pub enum ErrorKind {
     UpstreamTruncated,
     /// Nothing moved for the route's idle timeout while weir waited on the upstream.
     UpstreamIdle,
+    /// The TLS handshake with the endpoint failed (its certificate did not verify, say).
+    UpstreamTls,
     /// The client's request body is malformed (bad chunked framing, say).
     ClientMalformed,
     /// Nothing moved for the route's idle timeout while weir waited on the client's body.
@@ -52,7 +54,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The upstream failures, in the order of their metric label (`weir_upstream_errors_total`).
-    pub const UPSTREAM: [ErrorKind; 7] = [
+    pub const UPSTREAM: [ErrorKind; 8] = [
         ErrorKind::ConnectRefused,
         ErrorKind::ConnectTimeout,
         ErrorKind::UpstreamReset,
@@ -60,6 +62,7 @@ impl ErrorKind {
         ErrorKind::UpstreamProtocol,
         ErrorKind::UpstreamTruncated,
         ErrorKind::UpstreamIdle,
+        ErrorKind::UpstreamTls,
     ];
 
     /// The client's faults, in the order of their metric label (`weir_client_errors_total`).
@@ -79,7 +82,8 @@ impl ErrorKind {
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamTruncated
-            | ErrorKind::UpstreamIdle => Side::Upstream,
+            | ErrorKind::UpstreamIdle
+            | ErrorKind::UpstreamTls => Side::Upstream,
             ErrorKind::ClientMalformed
             | ErrorKind::ClientTimeout
             | ErrorKind::ClientGone
@@ -102,7 +106,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::UpstreamProtocol
-            | ErrorKind::UpstreamTruncated => StatusCode::BAD_GATEWAY,
+            | ErrorKind::UpstreamTruncated
+            | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout | ErrorKind::UpstreamIdle => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ClientMalformed | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
@@ -126,6 +131,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "protocol",
             ErrorKind::UpstreamTruncated => "truncated",
             ErrorKind::UpstreamIdle => "idle_timeout",
+            ErrorKind::UpstreamTls => "tls",
             ErrorKind::ClientMalformed => "malformed",
             ErrorKind::ClientTimeout => "timeout",
             ErrorKind::ClientGone => "gone",
@@ -145,6 +151,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream protocol error",
             ErrorKind::UpstreamTruncated => "upstream response broke off",
             ErrorKind::UpstreamIdle => "upstream stopped sending",
+            ErrorKind::UpstreamTls => "upstream TLS handshake failed",
             ErrorKind::ClientMalformed => "malformed request body",
             ErrorKind::ClientTimeout => "request body too slow",
             ErrorKind::ClientGone => "client went away",
@@ -227,10 +234,25 @@ impl StdError for ProxyError {
     }
 }
 
+/// A TLS handshake with an endpoint that failed.
+#[derive(Debug)]
+pub(crate) struct TlsFailure(pub std::io::Error);
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLS handshake: {}", self.0)
+    }
+}
+
+impl StdError for TlsFailure {}
+
 /// Walks an error's source chain for the first cause weir can name.
 fn classify(err: &(dyn StdError + 'static), connect: bool) -> ErrorKind {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = source {
+        if e.is::<TlsFailure>() {
+            return ErrorKind::UpstreamTls;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {

@@ -17,36 +17,66 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use crate::body::{Progress, RequestBody, ResponseBody, Stage};
-use crate::error::{ProxyError, Side};
+use crate::error::{ErrorKind, ProxyError, Side};
 use crate::exchange::Exchange;
-use crate::headers::{add_forwarding, authority_of, is_upgrade, strip_hop_by_hop};
+use crate::headers::{add_forwarding, is_upgrade, routed_host, strip_hop_by_hop, strip_internal};
 use crate::mirror::Shadow;
 use crate::route::{Decision, RequestView};
 use crate::state::ProxyState;
 use crate::timeouts::BodyClock;
 use crate::upstream::{Endpoint, Lease, Path};
 
+/// The client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The connection is TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
+}
+
 /// Handles one request: route, forward, answer; its outcome is recorded once, at its end.
 pub(crate) async fn handle(
     state: &ProxyState,
-    peer: SocketAddr,
+    conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    let host = match routed_host(req.uri(), req.headers()) {
+        Ok(h) => h.map(str::to_owned),
+        Err(why) => {
+            state
+                .backends
+                .families
+                .rejected
+                .with_label_values(&["host"])
+                .inc();
+            let text = format!("weir: bad request: {why}\n");
+            return synthetic(StatusCode::BAD_REQUEST, text, "bad_host");
+        }
+    };
     let table = state.table.load_full();
-    let decision = match route(&table, &req) {
+    let decision = match route(&table, host.as_deref(), &req) {
         Some(d) => d,
         None => {
             state.backends.families.unrouted.inc();
-            let host = authority_of(req.uri(), req.headers()).unwrap_or("(none)");
-            let text = format!("weir: no route for host {host} path {}\n", req.uri().path());
-            return synthetic(StatusCode::NOT_FOUND, text);
+            let shown = host.as_deref().unwrap_or("(none)");
+            let text = format!(
+                "weir: no route for host {shown} path {}\n",
+                req.uri().path()
+            );
+            return synthetic(StatusCode::NOT_FOUND, text, ErrorKind::NoRoute.label());
         }
     };
     let endpoint = decision.version.upstream.next_endpoint();
-    let mut upstream = match upstream_request(&decision, endpoint, peer, req, start) {
+    let trusted = table.trusted.contains(conn.peer.ip());
+    let from = From {
+        conn,
+        trusted,
+        host,
+    };
+    let mut upstream = match upstream_request(&decision, endpoint, from, req, start) {
         Ok(u) => u,
-        Err(text) => return synthetic(StatusCode::BAD_REQUEST, text),
+        Err(text) => return synthetic(StatusCode::BAD_REQUEST, text, "bad_request"),
     };
     let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
     mirror(&decision, &mut upstream, &mut exchange);
@@ -87,13 +117,26 @@ fn blame(e: ProxyError, progress: Option<&Progress>) -> ProxyError {
 }
 
 /// Phase 1: which service, rule and version the request goes to.
-fn route<'t>(table: &'t crate::route::RouteTable, req: &Request<Incoming>) -> Option<Decision<'t>> {
+fn route<'t>(
+    table: &'t crate::route::RouteTable,
+    host: Option<&str>,
+    req: &Request<Incoming>,
+) -> Option<Decision<'t>> {
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),
         headers: req.headers(),
     };
-    table.route(authority_of(req.uri(), req.headers()), &view)
+    table.route(host, &view)
+}
+
+/// Where a request came from, as the upstream is told.
+struct From {
+    conn: ConnInfo,
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    trusted: bool,
+    /// The host routed on (the upstream gets exactly this Host).
+    host: Option<String>,
 }
 
 /// The request as it goes upstream.
@@ -109,12 +152,13 @@ struct UpstreamRequest {
 }
 
 /// Phase 2: the upstream request, with all header, Host and URI work done once: hop-by-hop
-/// headers out, forwarding headers in; origin-form URI for a pooled HTTP/1.1 connection,
-/// absolute-form for hyper's client; `Host` for HTTP/1.1, `:authority` for HTTP/2.
+/// and `x-weir-*` headers out, forwarding headers in; origin-form URI for a pooled
+/// HTTP/1.1 connection, absolute-form for hyper's client; exactly one `Host` (the one
+/// routed on) for HTTP/1.1, `:authority` for HTTP/2.
 fn upstream_request(
     d: &Decision<'_>,
     endpoint: &Endpoint,
-    peer: SocketAddr,
+    from: From,
     mut req: Request<Incoming>,
     start: Instant,
 ) -> Result<UpstreamRequest, String> {
@@ -123,16 +167,12 @@ fn upstream_request(
     let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     let path = endpoint.path_for(req.method(), tunnel);
     let (mut parts, body) = req.into_parts();
+    let host = from.host.as_deref().unwrap_or(endpoint.address.as_str());
     match path {
         Path::Pooled => {
-            if let Some(authority) = parts.uri.authority() {
-                // Absolute-form (or h2's `:authority`): the host becomes Host when there is
-                // none, the request line gets the origin form.
-                if !parts.headers.contains_key(header::HOST) {
-                    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                        parts.headers.insert(header::HOST, v);
-                    }
-                }
+            if parts.uri.authority().is_some() {
+                // Absolute-form (or h2's `:authority`): the request line gets the origin
+                // form, the host goes in Host below.
                 let mut origin = http::uri::Parts::default();
                 origin.path_and_query = parts.uri.path_and_query().cloned();
                 parts.uri =
@@ -140,34 +180,32 @@ fn upstream_request(
             }
         }
         Path::Client => {
-            let host = authority_of(&parts.uri, &parts.headers)
-                .unwrap_or(endpoint.address.as_str())
-                .to_owned();
             parts.uri = Uri::builder()
                 .scheme("http")
-                .authority(host.as_str())
+                .authority(host)
                 .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
                 .build()
                 .map_err(|_| format!("weir: invalid Host {host:?}\n"))?;
         }
     }
     strip_hop_by_hop(&mut parts.headers, tunnel);
-    add_forwarding(&mut parts.headers, peer.ip(), "http");
+    strip_internal(&mut parts.headers);
+    let scheme = if from.conn.tls { "https" } else { "http" };
+    add_forwarding(
+        &mut parts.headers,
+        from.conn.peer.ip(),
+        scheme,
+        from.trusted,
+    );
     if http2 {
         parts.version = HttpVersion::HTTP_2;
         // `:authority` carries the host; a second `host` header would be a duplicate.
         parts.headers.remove(header::HOST);
     } else {
         parts.version = HttpVersion::HTTP_11;
-        if !parts.headers.contains_key(header::HOST) {
-            let value = parts
-                .uri
-                .authority()
-                .map_or(endpoint.address.as_str(), |a| a.as_str());
-            if let Ok(v) = HeaderValue::from_str(value) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
+        let value =
+            HeaderValue::from_str(host).map_err(|_| format!("weir: invalid Host {host:?}\n"))?;
+        parts.headers.insert(header::HOST, value);
     }
     let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
     Ok(UpstreamRequest {
@@ -246,30 +284,55 @@ fn answer_failure(
         Side::Client => {
             tracing::info!(service = %d.service.name, version = %d.version.name, reason = e.kind.label(), error = %e, "client error, not counted against the version")
         }
+        _ if once_a_second() => {
+            tracing::warn!(service = %d.service.name, version = %d.version.name, endpoint = %endpoint.address, reason = e.kind.label(), error = %e, "upstream failed (at most one such line a second; the rest at debug)")
+        }
         _ => {
             tracing::debug!(service = %d.service.name, version = %d.version.name, endpoint = %endpoint.address, reason = e.kind.label(), error = %e, "upstream failed")
         }
     }
     exchange.finish(Some(e.kind));
-    synthetic(
-        e.kind.status(),
-        format!(
-            "weir: {}: service {} version {} ({})\n",
-            e.kind.message(),
-            d.service.name,
-            d.version.name,
-            endpoint.address
-        ),
-    )
+    // The body names the service and version; the endpoint's address stays in the log.
+    let text = format!(
+        "weir: {}: service {} version {}\n",
+        e.kind.message(),
+        d.service.name,
+        d.version.name,
+    );
+    synthetic(e.kind.status(), text, e.kind.label())
 }
 
-/// A response weir makes itself: status and a one-line text body.
-pub(crate) fn synthetic(status: StatusCode, text: String) -> Response<ResponseBody> {
+/// True at most once a second (process-wide): failures with addresses reach the log
+/// without a failing version flooding it.
+fn once_a_second() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    now != last
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+static X_WEIR_ERROR: header::HeaderName = header::HeaderName::from_static("x-weir-error");
+
+/// A response weir makes itself: status, a one-line text body, and the reason in
+/// `x-weir-error` for machines.
+pub(crate) fn synthetic(
+    status: StatusCode,
+    text: String,
+    reason: &'static str,
+) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::synthetic(Bytes::from(text)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    headers.insert(X_WEIR_ERROR.clone(), HeaderValue::from_static(reason));
     resp
 }

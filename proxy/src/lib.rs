@@ -19,11 +19,13 @@ mod headers;
 mod measure;
 mod mirror;
 mod policy;
+pub mod redact;
 mod route;
 mod server;
 mod split;
 mod state;
 mod timeouts;
+pub mod tls;
 mod upstream;
 
 use std::future::Future;
@@ -39,6 +41,7 @@ pub use measure::{
     VersionSnapshot, Window, ENVOY_BUCKETS_MS,
 };
 pub use policy::{MirrorPolicy, Segment, SegmentTarget, TrafficPolicy};
+pub use server::{BindError, Listener};
 pub use state::Change;
 
 use state::ProxyState;
@@ -122,6 +125,40 @@ impl Proxy {
         admin::config_json(&self.state)
     }
 
+    /// Adds what `f` returns to `/config` (secrets redacted there).
+    pub fn describe_with(&self, f: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+        self.state.set_describe(Arc::new(f));
+    }
+
+    /// Binds the proxy listeners of the config (`listen`, then `listeners`), reading their
+    /// certificates; they are watched for changes from here on.
+    pub async fn bind(&self) -> Result<Vec<Listener>, BindError> {
+        let cfg = self.state.config();
+        let mut out = vec![Listener::bind("listen", &cfg.listen, cfg.tls.as_ref()).await?];
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let field = format!("listeners[{i}]");
+            out.push(Listener::bind(&field, &l.address, l.tls.as_ref()).await?);
+        }
+        for l in &out {
+            if let Some(tls) = l.tls() {
+                self.watch_tls(tls);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-reads `tls`'s files when they change (every [`tls::WATCH_EVERY`]) and on
+    /// [`Proxy::reload_tls`], with every other certificate the proxy uses.
+    pub fn watch_tls(&self, tls: &Arc<tls::ServerTls>) {
+        self.state.backends.tls.add_server(tls);
+    }
+
+    /// Re-reads every certificate file now (SIGHUP): changed ones are swapped in, bad
+    /// ones keep the previous certificates and are logged and counted.
+    pub fn reload_tls(&self) {
+        self.state.backends.tls.reload_all(true);
+    }
+
     /// True once shutdown has begun.
     pub fn draining(&self) -> bool {
         self.state
@@ -129,13 +166,41 @@ impl Proxy {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Serves proxy traffic on `listener` until `shutdown` resolves, then drains.
+    /// Serves proxy traffic (plaintext) on `listener` until `shutdown` resolves, then drains.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        server::serve(self.state.clone(), listener, shutdown).await
+        self.serve_listeners(vec![Listener::plain(listener)], shutdown)
+            .await
+    }
+
+    /// Serves proxy traffic on every listener until `shutdown` resolves, then drains.
+    pub async fn serve_listeners(
+        &self,
+        listeners: Vec<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        self.state.backends.tls.start();
+        server::serve(self.state.clone(), listeners, shutdown).await
     }
 
     /// Serves the admin endpoints on `listener` until `shutdown` resolves.
     pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        admin::serve(self.state.clone(), listener, shutdown).await
+        admin::serve(
+            self.state.clone(),
+            admin::Endpoints::Admin,
+            listener,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves `/metrics`, `/ready` and `/live` (no `/config`) until `shutdown` resolves.
+    pub async fn serve_metrics(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        admin::serve(
+            self.state.clone(),
+            admin::Endpoints::Metrics,
+            listener,
+            shutdown,
+        )
+        .await
     }
 }

@@ -1,5 +1,6 @@
-//! The proxy listener: accept, sniff HTTP/1.1 or h2c, serve each connection with its idle
-//! timeout, and drain on shutdown.
+//! The proxy listeners: accept, finish the TLS handshake (HTTPS listeners) or sniff
+//! HTTP/1.1 or h2c (plain ones), serve each connection with its idle timeout, and drain
+//! on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,14 +13,95 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::activity::{ConnActivity, WatchedIo};
-use crate::config::Limits;
-use crate::handler::handle;
+use crate::config::{Limits, ListenerTls};
+use crate::handler::{handle, ConnInfo};
 use crate::state::ProxyState;
+use crate::tls::{ClientCerts, ServerTls, TlsError};
+
+/// A bound proxy listener: plain, or HTTPS with its certificates.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {address} ({field}): {source}")]
+    Io {
+        field: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{field}.{error}")]
+    Tls { field: String, error: TlsError },
+}
+
+/// The protocols a proxy listener offers by ALPN, preferred first (gRPC clients need h2).
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+impl Listener {
+    /// A plaintext listener (HTTP/1.1 and h2c).
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+
+    /// Binds `address`, with TLS when `tls` is set (`field` names the config key for errors).
+    pub(crate) async fn bind(
+        field: &str,
+        address: &str,
+        tls: Option<&ListenerTls>,
+    ) -> Result<Listener, BindError> {
+        let tls = match tls {
+            Some(t) => {
+                let name = format!("listener {address}");
+                let tls_field = if field == "listen" {
+                    "tls".to_string()
+                } else {
+                    format!("{field}.tls")
+                };
+                Some(
+                    ServerTls::load(&name, t, ClientCerts::Required, &ALPN).map_err(|error| {
+                        BindError::Tls {
+                            field: tls_field,
+                            error,
+                        }
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let tcp = TcpListener::bind(address)
+            .await
+            .map_err(|source| BindError::Io {
+                field: field.to_string(),
+                address: address.to_string(),
+                source,
+            })?;
+        Ok(Listener { tcp, tls })
+    }
+
+    /// The bound address (the port, when the config said 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// True for an HTTPS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub(crate) fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
+    }
+}
 
 /// The HTTP/1.1 + h2c server settings from the limits.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -42,49 +124,29 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts connections until `shutdown` resolves, then drains: open connections are told
-/// to finish (GOAWAY on HTTP/2, `Connection: close` on HTTP/1) and in-flight requests get
-/// up to the drain timeout.
+/// Accepts connections on every listener until `shutdown` resolves, then drains: open
+/// connections are told to finish (GOAWAY on HTTP/2, `Connection: close` on HTTP/1) and
+/// in-flight requests get up to the drain timeout.
 pub(crate) async fn serve(
     state: Arc<ProxyState>,
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = state.limits.clone();
     let builder = Arc::new(builder(&limits));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut shutdown = pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let stop = stop_rx.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            state.backends.families.connections.inc();
-            connection(state.clone(), builder, stream, peer, stop, &limits).await;
-            state.backends.families.connections.dec();
-        });
+    let mut accepting = JoinSet::new();
+    for listener in listeners {
+        let (state, builder, stop) = (state.clone(), builder.clone(), stop_rx.clone());
+        accepting.spawn(accept(state, builder, listener, stop));
     }
-    drop(listener);
+    shutdown.await;
     state
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    // The listeners close as their loops end.
+    while accepting.join_next().await.is_some() {}
     let deadline = Instant::now() + limits.drain_timeout.0;
     while state.backends.families.connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -100,58 +162,142 @@ pub(crate) async fn serve(
     }
 }
 
-async fn connection(
+/// One listener's accept loop.
+async fn accept(
     state: Arc<ProxyState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    listener: Listener,
     mut stop: watch::Receiver<bool>,
-    limits: &Limits,
 ) {
-    // The protocol sniffing has no timeout of its own: a client that connects and says
-    // nothing is closed after the header read timeout.
-    let mut first = [0u8; 1];
-    tokio::select! {
-        r = tokio::time::timeout(limits.header_read_timeout.0, stream.peek(&mut first)) => {
-            match r {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        }
-        _ = stop.wait_for(|s| *s) => return,
-    }
-    let activity = ConnActivity::new();
-    let svc_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        let guard = svc_activity.start();
-        async move {
-            let resp = handle(&state, peer, req).await;
-            Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
-        }
-    });
-    let io = WatchedIo::new(stream, activity.clone());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let mut conn = pin!(conn);
-    let idle = limits.idle_timeout.0;
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing = false;
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     loop {
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = stop.wait_for(|s| *s), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            a = listener.tcp.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-            _ = tick.tick() => {
-                if activity.stopped_reading(idle) {
-                    // The client stopped reading: its responses are abandoned.
-                    break;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            state: state.clone(),
+            builder: builder.clone(),
+            stop: stop.clone(),
+        };
+        let tls = listener.tls.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let state = conn.state.clone();
+            state.backends.families.connections.inc();
+            match tls {
+                None => conn.plain(stream, peer).await,
+                Some(tls) => conn.secure(stream, peer, &tls, &name).await,
+            }
+            state.backends.families.connections.dec();
+        });
+    }
+}
+
+/// What serving one connection needs.
+struct Conn {
+    state: Arc<ProxyState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// A plaintext connection: HTTP/1.1 or h2c, told apart by hyper.
+    async fn plain(mut self, stream: TcpStream, peer: SocketAddr) {
+        // The protocol sniffing has no timeout of its own: a client that connects and
+        // says nothing is closed after the header read timeout.
+        let wait = self.state.limits.header_read_timeout.0;
+        let mut first = [0u8; 1];
+        tokio::select! {
+            r = tokio::time::timeout(wait, stream.peek(&mut first)) => {
+                match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
                 }
-                if !closing && activity.idle_for(idle) {
+            }
+            _ = self.stop.wait_for(|s| *s) => return,
+        }
+        self.serve(stream, ConnInfo { peer, tls: false }).await
+    }
+
+    /// A TLS connection: the handshake (within the header read timeout), then HTTP/1.1 or
+    /// h2 as ALPN chose.
+    async fn secure(mut self, stream: TcpStream, peer: SocketAddr, tls: &ServerTls, name: &str) {
+        let wait = self.state.limits.header_read_timeout.0;
+        let handshake = tokio::time::timeout(wait, tls.acceptor().accept(stream));
+        let stream = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                    self.state.backends.families.tls_handshake_failures.with_label_values(&[name]).inc();
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                    self.state.backends.families.tls_handshake_failures.with_label_values(&[name]).inc();
+                    return;
+                }
+            },
+            _ = self.stop.wait_for(|s| *s) => return,
+        };
+        self.serve(stream, ConnInfo { peer, tls: true }).await
+    }
+
+    /// Serves HTTP on a connection until it closes, idles out, or shutdown finishes it.
+    async fn serve<I>(mut self, io: I, info: ConnInfo)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = ConnActivity::new();
+        let svc_activity = activity.clone();
+        let state = self.state.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            let guard = svc_activity.start();
+            async move {
+                let resp = handle(&state, info, req).await;
+                Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
+            }
+        });
+        let io = WatchedIo::new(io, activity.clone());
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut conn = pin!(conn);
+        let idle = self.state.limits.idle_timeout.0;
+        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = self.stop.wait_for(|s| *s), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick() => {
+                    if activity.stopped_reading(idle) {
+                        // The client stopped reading: its responses are abandoned.
+                        break;
+                    }
+                    if !closing && activity.idle_for(idle) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@ use crate::backends::Backends;
 use crate::config::{
     validate, ConfigError, ConfigErrors, Limits, ProxyConfig, ServiceConfig, VersionConfig,
 };
+use crate::headers::TrustedProxies;
 use crate::policy::{self, TrafficPolicy};
 use crate::route::{build_service, HostIndex, RouteTable, Service};
 
@@ -65,7 +66,12 @@ pub(crate) struct ProxyState {
     pub(crate) limits: Limits,
     /// Serialises changes so read-modify-write changes never interleave.
     desired: Mutex<Desired>,
+    /// More of `/config`, from whoever drives the proxy (the controller's analyses).
+    describe: Mutex<Option<Describe>>,
 }
+
+/// A function adding to `/config`.
+pub(crate) type Describe = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl ProxyState {
     pub(crate) fn new(config: ProxyConfig) -> Result<ProxyState, ConfigErrors> {
@@ -75,6 +81,7 @@ impl ProxyState {
         let table = RouteTable {
             hosts: Arc::new(HostIndex::new(&services)),
             services,
+            trusted: Arc::new(TrustedProxies::parse(&config.trusted_proxies)),
         };
         table.services.iter().for_each(|s| s.publish_weights());
         Ok(ProxyState {
@@ -86,7 +93,20 @@ impl ProxyState {
                 config,
                 policies: HashMap::new(),
             }),
+            describe: Mutex::new(None),
         })
+    }
+
+    /// Sets what `/config` shows besides the proxy's own config.
+    pub(crate) fn set_describe(&self, f: Describe) {
+        *self.describe.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    pub(crate) fn describe(&self) -> Option<Describe> {
+        self.describe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The effective config: the file's services as they route now.
@@ -155,6 +175,7 @@ impl ProxyState {
         let table = RouteTable {
             hosts: Arc::new(HostIndex::new(&services)),
             services,
+            trusted: Arc::new(TrustedProxies::parse(&config.trusted_proxies)),
         };
         table.services.iter().for_each(|s| s.publish_weights());
         self.table.store(Arc::new(table));
@@ -217,6 +238,7 @@ impl ProxyState {
         self.table.store(Arc::new(RouteTable {
             services,
             hosts: current.hosts.clone(),
+            trusted: current.trusted.clone(),
         }));
         for (name, (i, svc)) in bases {
             desired.config.services[i] = svc;
@@ -239,7 +261,11 @@ impl ProxyConfig {
     fn clone_listeners(&self) -> ProxyConfig {
         ProxyConfig {
             listen: self.listen.clone(),
+            tls: self.tls.clone(),
+            listeners: self.listeners.clone(),
             admin: self.admin.clone(),
+            metrics: self.metrics.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
             limits: self.limits.clone(),
             services: Vec::new(),
         }

@@ -143,3 +143,15 @@ pub fn ctl_at(control: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `weir ctl` arguments starting revision 2 of podinfo on `endpoint`.
+pub fn start_args(endpoint: &str) -> [&str; 6] {
+    [
+        "start",
+        "podinfo",
+        "--revision",
+        "2",
+        "--canary-endpoint",
+        endpoint,
+    ]
+}

@@ -54,7 +54,7 @@ impl Acc {
         Window {
             duration: std::time::Duration::ZERO,
             responses,
-            failures: [0; 7],
+            failures: [0; weir_proxy::ErrorKind::UPSTREAM.len()],
             client_faults: [0; 4],
             codes: vec![(200, self.ok), (500, self.errors)],
             latency: self.latency.clone(),

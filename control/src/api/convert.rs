@@ -168,7 +168,12 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> pb::RolloutStatus
         canary_revision: r.canary_revision.unwrap_or_default().to_string(),
         primary_revision: r.primary_revision.unwrap_or_default().to_string(),
         last_transition_time: rfc3339(s.last_transition_ms),
-        message: s.phase.condition_message().into(),
+        message: match &s.state_lost {
+            Some(why) => format!(
+                "Rollout state lost: {why}. Serving the primary only until `weir ctl reset`."
+            ),
+            None => s.phase.condition_message().into(),
+        },
         checks: s
             .checks
             .iter()
@@ -189,5 +194,6 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> pb::RolloutStatus
             .unwrap_or_default(),
         threshold: r.analysis.threshold,
         max_weight: r.analysis.max_weight,
+        state_lost: s.state_lost.is_some(),
     }
 }

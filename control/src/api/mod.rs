@@ -1,18 +1,27 @@
 //! The gRPC control API (tonic), with the standard health service and server reflection
-//! so grpcurl and grpc_health_probe work.
+//! so grpcurl and grpc_health_probe work (both open to everyone: they change nothing),
+//! over plaintext or TLS (h2 by ALPN; client certificates checked per RPC).
 
 pub mod convert;
 mod service;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use weir_protos::control::control_server::ControlServer;
+use weir_proxy::tls::ServerTls;
 
+use crate::auth::Authorizer;
 use crate::controller::Controller;
 use service::Api;
+
+/// Time a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the control API stopped.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +32,12 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the control API, health and reflection on `listener` until `shutdown`.
+/// Serves the control API, health and reflection on `listener` until `shutdown`: over
+/// TLS when `tls` is set, each call checked by `auth`.
 pub async fn serve(
     controller: Controller,
+    auth: Arc<Authorizer>,
+    tls: Option<Arc<ServerTls>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -40,12 +52,61 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(ControlServer::new(Api { controller }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(ControlServer::new(Api { controller, auth }));
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(handshakes(listener, tls), shutdown)
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// Accepted connections after their TLS handshake; handshakes run side by side, so a
+/// slow client holds up no one.
+fn handshakes(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control API: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                // The server stopped reading: it has shut down.
+                _ = tx.closed() => return,
+            };
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "control API: TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(%peer, "control API: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }

@@ -1,4 +1,6 @@
-//! The Control service: each RPC is a controller call, each refusal a gRPC status.
+//! The Control service: each RPC is checked against the caller's credentials (reads and
+//! changes apart), then is a controller call; each refusal is a gRPC status, each
+//! accepted change is logged with who made it.
 
 use std::time::Duration;
 
@@ -9,12 +11,27 @@ use weir_protos::control as pb;
 use weir_protos::control::control_server::Control;
 
 use super::convert;
+use crate::auth::{Authorizer, Identity, Need};
 use crate::controller::{Controller, Notice, Refusal};
 use crate::machine::Op;
 
 /// The Control service over a [`Controller`].
 pub struct Api {
     pub(super) controller: Controller,
+    pub(super) auth: std::sync::Arc<Authorizer>,
+}
+
+/// Logs an accepted change with its caller.
+fn accepted<T>(
+    rpc: &str,
+    service: &str,
+    who: &Identity,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    if result.is_ok() {
+        tracing::info!(rpc, service, caller = %who, "control operation accepted");
+    }
+    result
 }
 
 fn refusal(r: Refusal) -> Status {
@@ -41,6 +58,7 @@ impl Control for Api {
         &self,
         req: Request<pb::ApplySpecRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "ApplySpec", Need::Change)?;
         let req = req.into_inner();
         need_service(&req.service)?;
         let value = match req.spec {
@@ -60,30 +78,36 @@ impl Control for Api {
             }
             None => return Err(Status::invalid_argument("spec must be set (text or typed)")),
         };
-        self.controller
+        let result = self
+            .controller
             .apply_spec(&req.service, value)
             .await
             .map(Response::new)
-            .map_err(refusal)
+            .map_err(refusal);
+        accepted("ApplySpec", &req.service, &who, result)
     }
 
     async fn start_rollout(
         &self,
         req: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "StartRollout", Need::Change)?;
         let req = req.into_inner();
         need_service(&req.service)?;
-        self.controller
+        let result = self
+            .controller
             .start_rollout(&req.service, &req.revision, &req.canary_endpoints)
             .await
             .map(Response::new)
-            .map_err(refusal)
+            .map_err(refusal);
+        accepted("StartRollout", &req.service, &who, result)
     }
 
     async fn get_status(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        self.auth.check(&req, "GetStatus", Need::Read)?;
         let req = req.into_inner();
         need_service(&req.service)?;
         self.controller
@@ -94,8 +118,9 @@ impl Control for Api {
 
     async fn list_rollouts(
         &self,
-        _req: Request<pb::ListRolloutsRequest>,
+        req: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsReply>, Status> {
+        self.auth.check(&req, "ListRollouts", Need::Read)?;
         Ok(Response::new(pb::ListRolloutsReply {
             rollouts: self.controller.list(),
         }))
@@ -107,6 +132,7 @@ impl Control for Api {
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.auth.check(&req, "Watch", Need::Read)?;
         let service = req.into_inner().service;
         let initial = if service.is_empty() {
             self.controller.list()
@@ -167,69 +193,111 @@ impl Control for Api {
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req.into_inner().service, Op::Promote).await
+        let who = self.auth.check(&req, "Promote", Need::Change)?;
+        self.op("Promote", &who, req.into_inner().service, Op::Promote)
+            .await
     }
 
     async fn abort(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req.into_inner().service, Op::Abort).await
+        let who = self.auth.check(&req, "Abort", Need::Change)?;
+        self.op("Abort", &who, req.into_inner().service, Op::Abort)
+            .await
     }
 
     async fn pause(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req.into_inner().service, Op::Pause).await
+        let who = self.auth.check(&req, "Pause", Need::Change)?;
+        self.op("Pause", &who, req.into_inner().service, Op::Pause)
+            .await
     }
 
     async fn resume(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req.into_inner().service, Op::Resume).await
+        let who = self.auth.check(&req, "Resume", Need::Change)?;
+        self.op("Resume", &who, req.into_inner().service, Op::Resume)
+            .await
     }
 
     async fn retry(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req.into_inner().service, Op::Retry).await
+        let who = self.auth.check(&req, "Retry", Need::Change)?;
+        self.op("Retry", &who, req.into_inner().service, Op::Retry)
+            .await
     }
 
     async fn set_weight(
         &self,
         req: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "SetWeight", Need::Change)?;
         let req = req.into_inner();
-        self.op(req.service, Op::SetWeight(req.canary_weight)).await
+        let op = Op::SetWeight {
+            weight: req.canary_weight,
+            force: req.force,
+        };
+        self.op("SetWeight", &who, req.service, op).await
     }
 
     async fn approve(
         &self,
         req: Request<pb::GateRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "Approve", Need::Change)?;
         let req = req.into_inner();
-        self.op(req.service, Op::Approve(req.gate)).await
+        self.op("Approve", &who, req.service, Op::Approve(req.gate))
+            .await
     }
 
     async fn deny(
         &self,
         req: Request<pb::GateRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "Deny", Need::Change)?;
         let req = req.into_inner();
-        self.op(req.service, Op::Deny(req.gate)).await
+        self.op("Deny", &who, req.service, Op::Deny(req.gate)).await
+    }
+
+    async fn reset(
+        &self,
+        req: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let who = self.auth.check(&req, "Reset", Need::Change)?;
+        let service = req.into_inner().service;
+        need_service(&service)?;
+        let result = self
+            .controller
+            .reset(&service)
+            .await
+            .map(Response::new)
+            .map_err(refusal);
+        accepted("Reset", &service, &who, result)
     }
 }
 
 impl Api {
-    async fn op(&self, service: String, op: Op) -> Result<Response<pb::RolloutStatus>, Status> {
+    async fn op(
+        &self,
+        rpc: &str,
+        who: &Identity,
+        service: String,
+        op: Op,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
         need_service(&service)?;
-        self.controller
+        let result = self
+            .controller
             .operate(&service, op)
             .await
             .map(Response::new)
-            .map_err(refusal)
+            .map_err(refusal);
+        accepted(rpc, &service, who, result)
     }
 }

@@ -15,7 +15,9 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
         "LASTTRANSITIONTIME".into(),
     ]];
     for r in rollouts {
-        let status = if r.paused {
+        let status = if r.state_lost {
+            "StateLost (weir ctl reset)".to_string()
+        } else if r.paused {
             format!("{} (paused)", r.phase)
         } else {
             r.phase.clone()

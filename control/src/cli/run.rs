@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_proxy::Proxy;
 
+use crate::auth::Authorizer;
 use crate::config::WeirConfig;
 use crate::controller::Controller;
 
@@ -38,14 +39,28 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
 fn reload_proxy(proxy: &Proxy, path: &Path) -> Result<(), weir_proxy::ConfigErrors> {
     let result = WeirConfig::load(path).and_then(|cfg| {
         let old = proxy.config();
-        let new = &cfg.proxy;
-        if new.listen != old.listen || new.admin != old.admin || new.limits != old.limits {
-            tracing::warn!("listen, admin and limits changes take effect on restart");
+        if listeners_changed(&old, &cfg.proxy) {
+            tracing::warn!(
+                "listener, TLS block, admin, metrics and limits changes take effect on restart"
+            );
         }
         proxy.apply(cfg.proxy)
     });
     proxy.record_reload(path, &result);
     result
+}
+
+/// True when a reload changes what only a restart applies.
+pub(crate) fn listeners_changed(
+    old: &weir_proxy::ProxyConfig,
+    new: &weir_proxy::ProxyConfig,
+) -> bool {
+    old.listen != new.listen
+        || old.tls != new.tls
+        || old.listeners != new.listeners
+        || old.admin != new.admin
+        || old.metrics != new.metrics
+        || old.limits != new.limits
 }
 
 /// Binds a listener, naming the config key in the error.
@@ -60,7 +75,8 @@ async fn until(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Re-reads the file on every SIGHUP: through the controller when there is one.
+/// Re-reads the file and every certificate on each SIGHUP: through the controller when
+/// there is one.
 fn reload_on_hup(mut hup: Signal, proxy: Proxy, controller: Option<Controller>, path: &Path) {
     let file = path.to_path_buf();
     tokio::spawn(async move {
@@ -69,8 +85,44 @@ fn reload_on_hup(mut hup: Signal, proxy: Proxy, controller: Option<Controller>, 
                 Some(ctl) => ctl.reload(&file).await,
                 None => reload_proxy(&proxy, &file),
             };
+            let p = proxy.clone();
+            let _ = tokio::task::spawn_blocking(move || p.reload_tls()).await;
         }
     });
+}
+
+/// The control API's listener, TLS and gatekeeper, ready to serve.
+struct ControlApi {
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<weir_proxy::tls::ServerTls>>,
+    auth: std::sync::Arc<Authorizer>,
+}
+
+impl ControlApi {
+    async fn bind(cfg: &WeirConfig, proxy: &Proxy) -> anyhow::Result<ControlApi> {
+        let access = &cfg.control;
+        let auth = Authorizer::new(access, proxy.families().registry())
+            .map_err(|e| anyhow::anyhow!("control.tokenFile: {e}"))?;
+        let tls = match &access.tls {
+            Some(t) => {
+                let tls = t.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+                proxy.watch_tls(&tls);
+                Some(tls)
+            }
+            None => None,
+        };
+        if access.insecure && !auth.required() {
+            tracing::warn!(address = %access.address, "control.insecure: anyone who reaches the control API can change traffic");
+        }
+        if access.token_file.is_some() && tls.is_none() {
+            tracing::warn!(address = %access.address, "control tokens travel in clear text: add control.tls");
+        }
+        Ok(ControlApi {
+            listener: bind(&access.address, "control").await?,
+            tls,
+            auth: std::sync::Arc::new(auth),
+        })
+    }
 }
 
 /// `weir run -c FILE` (and `weir proxy`, with `controller: false`): serves until SIGTERM
@@ -87,28 +139,50 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     let controller = match controller && !cfg.analyses.is_empty() {
         true => Some((
             Controller::start(proxy.clone(), &cfg)?,
-            bind(&cfg.control, "control").await?,
+            ControlApi::bind(&cfg, &proxy).await?,
         )),
         false => None,
     };
-    let listener = bind(&cfg.proxy.listen, "listen").await?;
+    let listeners = proxy.bind().await?;
     let admin = bind(&cfg.proxy.admin, "admin").await?;
+    let metrics = match &cfg.proxy.metrics {
+        Some(addr) => Some(bind(addr, "metrics").await?),
+        None => None,
+    };
     // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
     // reload, not kill the process.
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     // Tests and scripts read these lines to learn the ports when the config says :0.
-    println!("weir: proxy listening on {}", listener.local_addr()?);
+    for l in &listeners {
+        let scheme = if l.is_tls() { "https" } else { "http" };
+        println!("weir: proxy listening on {} ({scheme})", l.local_addr()?);
+    }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let ctl = match controller {
         Some((ctl, control)) => {
             // Before the admin line: scripts that wait for the admin line know them all.
-            println!("weir: control listening on {}", control.local_addr()?);
+            let scheme = if control.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!(
+                "weir: control listening on {} ({scheme})",
+                control.listener.local_addr()?
+            );
             let (api, stopped) = (ctl.clone(), stopped.clone());
             tasks.spawn(async move {
-                if let Err(e) = crate::api::serve(api, control, until(stopped)).await {
+                let served = crate::api::serve(
+                    api,
+                    control.auth,
+                    control.tls,
+                    control.listener,
+                    until(stopped),
+                );
+                if let Err(e) = served.await {
                     tracing::error!(error = %e, "control API stopped");
                 }
             });
@@ -116,13 +190,18 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if let Some(m) = metrics {
+        println!("weir: metrics listening on {}", m.local_addr()?);
+        let (p, stopped) = (proxy.clone(), stopped.clone());
+        tasks.spawn(async move { p.serve_metrics(m, until(stopped)).await });
+    }
     println!("weir: admin listening on {}", admin.local_addr()?);
     tracing::info!(services = cfg.proxy.services.len(), "weir started");
     reload_on_hup(hup, proxy.clone(), ctl, path);
     let admin_proxy = proxy.clone();
     tasks.spawn(async move { admin_proxy.serve_admin(admin, until(stopped)).await });
     proxy
-        .serve(listener, async move {
+        .serve_listeners(listeners, async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: draining"),
                 _ = int.recv() => tracing::info!("SIGINT: draining"),

@@ -47,10 +47,15 @@ impl Controller {
         }
     }
 
-    /// One tick of the machine; returns the interval to the next.
+    /// One tick of the machine; returns the interval to the next. A rollout whose state
+    /// is lost does not move until it is reset.
     async fn tick(&self, handle: &RolloutHandle) -> Duration {
         let started = Instant::now();
         let mut r = handle.rollout.lock().await;
+        if r.status.state_lost.is_some() {
+            self.publish(handle, &r);
+            return r.analysis.interval;
+        }
         r.checkpoint();
         let input = Input {
             canary_revision: r.canary_revision().map(str::to_string),
@@ -80,7 +85,11 @@ impl Controller {
     /// significantly worse than the primary.
     async fn guard(&self, handle: &RolloutHandle, refresh: bool) {
         let mut r = handle.rollout.lock().await;
-        let Some(reason) = fast_fail_reason(&mut r) else {
+        let reason = match r.status.state_lost {
+            Some(_) => None,
+            None => fast_fail_reason(&mut r),
+        };
+        let Some(reason) = reason else {
             if refresh {
                 self.publish(handle, &r);
             }

@@ -58,6 +58,8 @@ struct RolloutHandle {
     rollout: tokio::sync::Mutex<Rollout>,
     /// The status as last published, and what the state file keeps of it.
     published: Mutex<(pb::RolloutStatus, store::Saved)>,
+    /// The analysis in force as written (file or API), for `/config`.
+    spec: Mutex<serde_json::Value>,
     kick: Notify,
     stop: Notify,
 }
@@ -85,9 +87,9 @@ impl Controller {
     /// Starts the controller for every service with an analysis: restores the state
     /// file, routes the proxy as the state says, and spawns one task per rollout.
     pub fn start(proxy: Proxy, config: &WeirConfig) -> Result<Controller, StartError> {
-        let saved = match &config.state {
-            Some(p) => store::load(p)?,
-            None => store::State::default(),
+        let recovery = match &config.state {
+            Some(p) => store::recover(p)?,
+            None => store::Recovery::Intact(store::State::default()),
         };
         let poster = HttpPoster::new();
         let shared = Arc::new(Shared {
@@ -101,6 +103,15 @@ impl Controller {
             saved: Mutex::new(None),
         });
         let controller = Controller { shared };
+        let weak = Arc::downgrade(&controller.shared);
+        controller
+            .shared
+            .proxy
+            .describe_with(move || match weak.upgrade() {
+                Some(shared) => Controller { shared }.describe(),
+                None => serde_json::Value::Null,
+            });
+        let (saved, lost) = controller.recovered(recovery);
         let mut rollouts = Vec::new();
         let mut change = weir_proxy::Change::new();
         for (name, block) in &config.analyses {
@@ -110,6 +121,9 @@ impl Controller {
             let mut r = Rollout::new(svc, block, &controller.shared.proxy)?;
             if let Some(s) = saved.services.get(name) {
                 r.restore(s, &config.refs);
+            }
+            if let Some(why) = &lost {
+                r.lose_state(why);
             }
             change = r.change(change);
             rollouts.push(r);
@@ -126,16 +140,52 @@ impl Controller {
         Ok(controller)
     }
 
+    /// The state to resume from, and why it is lost when it is: a corrupt file is
+    /// reported (log and `weir_state_file_corrupt_total`) and set aside.
+    fn recovered(&self, recovery: store::Recovery) -> (store::State, Option<String>) {
+        let path = self
+            .shared
+            .state_path
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        match recovery {
+            store::Recovery::Intact(state) => (state, None),
+            store::Recovery::FromBackup {
+                state,
+                corrupt,
+                reason,
+            } => {
+                self.shared.metrics.state_corrupt.inc();
+                tracing::error!(path = %path.display(), set_aside = %corrupt.display(), error = %reason, "the rollout state file is corrupt; resuming from its last good copy");
+                (state, None)
+            }
+            store::Recovery::Lost { corrupt, reason } => {
+                self.shared.metrics.state_corrupt.inc();
+                tracing::error!(path = %path.display(), set_aside = %corrupt.display(), error = %reason, "the rollout state file is corrupt and there is no good copy: serving the primaries only; rollouts are refused until `weir ctl reset SERVICE`");
+                let why = format!(
+                    "the state file was corrupt ({reason}) and set aside as {}",
+                    corrupt.display()
+                );
+                (store::State::default(), Some(why))
+            }
+        }
+    }
+
     fn spawn(&self, r: Rollout) {
         let resume = r.status.phase != Phase::Initializing;
         let name = r.service.clone();
         let handle = Arc::new(RolloutHandle {
             namespace: r.target.namespace.clone(),
             published: Mutex::new((pb::RolloutStatus::default(), r.saved())),
+            spec: Mutex::new(serde_json::Value::Null),
             rollout: tokio::sync::Mutex::new(r),
             kick: Notify::new(),
             stop: Notify::new(),
         });
+        // Published before the rollout is visible, so no reader sees an empty status.
+        if let Ok(r) = handle.rollout.try_lock() {
+            self.publish(&handle, &r);
+        }
         self.shared
             .rollouts
             .write()
@@ -205,6 +255,9 @@ impl Controller {
         let status = convert::rollout_status(&view, &stats);
         let m = &self.shared.metrics;
         let (name, ns) = (r.target.name.as_str(), r.target.namespace.as_str());
+        m.state_lost
+            .with_label_values(&[name, ns])
+            .set(i64::from(r.status.state_lost.is_some()));
         m.status
             .with_label_values(&[name, ns])
             .set(r.status.phase.status_value());
@@ -225,6 +278,13 @@ impl Controller {
                 m.analysis.with_label_values(&[name, ns, &c.name]).set(v);
             }
         }
+        {
+            let written = r.applied_spec.as_ref().unwrap_or(&r.written);
+            let mut spec = handle.spec.lock().unwrap_or_else(|p| p.into_inner());
+            if *spec != *written {
+                *spec = written.clone();
+            }
+        }
         let mut published = handle.published.lock().unwrap_or_else(|p| p.into_inner());
         let old = &published.0;
         let changed = old.phase != status.phase
@@ -232,12 +292,34 @@ impl Controller {
             || old.failed_checks != status.failed_checks
             || old.last_event != status.last_event
             || old.paused != status.paused
-            || old.waiting_gate != status.waiting_gate;
+            || old.waiting_gate != status.waiting_gate
+            || old.state_lost != status.state_lost;
         *published = (status.clone(), r.saved());
         drop(published);
         if changed {
             self.shared.notifier.status(status);
         }
+    }
+
+    /// The analyses in force and what they refer to, for `/config` (which redacts them).
+    fn describe(&self) -> serde_json::Value {
+        let analyses: serde_json::Map<String, serde_json::Value> = self
+            .shared
+            .rollouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, h)| {
+                let spec = h.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                (name.clone(), spec)
+            })
+            .collect();
+        let refs = self.shared.refs.read().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "analyses": analyses,
+            "alertProviders": refs.alert_providers,
+            "metricsServer": refs.metrics_server,
+        })
     }
 
     /// `flagger_canary_total` per namespace (set when rollouts are added or removed).

@@ -23,6 +23,7 @@ impl Controller {
             return Err(Refusal::Invalid("revision must not be empty".into()));
         }
         let mut r = handle.rollout.lock().await;
+        refuse_if_lost(&r)?;
         if r.status.phase == Phase::Failed && r.status.last_applied.as_deref() == Some(revision) {
             return Err(Refusal::Precondition(format!(
                 "revision {revision:?} of {service} was rolled back; run `weir ctl retry {service}` to analyse it again"
@@ -33,10 +34,13 @@ impl Controller {
                 "revision {revision:?} is already the primary of {service}"
             )));
         }
-        let mut canary = r
-            .canary
-            .clone()
-            .unwrap_or_else(|| VersionConfig::at(Vec::new()));
+        // A first canary reaches its endpoints the way the primary does (HTTP/2, TLS,
+        // timeouts).
+        let mut canary = r.canary.clone().unwrap_or_else(|| VersionConfig {
+            endpoints: Vec::new(),
+            revision: None,
+            ..r.primary.clone()
+        });
         canary.revision = Some(revision.to_string());
         if !endpoints.is_empty() {
             canary.endpoints = endpoints.to_vec();
@@ -108,6 +112,7 @@ impl Controller {
     pub async fn operate(&self, service: &str, op: Op) -> Result<pb::RolloutStatus, Refusal> {
         let handle = self.handle(service)?;
         let mut r = handle.rollout.lock().await;
+        refuse_if_lost(&r)?;
         let before = r.status.measure_from_ms;
         let (kick, actions) = {
             let (mut m, mut env) = r.machine(&self.shared.poster, now_ms());
@@ -124,5 +129,40 @@ impl Controller {
             handle.kick.notify_one();
         }
         Ok(status)
+    }
+
+    /// `weir ctl reset`: after its state was lost, the service starts over from weir.yaml
+    /// (primary only) and takes rollouts again.
+    pub async fn reset(&self, service: &str) -> Result<pb::RolloutStatus, Refusal> {
+        let handle = self.handle(service)?;
+        let mut r = handle.rollout.lock().await;
+        if r.status.state_lost.is_none() {
+            return Err(Refusal::Precondition(format!(
+                "{service}'s rollout state is not lost: there is nothing to reset"
+            )));
+        }
+        r.status = crate::machine::Status {
+            last_event: format!("Rollout state of {} reset by an operator", r.target),
+            last_transition_ms: now_ms(),
+            ..crate::machine::Status::default()
+        };
+        if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
+            tracing::error!(service, error = %e, "cannot route the reset rollout");
+        }
+        let status = self.after_change(&handle, &r);
+        drop(r);
+        handle.kick.notify_one();
+        Ok(status)
+    }
+}
+
+/// Refuses rollout work on a service whose state weir lost.
+fn refuse_if_lost(r: &super::rollout::Rollout) -> Result<(), Refusal> {
+    match &r.status.state_lost {
+        Some(why) => Err(Refusal::Precondition(format!(
+            "{}'s rollout state was lost ({why}); it serves the primary only. Check which version should serve, then run `weir ctl reset {}`",
+            r.service, r.service
+        ))),
+        None => Ok(()),
     }
 }

@@ -127,6 +127,18 @@ impl Rollout {
         }
     }
 
+    /// weir lost this rollout's state: it keeps the primary only (as a new rollout does)
+    /// and takes no rollout until an operator resets it.
+    pub fn lose_state(&mut self, why: &str) {
+        let s = &mut self.status;
+        s.state_lost = Some(why.to_string());
+        s.last_event = format!(
+            "Rollout state of {} lost: {why}; serving the primary only. Check which version should serve, then run `weir ctl reset {}`",
+            self.target, self.service
+        );
+        s.last_transition_ms = now_ms();
+    }
+
     /// What the state file keeps of this rollout.
     pub fn saved(&self) -> store::Saved {
         store::Saved {

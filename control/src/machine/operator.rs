@@ -13,7 +13,11 @@ pub enum Op {
     Pause,
     Resume,
     Retry,
-    SetWeight(u32),
+    /// Set the canary's weight; above the analysis' maxWeight only when forced.
+    SetWeight {
+        weight: u32,
+        force: bool,
+    },
     /// Open a gate: the one named, or (empty) the one the rollout waits on.
     Approve(String),
     /// Refuse a gate: the rollout is rolled back.
@@ -59,7 +63,7 @@ impl Machine<'_> {
                 self.status.last_applied = None;
                 Ok(true)
             }
-            Op::SetWeight(w) => self.set_weight(*w).map(|()| false),
+            Op::SetWeight { weight, force } => self.set_weight(*weight, *force).map(|()| false),
             Op::Approve(gate) | Op::Deny(gate) => {
                 let kind = self.gate_named(gate)?;
                 if !phase.is_active() {
@@ -135,10 +139,18 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// `weir ctl set-weight`: move the canary's weight by hand during the analysis.
-    fn set_weight(&mut self, weight: u32) -> Result<(), Refused> {
+    /// `weir ctl set-weight`: move the canary's weight by hand during the analysis, within
+    /// the analysis' maxWeight unless forced.
+    fn set_weight(&mut self, weight: u32, force: bool) -> Result<(), Refused> {
         if weight > 100 {
             return Err(refused(format!("canary weight {weight} is above 100")));
+        }
+        let max = self.analysis.max_weight;
+        if weight > max && !force {
+            return Err(refused(format!(
+                "canary weight {weight} is above {}'s maxWeight {max}; add --force to go past it",
+                self.target.name
+            )));
         }
         if !self.status.phase.is_analysing() {
             return Err(refused(format!(
@@ -151,8 +163,9 @@ impl Machine<'_> {
         self.event(
             false,
             format!(
-                "Advance {} canary weight {weight} (set by hand)",
-                self.target
+                "Advance {} canary weight {weight} (set by hand{})",
+                self.target,
+                if weight > max { ", past maxWeight" } else { "" }
             ),
         );
         Ok(())

@@ -137,6 +137,9 @@ pub struct Status {
     /// The pre-rollout hooks passed for this run (a closed traffic gate at weight 0
     /// never runs them again).
     pub pre_rollout_passed: bool,
+    /// Why weir no longer knows this rollout's state (a corrupt state file): it serves
+    /// the primary only and takes no rollout until an operator resets it.
+    pub state_lost: Option<String>,
 }
 
 /// Names a service as Flagger names the target: `podinfo.test`.

@@ -17,18 +17,35 @@ pub use schema::{
     MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig, ServiceConfig,
     SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig,
 };
+pub use crate::tls::settings::{CertificateFiles, ListenerTls, UpstreamTls};
 pub use validate::{endpoint, match_config, socket_addr, string_match};
 
 /// The data plane's configuration: where it listens, its limits, and its services.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Proxy listener (HTTP/1.1 and h2c on one port).
+    /// Proxy listener: HTTP/1.1 and h2c on one port, or HTTPS (HTTP/1.1 and h2 by ALPN)
+    /// with `tls`.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Admin listener: /metrics /ready /live /config.
+    /// TLS for `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// More proxy listeners (plaintext and TLS side by side, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Admin listener: /metrics /ready /live /config (loopback by default: /config shows
+    /// the routing).
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// A listener serving only /metrics, /ready and /live, for Prometheus and probes
+    /// off the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-*` headers are kept and extended;
+    /// everyone else's are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Connection limits and timeouts of the proxy listener.
     #[serde(default)]
     pub limits: Limits,
@@ -42,6 +59,17 @@ fn default_listen() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9901".into()
+}
+
+/// One more proxy listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port`.
+    pub address: String,
+    /// TLS for this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
 }
 
 /// Listener limits: header sizes, slowloris and idle timeouts, drain.

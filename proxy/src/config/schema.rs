@@ -5,6 +5,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::Dur;
+use super::UpstreamTls;
 
 /// One service: the hosts it answers, its versions and its routes.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -64,6 +65,10 @@ pub struct VersionConfig {
     /// Most idle pooled connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
+    /// Speak TLS to the endpoints (verified against `ca` and `serverName`; a client
+    /// certificate for mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl VersionConfig {
@@ -76,6 +81,7 @@ impl VersionConfig {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_upstream_idle(),
             max_idle_per_endpoint: default_max_idle(),
+            tls: None,
         }
     }
 
@@ -87,6 +93,7 @@ impl VersionConfig {
             && self.connect_timeout == other.connect_timeout
             && self.idle_timeout == other.idle_timeout
             && self.max_idle_per_endpoint == other.max_idle_per_endpoint
+            && self.tls == other.tls
     }
 }
 

@@ -6,20 +6,58 @@ use std::net::SocketAddr;
 
 use super::decode::ConfigError;
 use super::schema::{MatchConfig, RouteConfig, ServiceConfig, StringMatch};
-use super::{Limits, ProxyConfig};
+use super::{Limits, ListenerTls, ProxyConfig};
 use crate::route::matcher;
 
-/// Every problem of a whole config.
+/// Every problem of a whole config; certificate files are read and checked too.
 pub(crate) fn config(c: &ProxyConfig) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    for (field, addr) in [("listen", &c.listen), ("admin", &c.admin)] {
+    let mut addresses = vec![
+        ("listen".to_string(), &c.listen),
+        ("admin".into(), &c.admin),
+    ];
+    addresses.extend(c.metrics.iter().map(|m| ("metrics".to_string(), m)));
+    for (i, l) in c.listeners.iter().enumerate() {
+        addresses.push((format!("listeners[{i}].address"), &l.address));
+    }
+    for (field, addr) in addresses {
         if let Err(m) = socket_addr(addr) {
             errors.push(ConfigError::new(field, m));
         }
     }
+    for (i, net) in c.trusted_proxies.iter().enumerate() {
+        if let Err(m) = crate::headers::cidr(net) {
+            errors.push(ConfigError::new(format!("trustedProxies[{i}]"), m));
+        }
+    }
     limits(&c.limits, &mut errors);
     errors.extend(services(&c.services));
+    tls_files(c, &mut errors);
     errors
+}
+
+/// Reads and checks every certificate, key and CA file the config names.
+fn tls_files(c: &ProxyConfig, errors: &mut Vec<ConfigError>) {
+    use crate::tls::{ClientCerts, ServerTls, UpstreamTls};
+    let mut listeners: Vec<(String, &ListenerTls)> = Vec::new();
+    listeners.extend(c.tls.iter().map(|t| ("tls".to_string(), t)));
+    for (i, l) in c.listeners.iter().enumerate() {
+        listeners.extend(l.tls.iter().map(|t| (format!("listeners[{i}].tls"), t)));
+    }
+    for (field, t) in listeners {
+        if let Err(e) = ServerTls::load(&field, t, ClientCerts::Required, &[]) {
+            errors.push(ConfigError::new(format!("{field}.{}", e.field), e.message));
+        }
+    }
+    for (i, svc) in c.services.iter().enumerate() {
+        for (name, v) in &svc.versions {
+            let Some(t) = &v.tls else { continue };
+            if let Err(e) = UpstreamTls::load(String::new(), t, v.http2) {
+                let field = format!("services[{i}].versions.{name}.tls.{}", e.field);
+                errors.push(ConfigError::new(field, e.message));
+            }
+        }
+    }
 }
 
 /// An `ip:port` address, or why not.

@@ -70,6 +70,12 @@ pub struct Families {
     pub unrouted: IntCounter,
     /// `weir_downstream_connections_active`.
     pub connections: IntGauge,
+    /// `weir_tls_reloads_total{result}`: certificate files re-read, ok or rejected.
+    pub(crate) tls_reloads: IntCounterVec,
+    /// `weir_tls_handshake_failures_total{listener}`.
+    pub(crate) tls_handshake_failures: IntCounterVec,
+    /// `weir_rejected_requests_total{reason}`: requests refused before routing.
+    pub(crate) rejected: IntCounterVec,
 }
 
 impl Families {
@@ -173,6 +179,24 @@ impl Families {
                     "Client connections currently open.",
                 )
                 .expect("static metric definition"),
+            ),
+            tls_reloads: counter_vec(
+                &r,
+                "weir_tls_reloads_total",
+                "Certificate files re-read because they changed: ok, or error (the previous ones keep serving).",
+                &["result"],
+            ),
+            tls_handshake_failures: counter_vec(
+                &r,
+                "weir_tls_handshake_failures_total",
+                "Client TLS handshakes that failed or timed out, per listener.",
+                &["listener"],
+            ),
+            rejected: counter_vec(
+                &r,
+                "weir_rejected_requests_total",
+                "Requests answered 400 before routing (conflicting Host headers, say), by reason.",
+                &["reason"],
             ),
             registry: r,
         }

@@ -39,7 +39,7 @@ pub struct VersionMetrics {
     envoy_total: IntCounter,
     envoy_codes: Box<[OnceLock<IntCounter>]>,
     envoy_rq: IntCounterVec,
-    errors: [IntCounter; 7],
+    errors: [IntCounter; ErrorKind::UPSTREAM.len()],
     client: [IntCounter; 4],
     seconds: Histogram,
     millis: Histogram,

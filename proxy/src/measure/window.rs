@@ -21,7 +21,7 @@ pub struct VersionSnapshot {
     /// and exchanges that broke off or timed out after their headers).
     pub responses: [u64; 5],
     /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
-    pub failures: [u64; 7],
+    pub failures: [u64; ErrorKind::UPSTREAM.len()],
     /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
     pub client_faults: [u64; 4],
     /// Responses by status code (those seen), as recorded.
@@ -50,7 +50,7 @@ impl VersionSnapshot {
             version: version.to_string(),
             at: Instant::now(),
             responses: [0; 5],
-            failures: [0; 7],
+            failures: [0; ErrorKind::UPSTREAM.len()],
             client_faults: [0; 4],
             codes: Vec::new(),
             latency: super::latency::new_histogram(),
@@ -110,7 +110,7 @@ pub struct Window {
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
     /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
-    pub failures: [u64; 7],
+    pub failures: [u64; ErrorKind::UPSTREAM.len()],
     /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
     pub client_faults: [u64; 4],
     /// Responses by status code.

@@ -35,9 +35,9 @@ pub(crate) fn service(
                 upstream,
                 metrics,
             }),
-            Err(message) => errors.push(ConfigError::new(
-                format!("{p}.versions.{name}.endpoints"),
-                message,
+            Err(e) => errors.push(ConfigError::new(
+                format!("{p}.versions.{name}.{}", e.field),
+                e.message,
             )),
         }
     }

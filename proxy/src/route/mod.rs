@@ -33,6 +33,7 @@ mod tests {
         RouteTable {
             hosts: Arc::new(HostIndex::new(&services)),
             services,
+            trusted: Arc::default(),
         }
     }
     fn pick(

@@ -22,6 +22,8 @@ use crate::upstream::Upstream;
 pub(crate) struct RouteTable {
     pub(crate) services: Vec<Arc<Service>>,
     pub(crate) hosts: Arc<HostIndex>,
+    /// Peers whose forwarding headers are believed.
+    pub(crate) trusted: Arc<crate::headers::TrustedProxies>,
 }
 
 /// Which service answers which host.

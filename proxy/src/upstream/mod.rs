@@ -21,6 +21,7 @@ pub(crate) use pool::Lease;
 use crate::body::RequestBody;
 use crate::config::VersionConfig;
 use crate::error::ProxyError;
+use crate::tls::{TlsWatch, UpstreamTls};
 use connect::EndpointConnector;
 use pool::Pool;
 
@@ -46,11 +47,38 @@ pub(crate) struct Upstream {
     pub http2: bool,
     /// The settings it was built from.
     pub settings: VersionConfig,
+    /// Its TLS (kept alive here; the watch holds it weakly).
+    _tls: Option<Arc<UpstreamTls>>,
+}
+
+/// Why a version's upstream cannot be built: the field (under the version) and why.
+pub(crate) struct BuildError {
+    pub field: String,
+    pub message: String,
 }
 
 impl Upstream {
-    /// Builds the pools of a version (nothing is dialled until a request needs it).
-    pub(crate) fn new(cfg: &VersionConfig) -> Result<Upstream, String> {
+    /// Builds the pools of a version (nothing is dialled until a request needs it); its
+    /// TLS files are read now and watched for changes. `name` is `service/version`.
+    pub(crate) fn new(
+        name: &str,
+        cfg: &VersionConfig,
+        watch: &TlsWatch,
+    ) -> Result<Upstream, BuildError> {
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let tls =
+                    UpstreamTls::load(format!("upstream {name}"), t, cfg.http2).map_err(|e| {
+                        BuildError {
+                            field: format!("tls.{}", e.field),
+                            message: e.message,
+                        }
+                    })?;
+                watch.add_upstream(&tls);
+                Some(tls)
+            }
+            None => None,
+        };
         let client = |connector: &EndpointConnector| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
@@ -61,31 +89,38 @@ impl Upstream {
                 .set_host(true)
                 .build(connector.clone())
         };
-        let endpoints = cfg
-            .endpoints
-            .iter()
-            .map(|address| {
-                let connector = EndpointConnector::new(address, cfg.connect_timeout.0)?;
-                let pool = (!cfg.http2).then(|| {
-                    Pool::new(
-                        connector.clone(),
-                        cfg.idle_timeout.0,
-                        cfg.max_idle_per_endpoint,
-                    )
-                });
-                Ok(Endpoint {
-                    address: address.clone(),
-                    pool,
-                    client: client(&connector),
-                    shadow: client(&connector),
+        let endpoints =
+            cfg.endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, address)| {
+                    let connector =
+                        EndpointConnector::new(address, cfg.connect_timeout.0, tls.as_ref())
+                            .map_err(|message| BuildError {
+                                field: format!("endpoints[{i}]"),
+                                message,
+                            })?;
+                    let pool = (!cfg.http2).then(|| {
+                        Pool::new(
+                            connector.clone(),
+                            cfg.idle_timeout.0,
+                            cfg.max_idle_per_endpoint,
+                        )
+                    });
+                    Ok(Endpoint {
+                        address: address.clone(),
+                        pool,
+                        client: client(&connector),
+                        shadow: client(&connector),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, BuildError>>()?;
         Ok(Upstream {
             endpoints,
             next: AtomicUsize::new(0),
             http2: cfg.http2,
             settings: cfg.clone(),
+            _tls: tls,
         })
     }
 

@@ -21,14 +21,13 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::connect::EndpointConnector;
+use super::connect::{EndpointConnector, Stream};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 
-type Io = TokioIo<TcpStream>;
+type Io = TokioIo<Stream>;
 
 /// One HTTP/1.1 connection to an endpoint.
 struct Conn {
@@ -147,7 +146,7 @@ impl Pool {
             .clone()
             .call(Uri::default())
             .await
-            .map_err(|e| ProxyError::upstream(e.into(), true))?;
+            .map_err(|e| ProxyError::upstream(e, true))?;
         let (sender, conn) = http1::handshake(io)
             .await
             .map_err(|e| ProxyError::upstream(Box::new(e), false))?;

@@ -1,23 +1,23 @@
 //! `weir ctl`: the control API's command-line client.
 
+mod connect;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use tonic::transport::Channel;
 use weir_protos::control as pb;
-use weir_protos::control::control_client::ControlClient;
 
 use super::render::{event_label, progress_line, table};
-use crate::http_client::error_chain;
 use crate::machine::Phase;
+pub use connect::Access;
+use connect::{connect, grpc_error, Client, CtlError};
 
 /// Options shared by every `weir ctl` command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CtlArgs {
-    /// Address of weir's control API.
-    #[arg(long, global = true, default_value = "127.0.0.1:9090")]
-    pub control: String,
+    #[command(flatten)]
+    pub access: Access,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -64,6 +64,9 @@ pub enum CtlCommand {
         /// Canary weight, 0-100.
         #[arg(long)]
         canary: u32,
+        /// Allow a weight above the analysis' maxWeight.
+        #[arg(long)]
+        force: bool,
     },
     /// Open a gate (the one the rollout waits on, or --gate).
     Approve {
@@ -77,53 +80,9 @@ pub enum CtlCommand {
         #[arg(long, default_value = "")]
         gate: String,
     },
-}
-
-/// Why a `weir ctl` command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error("--control {addr:?} is not an address: {reason}")]
-    BadAddress { addr: String, reason: String },
-    #[error("cannot reach weir's control API at {addr} ({reason}); is `weir run` running with `control:` set to that address?")]
-    Unreachable { addr: String, reason: String },
-    /// The API refused: `not found: ...`, `invalid: ...`, `refused: ...`.
-    #[error("{0}")]
-    Refused(String),
-    #[error("the control API closed the watch of {0}")]
-    Closed(String),
-}
-
-async fn connect(addr: &str) -> Result<ControlClient<Channel>, CtlError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Channel::from_shared(url)
-        .map_err(|e| CtlError::BadAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(3));
-    endpoint
-        .connect()
-        .await
-        .map(ControlClient::new)
-        .map_err(|e| CtlError::Unreachable {
-            addr: addr.to_string(),
-            reason: error_chain(&e),
-        })
-}
-
-fn grpc_error(s: tonic::Status) -> CtlError {
-    let code = match s.code() {
-        tonic::Code::NotFound => "not found",
-        tonic::Code::InvalidArgument => "invalid",
-        tonic::Code::FailedPrecondition => "refused",
-        tonic::Code::Unavailable => "unavailable",
-        _ => "error",
-    };
-    CtlError::Refused(format!("{code}: {}", s.message()))
+    /// After weir lost a service's rollout state (a corrupt state file): start it over
+    /// from weir.yaml, primary only, and accept rollouts again.
+    Reset { service: String },
 }
 
 /// Runs a `weir ctl` command.
@@ -138,7 +97,7 @@ pub async fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
-    let mut client = connect(&args.control).await?;
+    let mut client = connect(&args.access).await?;
     let svc = |s: &str| pb::ServiceRef { service: s.into() };
     let status = match args.command {
         CtlCommand::Status { service } => {
@@ -183,11 +142,16 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
         CtlCommand::Pause { service } => client.pause(svc(&service)).await,
         CtlCommand::Resume { service } => client.resume(svc(&service)).await,
         CtlCommand::Retry { service } => client.retry(svc(&service)).await,
-        CtlCommand::SetWeight { service, canary } => {
+        CtlCommand::SetWeight {
+            service,
+            canary,
+            force,
+        } => {
             client
                 .set_weight(pb::SetWeightRequest {
                     service,
                     canary_weight: canary,
+                    force,
                 })
                 .await
         }
@@ -195,6 +159,7 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
             client.approve(pb::GateRequest { service, gate }).await
         }
         CtlCommand::Deny { service, gate } => client.deny(pb::GateRequest { service, gate }).await,
+        CtlCommand::Reset { service } => client.reset(svc(&service)).await,
     }
     .map_err(grpc_error)?
     .into_inner();
@@ -205,7 +170,7 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
 /// `weir ctl start`: with a timeout (`--wait`), follows the rollout to its decision:
 /// exit 0 promoted, 1 rolled back, 2 no decision in time.
 async fn start(
-    client: &mut ControlClient<Channel>,
+    client: &mut Client,
     req: pb::StartRolloutRequest,
     wait: Option<u64>,
 ) -> Result<ExitCode, CtlError> {
@@ -255,7 +220,7 @@ async fn start(
 }
 
 async fn watch(
-    client: &mut ControlClient<Channel>,
+    client: &mut Client,
     service: &str,
     revision: Option<&str>,
 ) -> Result<bool, CtlError> {

@@ -1,0 +1,165 @@
+//! Bearer tokens from `control.tokenFile`: one a line as `name token`, `name token read`
+//! (read-only) or a bare `token`; `#` starts a comment. The file is re-read when it
+//! changes (checked at most once a second); a file that turns invalid keeps the tokens
+//! that were in force and says why. Tokens are compared in constant time and never
+//! printed.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+/// Shortest token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// One token: who it names, its secret and what it may do.
+pub struct Token {
+    pub name: String,
+    secret: Vec<u8>,
+    pub read_only: bool,
+}
+
+struct Loaded {
+    checked: Instant,
+    contents: Vec<u8>,
+    tokens: Vec<Token>,
+}
+
+/// The tokens of a file, kept current.
+pub struct Tokens {
+    path: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+fn parse(text: &str) -> Result<Vec<Token>, String> {
+    let mut tokens: Vec<Token> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (name, secret, read_only) = match fields.as_slice() {
+            [secret] => (format!("token-line-{n}"), *secret, false),
+            [name, secret] => (name.to_string(), *secret, false),
+            [name, secret, "read"] => (name.to_string(), *secret, true),
+            [name, secret, "write"] => (name.to_string(), *secret, false),
+            _ => {
+                return Err(format!(
+                    "line {n}: expected `name token`, `name token read` or `token`"
+                ))
+            }
+        };
+        if secret.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "line {n}: the token of {name} is shorter than {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(format!("line {n}: {name} is named twice"));
+        }
+        tokens.push(Token {
+            name,
+            secret: secret.as_bytes().to_vec(),
+            read_only,
+        });
+    }
+    Ok(tokens)
+}
+
+impl Tokens {
+    /// Reads and checks a token file.
+    pub fn read(path: &str) -> Result<Vec<Token>, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
+        parse(&text).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// Opens a token file for use.
+    pub fn open(path: &str) -> Result<Tokens, String> {
+        let contents = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let tokens = Tokens::read(path)?;
+        if tokens.is_empty() {
+            tracing::warn!(
+                path,
+                "the control token file has no tokens: no caller can use a token"
+            );
+        }
+        Ok(Tokens {
+            path: PathBuf::from(path),
+            loaded: Mutex::new(Loaded {
+                checked: Instant::now(),
+                contents,
+                tokens,
+            }),
+        })
+    }
+
+    /// The token presented, if it is one: its name and whether it may only read.
+    pub fn find(&self, presented: &[u8]) -> Option<(String, bool)> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.checked.elapsed() >= Duration::from_secs(1) {
+            self.refresh(&mut loaded);
+        }
+        // Every token is compared, so the time taken says nothing about which matched.
+        let mut found = None;
+        for t in &loaded.tokens {
+            if bool::from(t.secret.as_slice().ct_eq(presented)) {
+                found = Some((t.name.clone(), t.read_only));
+            }
+        }
+        found
+    }
+
+    fn refresh(&self, loaded: &mut Loaded) {
+        loaded.checked = Instant::now();
+        let shown = self.path.display().to_string();
+        let contents = match std::fs::read(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(path = %shown, error = %e, "cannot re-read the control token file; keeping the tokens in force");
+                return;
+            }
+        };
+        if contents == loaded.contents {
+            return;
+        }
+        let parsed = String::from_utf8(contents.clone())
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|t| parse(&t));
+        loaded.contents = contents;
+        match parsed {
+            Ok(tokens) => {
+                tracing::info!(path = %shown, tokens = tokens.len(), "control tokens reloaded");
+                loaded.tokens = tokens;
+            }
+            Err(e) => {
+                tracing::error!(path = %shown, error = %e, "control token file rejected; keeping the tokens in force")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_tokens_and_bad_lines_say_where() {
+        let t = parse("# ci\nci-pipeline 0123456789abcdef0123\nviewer fedcba9876543210fedc read\nabcdefabcdefabcdefab\n")
+            .expect("valid");
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].name, "ci-pipeline");
+        assert!(t[1].read_only);
+        assert_eq!(t[2].name, "token-line-4");
+        let e = parse("ci short").err().unwrap_or_default();
+        assert!(e.contains("line 1") && e.contains("shorter"), "{e}");
+        assert!(!e.contains("short "), "the token must not be printed: {e}");
+        let e = parse("a 0123456789abcdef0123 admin")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

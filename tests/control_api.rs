@@ -1,0 +1,146 @@
+//! The control API as a client sees it: gRPC health and reflection, ApplySpec with typed
+//! messages and Flagger manifests, and `weir check` naming analysis errors.
+
+mod support;
+
+use std::process::Command;
+
+use support::control::*;
+use support::*;
+use weir_protos::control as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_service_reports_serving() {
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let channel = channel(&weir).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "weir.control.v1.Control".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut c = client(&weir).await;
+    let list = c
+        .list_rollouts(pb::ListRolloutsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.rollouts.len(), 1);
+    assert_eq!(list.rollouts[0].service, "podinfo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_spec_takes_typed_messages_and_flagger_manifests() {
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let mut c = client(&weir).await;
+    let typed = pb::AnalysisSpec {
+        interval: "5s".into(),
+        threshold: 7,
+        step_weights: vec![1, 20, 60],
+        ..Default::default()
+    };
+    let s = c
+        .apply_spec(pb::ApplySpecRequest {
+            service: "podinfo".into(),
+            spec: Some(pb::apply_spec_request::Spec::Typed(typed)),
+        })
+        .await
+        .expect("typed spec")
+        .into_inner();
+    assert_eq!((s.threshold, s.max_weight), (7, 60));
+    let manifest = r#"
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: { name: podinfo, namespace: test }
+spec:
+  analysis:
+    interval: 1m
+    threshold: 3
+    maxWeight: 40
+    stepWeight: 10
+    metrics:
+      - name: request-success-rate
+        thresholdRange: { min: 99 }
+        interval: 1m
+"#;
+    let s = c
+        .apply_spec(pb::ApplySpecRequest {
+            service: "podinfo".into(),
+            spec: Some(pb::apply_spec_request::Spec::Text(manifest.into())),
+        })
+        .await
+        .expect("manifest spec")
+        .into_inner();
+    assert_eq!((s.threshold, s.max_weight), (3, 40));
+}
+
+#[test]
+fn weir_check_names_analysis_errors() {
+    let dir = temp_dir("check");
+    let path = dir.join("weir.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n      canary: { endpoints: [\"127.0.0.1:2\"] }\n    analysis:\n      interval: 1m\n      threshold: 5\n      stepWeight: 5\n      iterations: 3\n      metrics:\n        - name: request-success-rate\n          thresholdRange: { min: 99 }\n          query: up\n",
+    )
+    .expect("write");
+    let out = Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("weir check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
+    assert!(
+        err.contains(
+            "services[0].analysis.metrics[0].query: an inline query needs `metricsServer:`"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_control_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let v1 = Upstream::start("v1").await;
+    let weir = Weir::start(&config(&v1, FAST, ""));
+    let channel = channel(&weir).await;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("a reply")
+        .expect("not empty");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"weir.control.v1.Control".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
