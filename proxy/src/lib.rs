@@ -27,6 +27,7 @@ mod state;
 mod timeouts;
 pub mod tls;
 mod upstream;
+mod workers;
 
 use std::future::Future;
 use std::path::Path;

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::config::{Limits, ListenerTls};
 use crate::handler::{handle, ConnInfo};
 use crate::state::ProxyState;
 use crate::tls::{ClientCerts, ServerTls, TlsError};
+use crate::workers;
 
 /// A bound proxy listener: plain, or HTTPS with its certificates.
 pub struct Listener {
@@ -124,9 +126,16 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts connections on every listener until `shutdown` resolves, then drains: open
-/// connections are told to finish (GOAWAY on HTTP/2, `Connection: close` on HTTP/1) and
-/// in-flight requests get up to the drain timeout.
+/// A listening socket every worker accepts on.
+struct SharedListener {
+    tcp: std::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    name: String,
+}
+
+/// Accepts connections on every listener, in every worker, until `shutdown` resolves,
+/// then drains: open connections are told to finish (GOAWAY on HTTP/2, `Connection:
+/// close` on HTTP/1) and in-flight requests get up to the drain timeout.
 pub(crate) async fn serve(
     state: Arc<ProxyState>,
     listeners: Vec<Listener>,
@@ -135,23 +144,67 @@ pub(crate) async fn serve(
     let limits = state.limits.clone();
     let builder = Arc::new(builder(&limits));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut accepting = JoinSet::new();
-    for listener in listeners {
-        let (state, builder, stop) = (state.clone(), builder.clone(), stop_rx.clone());
-        accepting.spawn(accept(state, builder, listener, stop));
+    let mut shared = Vec::new();
+    for l in listeners {
+        let name = l
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        match l.tcp.into_std() {
+            Ok(tcp) => shared.push(SharedListener {
+                tcp,
+                tls: l.tls,
+                name,
+            }),
+            Err(e) => {
+                tracing::error!(listener = %name, error = %e, "cannot hand the listener to the workers")
+            }
+        }
     }
+    // Each worker gets its own handles on the sockets (the originals go to the first),
+    // so the sockets close, and new connections are refused, once every worker stopped.
+    let n = workers::count();
+    let mut handles: Vec<Vec<SharedListener>> = (1..n)
+        .map(|_| {
+            shared
+                .iter()
+                .filter_map(|l| match l.tcp.try_clone() {
+                    Ok(tcp) => Some(SharedListener {
+                        tcp,
+                        tls: l.tls.clone(),
+                        name: l.name.clone(),
+                    }),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, error = %e, "a worker cannot accept on the listener");
+                        None
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    handles.insert(0, shared);
+    let handles: Arc<Vec<std::sync::Mutex<Vec<SharedListener>>>> =
+        Arc::new(handles.into_iter().map(std::sync::Mutex::new).collect());
+    let drain = limits.drain_timeout.0;
+    let worker_state = state.clone();
+    let workers = tokio::spawn(workers::run(n, move |i| {
+        let mine = handles
+            .get(i)
+            .map(|h| std::mem::take(&mut *h.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default();
+        worker(
+            worker_state.clone(),
+            builder.clone(),
+            mine,
+            stop_rx.clone(),
+            drain,
+        )
+    }));
     shutdown.await;
     state
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
-    // The listeners close as their loops end.
-    while accepting.join_next().await.is_some() {}
-    let deadline = Instant::now() + limits.drain_timeout.0;
-    while state.backends.families.connections.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = state.backends.families.connections.get();
+    let left = workers.await.unwrap_or(0);
     if left > 0 {
         tracing::warn!(
             connections = left,
@@ -162,16 +215,44 @@ pub(crate) async fn serve(
     }
 }
 
-/// One listener's accept loop.
-async fn accept(
+/// One worker: accept loops on its own handles of the listeners until stopped, then up
+/// to `drain` for the connections it accepted to finish. Returns how many did not.
+async fn worker(
     state: Arc<ProxyState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    listener: Listener,
-    mut stop: watch::Receiver<bool>,
-) {
-    let name = listener
-        .local_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    mine: Vec<SharedListener>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> usize {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut accepting = JoinSet::new();
+    for l in mine {
+        let tcp = match TcpListener::from_std(l.tcp) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(listener = %l.name, error = %e, "a worker cannot accept on the listener");
+                continue;
+            }
+        };
+        let listener = Listener { tcp, tls: l.tls };
+        let conn = Conn {
+            state: state.clone(),
+            builder: builder.clone(),
+            stop: stop.clone(),
+        };
+        accepting.spawn(accept(conn, listener, l.name, live.clone()));
+    }
+    while accepting.join_next().await.is_some() {}
+    let deadline = Instant::now() + drain;
+    while live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    live.load(Ordering::SeqCst)
+}
+
+/// One listener's accept loop in one worker; `live` counts the worker's connections.
+async fn accept(conn: Conn, listener: Listener, name: String, live: Arc<AtomicUsize>) {
+    let mut stop = conn.stop.clone();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -189,12 +270,14 @@ async fn accept(
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            state: state.clone(),
-            builder: builder.clone(),
+            state: conn.state.clone(),
+            builder: conn.builder.clone(),
             stop: stop.clone(),
         };
         let tls = listener.tls.clone();
         let name = name.clone();
+        let live = live.clone();
+        live.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let state = conn.state.clone();
             state.backends.families.connections.inc();
@@ -203,6 +286,7 @@ async fn accept(
                 Some(tls) => conn.secure(stream, peer, &tls, &name).await,
             }
             state.backends.families.connections.dec();
+            live.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -11,13 +11,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::settings::{CertificateFiles, ListenerTls, UpstreamTls};
 pub use decode::{decode, join, parse_document, ConfigError, ConfigErrors};
 pub use duration::Dur;
 pub use schema::{
     MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig, ServiceConfig,
     SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig,
 };
-pub use crate::tls::settings::{CertificateFiles, ListenerTls, UpstreamTls};
 pub use validate::{endpoint, match_config, socket_addr, string_match};
 
 /// The data plane's configuration: where it listens, its limits, and its services.

@@ -10,8 +10,8 @@ use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use super::material::{File, Material, Reload, TlsError};
-use super::{pem, provider};
 use super::settings::ListenerTls;
+use super::{pem, provider};
 
 /// Whether clients must present a certificate when `clientCa` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

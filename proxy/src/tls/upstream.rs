@@ -11,8 +11,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::material::{File, Material, Reload, TlsError};
-use super::{pem, provider};
 use super::settings::UpstreamTls as UpstreamTlsConfig;
+use super::{pem, provider};
 
 /// A version's upstream TLS: reloadable client config and the name to verify.
 pub(crate) struct UpstreamTls {

@@ -26,6 +26,7 @@ use tower_service::Service;
 use super::connect::{EndpointConnector, Stream};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
+use crate::workers;
 
 type Io = TokioIo<Stream>;
 
@@ -55,13 +56,16 @@ impl Conn {
     }
 }
 
-/// The idle connections of one endpoint.
+/// The idle connections of one endpoint, one stack per worker thread (plus one for
+/// every other thread): a connection is registered with the runtime of the worker that
+/// opened it, and goes back to that worker, so its I/O never wakes another thread.
 pub(crate) struct Pool {
     /// Dials the endpoint (connect timeout, nodelay and TCP keepalive as for hyper's client).
     connector: EndpointConnector,
     idle_timeout: Duration,
+    /// The most idle connections kept per stack.
     max_idle: usize,
-    idle: Mutex<Vec<Conn>>,
+    idle: Box<[Mutex<Vec<Conn>>]>,
     sweeper: AtomicBool,
 }
 
@@ -75,13 +79,18 @@ impl Pool {
             connector,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             sweeper: AtomicBool::new(false),
         })
     }
 
+    /// This thread's stack: its worker's, or the one shared by every other thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        let last = self.idle.len() - 1;
+        let i = workers::current().map_or(last, |w| w.min(last));
+        self.idle[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used idle connection that can take a request.
@@ -126,16 +135,18 @@ impl Pool {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                let stale: Vec<Conn> = {
-                    let mut idle = pool.lock();
-                    // Oldest first: connections are pushed as they come back.
-                    let keep = idle
-                        .iter()
-                        .position(|c| c.idle_since.elapsed() < pool.idle_timeout)
-                        .unwrap_or(idle.len());
-                    idle.drain(..keep).collect()
-                };
-                drop(stale);
+                for stack in pool.idle.iter() {
+                    let stale: Vec<Conn> = {
+                        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+                        // Oldest first: connections are pushed as they come back.
+                        let keep = idle
+                            .iter()
+                            .position(|c| c.idle_since.elapsed() < pool.idle_timeout)
+                            .unwrap_or(idle.len());
+                        idle.drain(..keep).collect()
+                    };
+                    drop(stale);
+                }
             }
         });
     }
