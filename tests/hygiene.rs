@@ -7,7 +7,7 @@ mod support;
 
 use std::path::Path;
 
-use support::control::{config, ctl, FAST};
+use support::control::{config, config_with_state, ctl, FAST};
 use support::*;
 
 fn one_service(up: &Upstream, extra: &str) -> String {
@@ -44,9 +44,7 @@ async fn ambiguous_hosts_are_refused_before_any_upstream_sees_them() {
         );
     }
     // HTTP/2: a `host` header that disagrees with `:authority`.
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build(ResolveToProxy(weir.proxy));
+    let h2 = h2_client_to(weir.proxy);
     let req = http::Request::get("http://a/")
         .header("host", "evil.example")
         .body(full(bytes::Bytes::new()))
@@ -190,19 +188,6 @@ alertProviders:
     }
 }
 
-/// Writes weir.yaml with a state file in a fresh directory.
-fn with_state(tag: &str, primary: &Upstream) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let state = dir.join("state.json");
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
-        config(primary, FAST, &format!("state: {}", state.display()))
-    );
-    let path = dir.join("weir.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    (path, state)
-}
-
 fn set_aside(state: &Path) -> Vec<String> {
     let dir = state.parent().expect("dir");
     std::fs::read_dir(dir)
@@ -217,7 +202,7 @@ fn set_aside(state: &Path) -> Vec<String> {
 async fn a_corrupt_state_file_without_a_copy_serves_the_primary_until_reset() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
-    let (path, state) = with_state("state-lost", &primary);
+    let (path, state) = config_with_state("state-lost", &primary, FAST);
     std::fs::write(&state, b"{\"version\": 1, \"services\": {\"podi").expect("corrupt");
     let weir = Weir::start_file(path);
     assert_eq!(get(&weir.url("/"), &[]).await.status, 200, "still serving");
@@ -261,7 +246,7 @@ async fn a_corrupt_state_file_without_a_copy_serves_the_primary_until_reset() {
 async fn a_corrupt_state_file_resumes_from_its_last_good_copy() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
-    let (path, state) = with_state("state-backup", &primary);
+    let (path, state) = config_with_state("state-backup", &primary, FAST);
     {
         let weir = Weir::start_file(path.clone());
         let mut c = support::control::client(&weir).await;

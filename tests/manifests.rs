@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_yaml_ng::Value;
 use support::pki::Pki;
@@ -28,21 +27,6 @@ fn documents(path: &Path) -> Vec<Value> {
     text.split("\n---\n")
         .map(|d| serde_yaml_ng::from_str(d).expect("valid YAML"))
         .collect()
-}
-
-/// `weir check -c FILE`: exit code and stderr.
-fn check(dir: &Path, yaml: &str) -> (i32, String) {
-    let file = dir.join("weir.yaml");
-    std::fs::write(&file, yaml).expect("write");
-    let out = Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .expect("weir check");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -94,7 +78,7 @@ fn shipped_manifests_check_clean_and_keep_config_and_control_closed() {
                     "/etc/weir/control-tokens/tokens",
                     &tokens.display().to_string(),
                 );
-            let (code, err) = check(&pki.dir, &with_secrets);
+            let (code, err) = weir_check(&with_secrets);
             assert_eq!(code, 0, "{shown}: {err}");
             if parsed.get("control").is_some() {
                 let block = &parsed["control"];
@@ -104,7 +88,7 @@ fn shipped_manifests_check_clean_and_keep_config_and_control_closed() {
                 );
                 let mut open = parsed.clone();
                 open["control"] = Value::from(block["address"].as_str().expect("address"));
-                let (code, err) = check(&pki.dir, &serde_yaml_ng::to_string(&open).expect("yaml"));
+                let (code, err) = weir_check(&serde_yaml_ng::to_string(&open).expect("yaml"));
                 assert_eq!(code, 1, "{shown}: an open control API passed: {err}");
                 assert!(err.contains("control.tokenFile"), "{err}");
             }

@@ -26,18 +26,12 @@ fn service(primary: &Upstream, shadow: &Upstream, mirror: &str) -> String {
     )
 }
 
-/// Waits until the canary's shadow has `n` measured answers of `class` (`2xx`, ...).
-async fn wait_shadow_answers(weir: &Weir, what: &str, class: &str, n: f64) {
-    let labels = [
-        ("version", "canary"),
-        ("mirrored", "true"),
-        ("code_class", class),
-    ];
-    wait_for(what, Duration::from_secs(30), || async {
-        weir.metric("weir_requests_total", &labels).await == n
-    })
-    .await;
-}
+/// The series counting the shadow's 2xx answers weir measured.
+const SHADOW_2XX: [(&str, &str); 3] = [
+    ("version", "canary"),
+    ("mirrored", "true"),
+    ("code_class", "2xx"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mirror_copies_every_request_and_the_user_gets_the_primary_answer() {
@@ -72,7 +66,14 @@ async fn full_mirror_copies_every_request_and_the_user_gets_the_primary_answer()
     assert_eq!(seen.headers["x-weir-shadow"], "1");
     assert_eq!(seen.headers["x-user"], "u1");
     assert_eq!(seen.body_len, "payload-19".len());
-    wait_shadow_answers(&weir, "the shadow's answers to be measured", "2xx", 20.0).await;
+    // The shadow's answers are measured.
+    weir.wait_metric(
+        "weir_requests_total",
+        &SHADOW_2XX,
+        20.0,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         weir.metric(
             "weir_requests_total",
@@ -185,21 +186,16 @@ async fn refusing_and_huge_shadows_leave_users_and_memory_alone() {
     for _ in 0..20 {
         assert_eq!(get(&weir.url("/"), &[]).await.text(), "primary");
     }
-    wait_for(
-        "refused mirrors to be counted",
+    // The refused mirrors are counted.
+    weir.wait_metric(
+        "weir_upstream_errors_total",
+        &[
+            ("version", "canary"),
+            ("mirrored", "true"),
+            ("reason", "connect_refused"),
+        ],
+        20.0,
         Duration::from_secs(10),
-        || async {
-            weir.metric(
-                "weir_upstream_errors_total",
-                &[
-                    ("version", "canary"),
-                    ("mirrored", "true"),
-                    ("reason", "connect_refused"),
-                ],
-            )
-            .await
-                == 20.0
-        },
     )
     .await;
     assert_eq!(
@@ -218,11 +214,12 @@ async fn refusing_and_huge_shadows_leave_users_and_memory_alone() {
     for _ in 0..30 {
         assert_eq!(get(&weir.url("/"), &[]).await.text(), "primary");
     }
-    wait_shadow_answers(
-        &weir,
-        "30 huge shadow answers read and dropped",
-        "2xx",
+    // 30 huge shadow answers are read and dropped.
+    weir.wait_metric(
+        "weir_requests_total",
+        &SHADOW_2XX,
         30.0,
+        Duration::from_secs(30),
     )
     .await;
     let peak = weir.peak_rss_kib();
@@ -299,14 +296,12 @@ async fn comparison_counts_matches_and_mismatches() {
         for _ in 0..5 {
             assert_eq!(get(&weir.url("/"), &[]).await.text(), "same");
         }
-        wait_for(result, Duration::from_secs(10), || async {
-            weir.metric(
-                "weir_mirror_comparisons_total",
-                &[("service", "podinfo"), ("result", result)],
-            )
-            .await
-                == 5.0
-        })
+        weir.wait_metric(
+            "weir_mirror_comparisons_total",
+            &[("service", "podinfo"), ("result", result)],
+            5.0,
+            Duration::from_secs(10),
+        )
         .await;
         let all = weir
             .metric("weir_mirror_comparisons_total", &[("service", "podinfo")])
@@ -411,9 +406,12 @@ async fn session_affinity_pins_canary_users_and_expires_their_cookie_after_the_r
     )
     .expect("write");
     weir.signal("HUP");
-    wait_for("the reload", Duration::from_secs(10), || async {
-        weir.metric("weir_config_reloads_total", &[]).await == 1.0
-    })
+    weir.wait_metric(
+        "weir_config_reloads_total",
+        &[],
+        1.0,
+        Duration::from_secs(10),
+    )
     .await;
     let got = get(&weir.url("/"), &[("cookie", &pair)]).await;
     assert_eq!(got.headers["x-served-by"], "primary");
@@ -432,9 +430,12 @@ async fn session_affinity_pins_canary_users_and_expires_their_cookie_after_the_r
     )
     .expect("write");
     weir.signal("HUP");
-    wait_for("the second reload", Duration::from_secs(10), || async {
-        weir.metric("weir_config_reloads_total", &[]).await == 2.0
-    })
+    weir.wait_metric(
+        "weir_config_reloads_total",
+        &[],
+        2.0,
+        Duration::from_secs(10),
+    )
     .await;
     let before = canary.count();
     for _ in 0..40 {

@@ -109,33 +109,7 @@ impl Drop for KillOnDrop {
 async fn flagger_contour_queries_select_weirs_series_and_agree_with_weir() {
     let (_primary, _canary, weir) = half_and_half().await;
 
-    let dir = temp_dir("prometheus");
-    let port = closed_port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: weir\n    static_configs:\n      - targets: [\"{}\"]\n",
-            weir.admin
-        ),
-    )
-    .expect("write prometheus.yml");
-    let _prom = KillOnDrop(
-        Command::new(require("prometheus"))
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let prom = format!("127.0.0.1:{port}");
+    let (_prom, prom) = prometheus("weir", &[weir.admin.to_string()]).await;
     wait_for(
         "prometheus to scrape weir",
         Duration::from_secs(60),
@@ -309,9 +283,10 @@ fn canary_buckets(text: &str) -> Vec<(f64, f64)> {
     out
 }
 
-/// A Prometheus on a free port scraping `targets` every second; killed when dropped.
-async fn prometheus(targets: &[String]) -> (KillOnDrop, String) {
-    let dir = temp_dir("prometheus-templates");
+/// A Prometheus on a free port scraping `targets` every second as job `job`, answering
+/// queries; killed when dropped.
+async fn prometheus(job: &str, targets: &[String]) -> (KillOnDrop, String) {
+    let dir = temp_dir(&format!("prometheus-{job}"));
     let port = closed_port();
     let list = targets
         .iter()
@@ -321,30 +296,32 @@ async fn prometheus(targets: &[String]) -> (KillOnDrop, String) {
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: all\n    static_configs:\n      - targets: [{list}]\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{list}]\n"
         ),
     )
     .expect("write prometheus.yml");
-    let child = Command::new(require("prometheus"))
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
+    let child = KillOnDrop(
+        Command::new(require("prometheus"))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
     let prom = format!("127.0.0.1:{port}");
     wait_for("prometheus to answer", Duration::from_secs(60), || async {
         query(&prom, "vector(1)").await == Some(1.0)
     })
     .await;
-    (KillOnDrop(child), prom)
+    (child, prom)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +331,7 @@ async fn flagger_metric_templates_are_queried_on_a_real_prometheus() {
     let missing = Upstream::start_with("missing", Behaviour::Status(404)).await;
     let weir_port = closed_port();
     let admin = format!("127.0.0.1:{weir_port}");
-    let (_prom, prom) = prometheus(&[admin.clone(), missing.endpoint()]).await;
+    let (_prom, prom) = prometheus("all", &[admin.clone(), missing.endpoint()]).await;
     let analysis = r#"      interval: 3s
       threshold: 2
       maxWeight: 30
@@ -405,20 +382,10 @@ metricTemplates:
 
 #[test]
 fn weir_check_refuses_providers_it_cannot_query() {
-    let dir = temp_dir("check-templates");
-    let path = dir.join("weir.yaml");
-    std::fs::write(
-        &path,
+    let (code, err) = weir_check(
         "metricTemplates:\n  - name: dd\n    provider: { type: datadog, address: https://api.datadoghq.com }\n    query: avg:requests\nservices:\n  - name: podinfo\n    versions:\n      primary: { endpoints: [\"127.0.0.1:1\"] }\n    analysis:\n      interval: 1m\n      stepWeight: 5\n      metrics:\n        - name: latency\n          templateRef: { name: dd, namespace: default }\n          thresholdRange: { max: 5 }\n        - name: errors\n          templateRef: { name: nowhere }\n          thresholdRange: { max: 5 }\n",
-    )
-    .expect("write");
-    let out = Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("weir check");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, 1);
     assert!(
         err.contains("services[0].analysis.metrics[0].templateRef: metric template \"dd\" uses provider \"datadog\"; weir queries Prometheus only"),
         "{err}"

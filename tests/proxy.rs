@@ -59,9 +59,7 @@ async fn realised_split_over_100k_requests_is_within_binomial_noise() {
         ups.push((p, c, *canary_w, *primary_w));
     }
     let weir = Weir::start(&yaml);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build(ResolveToProxy(weir.proxy));
+    let client = h2_client_to(weir.proxy);
     const N: usize = 100_000;
     for (i, (_, canary, cw, pw)) in ups.iter().enumerate() {
         let host = format!("s{i}");
@@ -169,9 +167,7 @@ async fn http2_clients_and_http2_upstreams_get_trailers_through() {
         primary.endpoint(),
         h2.endpoint()
     ));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build(ResolveToProxy(weir.proxy));
+    let client = h2_client_to(weir.proxy);
     // h2c client -> HTTP/1.1 upstream: `:authority` becomes Host.
     let req = Request::get("http://a/hello")
         .body(full(Bytes::new()))

@@ -17,14 +17,7 @@ async fn kill_9_at_weight(
     canary: &Upstream,
     weight: u32,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let state = dir.join("state.json");
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
-        config(primary, analysis, &format!("state: {}", state.display()))
-    );
-    let path = dir.join("weir.yaml");
-    std::fs::write(&path, &yaml).expect("write config");
+    let (path, state) = config_with_state(tag, primary, analysis);
     let mut weir = Weir::start_file(path.clone());
     let mut c = client(&weir).await;
     wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;

@@ -421,20 +421,10 @@ async fn nginx_upstreams_verify_weirs_client_certificate() {
 
 #[test]
 fn bad_tls_files_are_named_by_weir_check() {
-    let dir = temp_dir("tls-check");
-    let file = dir.join("weir.yaml");
-    std::fs::write(
-        &file,
+    let (code, err) = weir_check(
         "tls:\n  certificates: [{ cert: /nonexistent/a.crt, key: /nonexistent/a.key }]\nservices:\n  - name: a\n    versions:\n      v1: { endpoints: [\"127.0.0.1:1\"], tls: { cert: /nonexistent/c.crt } }\n",
-    )
-    .expect("write");
-    let out = Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .expect("weir check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    );
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("tls.certificates[0].cert: cannot read /nonexistent/a.crt"),
         "{err}"

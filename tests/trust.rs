@@ -60,14 +60,12 @@ async fn bodies_that_break_off_or_stall_count_against_the_version_that_sent_them
     let ok = fetch(&weir.url("/"), &canary_only).await;
     assert_eq!(ok, Ok((200, Bytes::from_static(b"canary"))));
     let canary_class = |class: &'static str| [("version", "canary"), ("code_class", class)];
-    wait_for(
-        "the three failures to count",
+    // The three failures are counted.
+    weir.wait_metric(
+        "weir_requests_total",
+        &canary_class("5xx"),
+        3.0,
         Duration::from_secs(10),
-        || async {
-            weir.metric("weir_requests_total", &canary_class("5xx"))
-                .await
-                == 3.0
-        },
     )
     .await;
     assert_eq!(
@@ -132,14 +130,12 @@ async fn malformed_slow_and_vanishing_clients_are_answered_and_never_blamed_on_t
         s.read_exact(&mut buf).expect("the download starts");
     }
     let client = |reason: &'static str| [("version", "primary"), ("reason", reason)];
-    wait_for(
-        "the client faults to count",
+    // The client faults are counted.
+    weir.wait_metric(
+        "weir_client_errors_total",
+        &client("gone"),
+        1.0,
         Duration::from_secs(10),
-        || async {
-            weir.metric("weir_client_errors_total", &client("gone"))
-                .await
-                == 1.0
-        },
     )
     .await;
     let malformed = weir
@@ -181,10 +177,12 @@ async fn a_client_that_stops_reading_is_cut_off_and_not_blamed_on_the_version() 
     s.write_all(b"GET /download/200000000 HTTP/1.1\r\nHost: p\r\n\r\n")
         .expect("write");
     let labels = [("version", "primary"), ("reason", "not_reading")];
-    wait_for(
-        "weir to cut the client off",
+    // weir cuts the client off.
+    weir.wait_metric(
+        "weir_client_errors_total",
+        &labels,
+        1.0,
         Duration::from_secs(60),
-        || async { weir.metric("weir_client_errors_total", &labels).await == 1.0 },
     )
     .await;
     drop(s);

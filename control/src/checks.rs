@@ -247,12 +247,8 @@ fn error_rate_vs_primary(j: &Judge<'_>, c: Counts, pc: Counts) -> CheckResult {
 /// Flagger's success rate, worded as Flagger words it (`success rate 98.82% < 99%`).
 fn success_rate(j: &Judge<'_>, c: Counts) -> CheckResult {
     let value = 100.0 * (c.requests - c.errors) as f64 / c.requests as f64;
-    let (verdict, text) = match (j.m.min, j.m.max) {
-        (Some(lo), _) if value < lo => (Verdict::Fail, format!("success rate {value:.2}% < {lo}%")),
-        (_, Some(hi)) if value > hi => (Verdict::Fail, format!("success rate {value:.2}% > {hi}%")),
-        _ => (Verdict::Pass, format!("success rate {value:.2}%")),
-    };
-    j.result(verdict, Some(value), text)
+    let (verdict, text) = j.range(value, &|v| format!("{v:.2}%"), &|v| format!("{v}%"));
+    j.result(verdict, Some(value), format!("success rate {text}"))
 }
 
 /// z for a two-sided 95% interval.

@@ -77,17 +77,14 @@ impl Notifier {
             about.phase,
             about.revision,
         );
+        // Each hook's own metadata joins these in `hooks::call` (these win a clash).
+        payload.metadata.insert("eventMessage".into(), message);
+        payload.metadata.insert("eventType".into(), kind.into());
+        payload.metadata.insert("timestamp".into(), ts.to_string());
         let poster = self.poster.clone();
         tokio::spawn(async move {
             for hook in hooks {
-                let mut meta = hook.metadata.clone();
-                meta.insert("eventMessage".into(), message.clone());
-                meta.insert("eventType".into(), kind.into());
-                meta.insert("timestamp".into(), ts.to_string());
-                payload.metadata = meta;
-                let mut h = hook.clone();
-                h.metadata.clear();
-                if let Err(e) = hooks::call(&poster, &h, &payload).await {
+                if let Err(e) = hooks::call(&poster, &hook, &payload).await {
                     tracing::error!(hook = %hook.name, error = %e, "event webhook failed");
                 }
             }

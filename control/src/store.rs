@@ -84,9 +84,7 @@ pub fn recover(path: &Path) -> Result<Recovery, StoreError> {
         Err(StoreError::Corrupt { reason, .. }) => reason,
         Err(e) => return Err(e),
     };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let stamp = crate::clock::now_ms() / 1000;
     let corrupt = beside(path, &format!(".corrupt-{stamp}"));
     std::fs::rename(path, &corrupt).map_err(|e| StoreError::Unreadable {
         path: path.display().to_string(),

@@ -48,12 +48,15 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
                     } else {
                         100.0 * f64::from(*w) / total as f64
                     };
+                    // The version as the service was last built (its revision too: the
+                    // upstream is kept across changes that leave its connections alone).
+                    let cfg = svc.config.versions.get(&v.name);
                     serde_json::json!({
                         "name": v.name,
                         "weight": w,
                         "percent": share,
-                        "endpoints": v.upstream.settings.endpoints,
-                        "revision": v.upstream.settings.revision,
+                        "endpoints": cfg.map(|c| &c.endpoints),
+                        "revision": cfg.and_then(|c| c.revision.as_ref()),
                         "http2": v.upstream.http2,
                     })
                 })

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::body::{Progress, RequestBody, ResponseBody, Stage};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::exchange::Exchange;
-use crate::headers::{add_forwarding, is_upgrade, routed_host, strip_hop_by_hop, strip_internal};
+use crate::headers::{add_forwarding, is_upgrade, routed_host, strip_hop_by_hop, strip_inbound};
 use crate::mirror::Shadow;
 use crate::route::{Decision, RequestView};
 use crate::state::ProxyState;
@@ -27,11 +27,23 @@ use crate::timeouts::BodyClock;
 use crate::upstream::{Endpoint, Lease, Path};
 
 /// The client connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer as `x-forwarded-for` carries it, made once for the connection.
+    pub forwarded_for: HeaderValue,
     /// The connection is TLS (`x-forwarded-proto: https`).
     pub tls: bool,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            forwarded_for: crate::headers::forwarded_for(peer.ip()),
+            tls,
+        }
+    }
 }
 
 /// Handles one request: route, forward, answer; its outcome is recorded once, at its end.
@@ -41,8 +53,10 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
-    let host = match routed_host(req.uri(), req.headers()) {
-        Ok(h) => h.map(str::to_owned),
+    let routed = routed_host(req.uri(), req.headers())
+        .and_then(|h| h.map(|h| host_value(h, req.headers())).transpose());
+    let host = match routed {
+        Ok(h) => h,
         Err(why) => {
             state
                 .backends
@@ -55,11 +69,12 @@ pub(crate) async fn handle(
         }
     };
     let table = state.table.load_full();
-    let decision = match route(&table, host.as_deref(), &req) {
+    let routed = host.as_ref().and_then(|h| h.to_str().ok());
+    let decision = match route(&table, routed, &req) {
         Some(d) => d,
         None => {
             state.backends.families.unrouted.inc();
-            let shown = host.as_deref().unwrap_or("(none)");
+            let shown = routed.unwrap_or("(none)");
             let text = format!(
                 "weir: no route for host {shown} path {}\n",
                 req.uri().path()
@@ -76,7 +91,13 @@ pub(crate) async fn handle(
     };
     let mut upstream = match upstream_request(&decision, endpoint, from, req, start) {
         Ok(u) => u,
-        Err(text) => return synthetic(StatusCode::BAD_REQUEST, text, "bad_request"),
+        Err(text) => {
+            return synthetic(
+                ErrorKind::BadRequest.status(),
+                text,
+                ErrorKind::BadRequest.label(),
+            )
+        }
     };
     let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
     mirror(&decision, &mut upstream, &mut exchange);
@@ -136,7 +157,16 @@ struct From {
     /// The peer is a trusted proxy: its forwarding headers are kept.
     trusted: bool,
     /// The host routed on (the upstream gets exactly this Host).
-    host: Option<String>,
+    host: Option<HeaderValue>,
+}
+
+/// The routed host as a header value: the request's own Host header when it says exactly
+/// that (no copy), else a new value.
+fn host_value(host: &str, headers: &http::HeaderMap) -> Result<HeaderValue, &'static str> {
+    match headers.get(header::HOST) {
+        Some(v) if v.as_bytes() == host.as_bytes() => Ok(v.clone()),
+        _ => HeaderValue::from_str(host).map_err(|_| "the host is not a valid header value"),
+    }
 }
 
 /// The request as it goes upstream.
@@ -167,7 +197,14 @@ fn upstream_request(
     let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     let path = endpoint.path_for(req.method(), tunnel);
     let (mut parts, body) = req.into_parts();
-    let host = from.host.as_deref().unwrap_or(endpoint.address.as_str());
+    let host_header = match from.host {
+        Some(h) => h,
+        None => HeaderValue::from_str(&endpoint.address)
+            .map_err(|_| format!("weir: invalid Host {:?}\n", endpoint.address))?,
+    };
+    let host = host_header
+        .to_str()
+        .map_err(|_| "weir: invalid Host\n".to_string())?;
     match path {
         Path::Pooled => {
             if parts.uri.authority().is_some() {
@@ -189,23 +226,19 @@ fn upstream_request(
         }
     }
     strip_hop_by_hop(&mut parts.headers, tunnel);
-    strip_internal(&mut parts.headers);
+    strip_inbound(&mut parts.headers, from.trusted);
     let scheme = if from.conn.tls { "https" } else { "http" };
-    add_forwarding(
-        &mut parts.headers,
-        from.conn.peer.ip(),
-        scheme,
-        from.trusted,
-    );
+    add_forwarding(&mut parts.headers, &from.conn.forwarded_for, scheme);
     if http2 {
         parts.version = HttpVersion::HTTP_2;
         // `:authority` carries the host; a second `host` header would be a duplicate.
         parts.headers.remove(header::HOST);
     } else {
         parts.version = HttpVersion::HTTP_11;
-        let value =
-            HeaderValue::from_str(host).map_err(|_| format!("weir: invalid Host {host:?}\n"))?;
-        parts.headers.insert(header::HOST, value);
+        // Usually the client's own Host already: then nothing is rewritten.
+        if parts.headers.get(header::HOST) != Some(&host_header) {
+            parts.headers.insert(header::HOST, host_header);
+        }
     }
     let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::new(start)));
     Ok(UpstreamRequest {

@@ -314,7 +314,7 @@ impl Conn {
             }
             _ = self.stop.wait_for(|s| *s) => return,
         }
-        self.serve(stream, ConnInfo { peer, tls: false }).await
+        self.serve(stream, ConnInfo::new(peer, false)).await
     }
 
     /// A TLS connection: the handshake (within the header read timeout), then HTTP/1.1 or
@@ -338,7 +338,7 @@ impl Conn {
             },
             _ = self.stop.wait_for(|s| *s) => return,
         };
-        self.serve(stream, ConnInfo { peer, tls: true }).await
+        self.serve(stream, ConnInfo::new(peer, true)).await
     }
 
     /// Serves HTTP on a connection until it closes, idles out, or shutdown finishes it.
@@ -351,6 +351,7 @@ impl Conn {
         let state = self.state.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
+            let info = info.clone();
             let guard = svc_activity.start();
             async move {
                 let resp = handle(&state, info, req).await;

@@ -12,9 +12,8 @@ use crate::backends::Backends;
 use crate::config::{
     validate, ConfigError, ConfigErrors, Limits, ProxyConfig, ServiceConfig, VersionConfig,
 };
-use crate::headers::TrustedProxies;
 use crate::policy::{self, TrafficPolicy};
-use crate::route::{build_service, HostIndex, RouteTable, Service};
+use crate::route::{build_service, RouteTable, Service};
 
 /// A set of changes applied at once: one validation, one build of the services they
 /// touch, one swap. Nothing changes when any part is invalid.
@@ -77,13 +76,8 @@ impl ProxyState {
     pub(crate) fn new(config: ProxyConfig) -> Result<ProxyState, ConfigErrors> {
         ConfigErrors::check(validate::config(&config))?;
         let backends = Backends::default();
-        let services = build_all(&config.services, &HashMap::new(), None, &backends)?;
-        let table = RouteTable {
-            hosts: Arc::new(HostIndex::new(&services)),
-            services,
-            trusted: Arc::new(TrustedProxies::parse(&config.trusted_proxies)),
-        };
-        table.services.iter().for_each(|s| s.publish_weights());
+        let services = build_all(&config.services, None, &backends)?;
+        let table = RouteTable::new(services, &config.trusted_proxies);
         Ok(ProxyState {
             table: ArcSwap::from_pointee(table),
             backends,
@@ -171,13 +165,8 @@ impl ProxyState {
             }
         }
         ConfigErrors::check(validate::config(&check))?;
-        let services = build_all(&config.services, &policies, Some(current), &self.backends)?;
-        let table = RouteTable {
-            hosts: Arc::new(HostIndex::new(&services)),
-            services,
-            trusted: Arc::new(TrustedProxies::parse(&config.trusted_proxies)),
-        };
-        table.services.iter().for_each(|s| s.publish_weights());
+        let services = build_all(&check.services, Some(current), &self.backends)?;
+        let table = RouteTable::new(services, &config.trusted_proxies);
         self.table.store(Arc::new(table));
         self.backends.retain(check.services.iter());
         *desired = Desired { config, policies };
@@ -307,27 +296,24 @@ fn base<'b>(
 
 /// Builds every service; one whose effective config equals its built form in `current`
 /// is kept as it is.
+/// Builds every service from its effective config (policies already laid over it),
+/// keeping the current table's service where nothing changed.
 fn build_all(
-    services: &[ServiceConfig],
-    policies: &HashMap<String, TrafficPolicy>,
+    effective: &[ServiceConfig],
     current: Option<&RouteTable>,
     backends: &Backends,
 ) -> Result<Vec<Arc<Service>>, ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
-    let mut out = Vec::with_capacity(services.len());
-    for (i, svc) in services.iter().enumerate() {
-        let effective = match policies.get(&svc.name) {
-            Some(p) => policy::effective(svc, p),
-            None => svc.clone(),
-        };
+    let mut out = Vec::with_capacity(effective.len());
+    for (i, svc) in effective.iter().enumerate() {
         let kept = current
             .and_then(|t| t.service(&svc.name))
-            .filter(|s| s.config == effective);
+            .filter(|s| s.config == *svc);
         if let Some(s) = kept {
             out.push(s.clone());
             continue;
         }
-        match build_service(&effective, &format!("services[{i}]"), backends) {
+        match build_service(svc, &format!("services[{i}]"), backends) {
             Ok(s) => out.push(Arc::new(s)),
             Err(mut e) => errors.append(&mut e),
         }

@@ -63,12 +63,8 @@ impl Timeouts {
             let changed = progress.map(Progress::on_change);
             let stage = progress.map_or(Stage::Ended(start), Progress::stage);
             let (at, kind) = self.next(stage, None);
-            let at = match (at, progress) {
-                (Some(at), _) => at,
-                // Streaming: the idle clock runs from the body's last move.
-                (None, Some(p)) => p.last() + self.idle,
-                (None, None) => start + self.idle,
-            };
+            // Streaming: the idle clock runs from the body's last move.
+            let at = at.unwrap_or_else(|| progress.map_or(start, Progress::last) + self.idle);
             if Instant::now() >= at {
                 return kind;
             }

@@ -19,6 +19,18 @@ pub(crate) fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// How many per-thread slots a structure sharded by thread keeps: one per worker, and one
+/// shared by every other thread (mirror, admin, controller).
+pub(crate) fn slots() -> usize {
+    count() + 1
+}
+
+/// This thread's slot among `len`: its worker's, or the last (shared) one.
+pub(crate) fn slot(len: usize) -> usize {
+    let last = len.saturating_sub(1);
+    current().map_or(last, |w| w.min(last))
+}
+
 /// How many workers: one per core the process may use (cgroup limits included).
 pub(crate) fn count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

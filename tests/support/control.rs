@@ -1,6 +1,7 @@
 //! Helpers for driving weir's controller: a service with an analysis, the gRPC client,
 //! waiting for phases and weights, starting rollouts, `weir ctl`.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,6 +30,20 @@ services:
 "#,
         p = primary.endpoint(),
     )
+}
+
+/// Writes weir.yaml for [`config`] with `analysis` and a state file, in a fresh directory
+/// named after `tag`: the config and state file paths.
+pub fn config_with_state(tag: &str, primary: &Upstream, analysis: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(tag);
+    let state = dir.join("state.json");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{}",
+        config(primary, analysis, &format!("state: {}", state.display()))
+    );
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    (path, state)
 }
 
 pub const FAST: &str = r#"      interval: 1s
@@ -131,10 +146,19 @@ pub fn ctl(weir: &Weir, args: &[&str]) -> (i32, String, String) {
 
 /// `weir ctl --control ADDR ARGS...`: exit code, stdout, stderr.
 pub fn ctl_at(control: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--control", control];
+    all.extend_from_slice(args);
+    ctl_env(&all, &[])
+}
+
+/// `weir ctl ARGS...` with the variables in `env` set and the caller's
+/// `WEIR_CONTROL_TOKEN` removed (pass a token in `env`): exit code, stdout, stderr.
+pub fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(weir_bin())
         .arg("ctl")
-        .args(["--control", control])
         .args(args)
+        .env_remove("WEIR_CONTROL_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("run weir ctl");
     (

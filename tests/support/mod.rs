@@ -45,6 +45,14 @@ pub fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector,
         .build_http()
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client that dials the proxy at `addr` whatever the
+/// URI's host is (see [`ResolveToProxy`]).
+pub fn h2_client_to(addr: SocketAddr) -> Client<ResolveToProxy, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(ResolveToProxy(addr))
+}
+
 /// A response read whole.
 pub struct Got {
     pub status: StatusCode,

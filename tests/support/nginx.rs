@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::temp_dir;
+use super::{closed_port, temp_dir};
 
 pub struct Nginx {
     child: Child,
@@ -20,19 +20,11 @@ impl Drop for Nginx {
     }
 }
 
-/// A port free right now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Nginx {
     /// nginx with one `server { ... }` block; `{port}` in it becomes the port.
     pub fn start(server: &str) -> Nginx {
         let dir = temp_dir("nginx");
-        let port = free_port();
+        let port = closed_port();
         let server = server.replace("{port}", &port.to_string());
         let d = dir.display();
         let conf = format!(

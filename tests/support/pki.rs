@@ -133,8 +133,6 @@ pub struct TlsConn {
     sender: hyper::client::conn::http1::SendRequest<super::TestBody>,
     /// The server's leaf certificate (DER).
     pub leaf: Vec<u8>,
-    /// The protocol ALPN chose.
-    pub alpn: Option<Vec<u8>>,
 }
 
 impl TlsConn {
@@ -159,13 +157,12 @@ impl TlsConn {
             .and_then(|c| c.first())
             .map(|c| c.to_vec())
             .unwrap_or_default();
-        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("HTTP handshake: {e}"))?;
         tokio::spawn(conn);
-        Ok(TlsConn { sender, leaf, alpn })
+        Ok(TlsConn { sender, leaf })
     }
 
     /// GET `path` with `Host: host`: status and body.

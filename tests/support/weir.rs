@@ -50,6 +50,21 @@ pub fn weir_bin() -> &'static str {
     env!("CARGO_BIN_EXE_weir")
 }
 
+/// `weir check -c FILE` on `yaml` written to a fresh directory: exit code and stderr.
+pub fn weir_check(yaml: &str) -> (i32, String) {
+    let file = temp_dir("check").join("weir.yaml");
+    std::fs::write(&file, yaml).expect("write config");
+    let out = Command::new(weir_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run weir check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Weir {
     /// Writes `yaml` (with `listen`/`admin` on port 0 unless given) and starts weir on it.
     pub fn start(yaml: &str) -> Weir {
@@ -196,6 +211,21 @@ impl Weir {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = get_text(&self.admin_url("/metrics")).await;
         metric_value(&text, name, labels)
+    }
+
+    /// Waits until the series `name` with `labels` equals `want`, or panics after `limit`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        limit: Duration,
+    ) {
+        let what = format!("{name} {labels:?} to be {want}");
+        wait_for(&what, limit, move || async move {
+            self.metric(name, labels).await == want
+        })
+        .await;
     }
 
     /// Peak resident memory of the process, in KiB.

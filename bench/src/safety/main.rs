@@ -139,24 +139,17 @@ fn main() -> anyhow::Result<()> {
         println!("\n{rate} req/s");
         for s in scenarios() {
             let analysis = analysis(s.min_success)?;
-            let current = run(
-                args.rollouts,
-                args.threads,
-                args.seed,
-                &s,
-                rate,
-                &analysis,
-                Variant::Current,
-            );
-            let previous = run(
-                args.rollouts,
-                args.threads,
-                args.seed,
-                &s,
-                rate,
-                &analysis,
-                Variant::Previous,
-            );
+            let [current, previous] = [Variant::Current, Variant::Previous].map(|v| {
+                run(
+                    args.rollouts,
+                    args.threads,
+                    args.seed,
+                    &s,
+                    rate,
+                    &analysis,
+                    v,
+                )
+            });
             println!("  {:<24} weir     {}", s.name, summary(&s, &current));
             let bound = if s.healthy {
                 String::new()

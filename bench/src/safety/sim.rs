@@ -69,6 +69,18 @@ struct SimEnv<'a> {
     primary: Window,
 }
 
+impl<'a> SimEnv<'a> {
+    /// The environment of one decision: the windows counted so far this interval.
+    fn new(analysis: &'a Analysis, variant: Variant, canary: &Acc, primary: &Acc) -> Self {
+        SimEnv {
+            analysis,
+            variant,
+            canary: canary.window(),
+            primary: primary.window(),
+        }
+    }
+}
+
 impl Env for SimEnv<'_> {
     async fn hooks(&mut self, _kind: HookKind, _phase: Phase) -> HookOutcome {
         HookOutcome::Passed
@@ -126,6 +138,23 @@ fn serve(rng: &mut Rng, n: u64, b: Behaviour, variant: Variant, acc: &mut Acc) -
     (n, seen, errors + broken)
 }
 
+/// How a rollout decided at `now` (ms) ended; `first`: when the canary got its first
+/// request.
+fn decided(
+    rolled_back: bool,
+    by_guard: bool,
+    first: Option<u64>,
+    now: u64,
+    failed: u64,
+) -> Outcome {
+    Outcome {
+        rolled_back,
+        by_guard,
+        seconds: first.map_or(0.0, |f| (now - f) as f64 / 1000.0),
+        failed,
+    }
+}
+
 /// Runs one rollout of `s` at `rate` req/s.
 pub async fn rollout(
     rng: &mut Rng,
@@ -156,25 +185,14 @@ pub async fn rollout(
     let mut now = 0u64;
     while now < 3_600_000 {
         if now >= next_tick {
-            let mut env = SimEnv {
-                analysis,
-                variant,
-                canary: c_acc.window(),
-                primary: p_acc.window(),
-            };
+            let mut env = SimEnv::new(analysis, variant, &c_acc, &p_acc);
             let mut m = Machine::new(&target, analysis, &mut status, now);
             m.tick(&input, &mut env).await;
             c_acc = Acc::new();
             p_acc = Acc::new();
             next_tick = now + interval_ms;
             if matches!(status.phase, Phase::Succeeded | Phase::Failed) {
-                let secs = first.map_or(0.0, |f| (now - f) as f64 / 1000.0);
-                return Outcome {
-                    rolled_back: status.phase == Phase::Failed,
-                    by_guard: false,
-                    seconds: secs,
-                    failed,
-                };
+                return decided(status.phase == Phase::Failed, false, first, now, failed);
             }
         }
         // One 100 ms batch.
@@ -203,21 +221,10 @@ pub async fn rollout(
                 Variant::Previous => fisher.look(now, c_cum, p_cum).then(|| "fisher".to_string()),
             };
             if let Some(why) = fire {
-                let mut env = SimEnv {
-                    analysis,
-                    variant,
-                    canary: c_acc.window(),
-                    primary: p_acc.window(),
-                };
+                let mut env = SimEnv::new(analysis, variant, &c_acc, &p_acc);
                 let mut m = Machine::new(&target, analysis, &mut status, now);
                 m.fast_fail(&why, &mut env).await;
-                let secs = first.map_or(0.0, |f| (now - f) as f64 / 1000.0);
-                return Outcome {
-                    rolled_back: true,
-                    by_guard: true,
-                    seconds: secs,
-                    failed,
-                };
+                return decided(true, true, first, now, failed);
             }
         }
     }

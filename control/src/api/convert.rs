@@ -31,6 +31,10 @@ fn some_num(n: i32) -> Option<i64> {
     (n != 0).then_some(i64::from(n))
 }
 
+fn some_u64(n: u32) -> Option<u64> {
+    (n != 0).then_some(u64::from(n))
+}
+
 /// The spec a typed message describes; an unknown alert provider type is refused.
 pub fn analysis_spec(t: &pb::AnalysisSpec) -> Result<AnalysisSpec, String> {
     let alerts = t
@@ -68,25 +72,24 @@ pub fn analysis_spec(t: &pb::AnalysisSpec) -> Result<AnalysisSpec, String> {
             max_age: u64::try_from(sa.max_age)
                 .ok()
                 .filter(|a| *a > 0)
-                .unwrap_or(86400),
+                .unwrap_or(SessionAffinityConfig::DEFAULT_MAX_AGE),
             domain: None,
             path: None,
             http_only: false,
             secure: false,
             same_site: None,
-            primary_max_age: 60,
+            primary_max_age: SessionAffinityConfig::DEFAULT_PRIMARY_MAX_AGE,
         }),
         metrics: t.metrics.iter().map(metric).collect(),
         webhooks: t.webhooks.iter().map(webhook).collect(),
         alerts,
         skip_analysis: t.skip_analysis,
         suspend: t.suspend,
-        min_requests: (t.min_requests != 0).then_some(u64::from(t.min_requests)),
-        progress_deadline_seconds: (t.progress_deadline_seconds != 0)
-            .then_some(u64::from(t.progress_deadline_seconds)),
+        min_requests: some_u64(t.min_requests),
+        progress_deadline_seconds: some_u64(t.progress_deadline_seconds),
         fast_fail: t.fast_fail.as_ref().map(|f| FastFailSpec {
             disabled: f.disabled,
-            min_requests: (f.min_requests != 0).then_some(u64::from(f.min_requests)),
+            min_requests: some_u64(f.min_requests),
             alpha: (f.alpha != 0.0).then_some(f.alpha),
             window: some_str(&f.window),
         }),
@@ -102,7 +105,7 @@ fn metric(m: &pb::Metric) -> MetricSpec {
             min: r.min,
             max: r.max,
         }),
-        min_requests: (m.min_requests != 0).then_some(u64::from(m.min_requests)),
+        min_requests: some_u64(m.min_requests),
         ..MetricSpec::default()
     }
 }

@@ -21,24 +21,33 @@ pub struct Api {
     pub(super) auth: std::sync::Arc<Authorizer>,
 }
 
-/// Logs an accepted change with its caller.
-fn accepted<T>(
-    rpc: &str,
-    service: &str,
-    who: &Identity,
-    result: Result<T, Status>,
-) -> Result<T, Status> {
-    if result.is_ok() {
-        tracing::info!(rpc, service, caller = %who, "control operation accepted");
-    }
-    result
+/// A change RPC whose caller was let in.
+struct Change {
+    rpc: &'static str,
+    who: Identity,
 }
 
-fn refusal(r: Refusal) -> Status {
-    match r {
-        Refusal::NotFound(m) => Status::not_found(m),
-        Refusal::Invalid(m) => Status::invalid_argument(m),
-        Refusal::Precondition(m) => Status::failed_precondition(m),
+impl Change {
+    /// The controller's answer as the RPC's; an accepted change is logged with its caller.
+    fn answer(
+        &self,
+        service: &str,
+        result: Result<pb::RolloutStatus, Refusal>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        if result.is_ok() {
+            tracing::info!(rpc = self.rpc, service, caller = %self.who, "control operation accepted");
+        }
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        match r {
+            Refusal::NotFound(m) => Status::not_found(m),
+            Refusal::Invalid(m) => Status::invalid_argument(m),
+            Refusal::Precondition(m) => Status::failed_precondition(m),
+        }
     }
 }
 
@@ -58,7 +67,7 @@ impl Control for Api {
         &self,
         req: Request<pb::ApplySpecRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "ApplySpec", Need::Change)?;
+        let change = self.change(&req, "ApplySpec")?;
         let req = req.into_inner();
         need_service(&req.service)?;
         let value = match req.spec {
@@ -78,29 +87,22 @@ impl Control for Api {
             }
             None => return Err(Status::invalid_argument("spec must be set (text or typed)")),
         };
-        let result = self
-            .controller
-            .apply_spec(&req.service, value)
-            .await
-            .map(Response::new)
-            .map_err(refusal);
-        accepted("ApplySpec", &req.service, &who, result)
+        let result = self.controller.apply_spec(&req.service, value).await;
+        change.answer(&req.service, result)
     }
 
     async fn start_rollout(
         &self,
         req: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "StartRollout", Need::Change)?;
+        let change = self.change(&req, "StartRollout")?;
         let req = req.into_inner();
         need_service(&req.service)?;
         let result = self
             .controller
             .start_rollout(&req.service, &req.revision, &req.canary_endpoints)
-            .await
-            .map(Response::new)
-            .map_err(refusal);
-        accepted("StartRollout", &req.service, &who, result)
+            .await;
+        change.answer(&req.service, result)
     }
 
     async fn get_status(
@@ -113,7 +115,7 @@ impl Control for Api {
         self.controller
             .status(&req.service)
             .map(Response::new)
-            .map_err(refusal)
+            .map_err(Status::from)
     }
 
     async fn list_rollouts(
@@ -137,7 +139,7 @@ impl Control for Api {
         let initial = if service.is_empty() {
             self.controller.list()
         } else {
-            vec![self.controller.status(&service).map_err(refusal)?]
+            vec![self.controller.status(&service)?]
         };
         let mut notices = self.controller.subscribe();
         let (tx, rx) = mpsc::channel(256);
@@ -193,67 +195,56 @@ impl Control for Api {
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Promote", Need::Change)?;
-        self.op("Promote", &who, req.into_inner().service, Op::Promote)
-            .await
+        self.op(req, "Promote", |r| (r.service, Op::Promote)).await
     }
 
     async fn abort(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Abort", Need::Change)?;
-        self.op("Abort", &who, req.into_inner().service, Op::Abort)
-            .await
+        self.op(req, "Abort", |r| (r.service, Op::Abort)).await
     }
 
     async fn pause(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Pause", Need::Change)?;
-        self.op("Pause", &who, req.into_inner().service, Op::Pause)
-            .await
+        self.op(req, "Pause", |r| (r.service, Op::Pause)).await
     }
 
     async fn resume(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Resume", Need::Change)?;
-        self.op("Resume", &who, req.into_inner().service, Op::Resume)
-            .await
+        self.op(req, "Resume", |r| (r.service, Op::Resume)).await
     }
 
     async fn retry(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Retry", Need::Change)?;
-        self.op("Retry", &who, req.into_inner().service, Op::Retry)
-            .await
+        self.op(req, "Retry", |r| (r.service, Op::Retry)).await
     }
 
     async fn set_weight(
         &self,
         req: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "SetWeight", Need::Change)?;
-        let req = req.into_inner();
-        let op = Op::SetWeight {
-            weight: req.canary_weight,
-            force: req.force,
-        };
-        self.op("SetWeight", &who, req.service, op).await
+        self.op(req, "SetWeight", |r| {
+            let op = Op::SetWeight {
+                weight: r.canary_weight,
+                force: r.force,
+            };
+            (r.service, op)
+        })
+        .await
     }
 
     async fn approve(
         &self,
         req: Request<pb::GateRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Approve", Need::Change)?;
-        let req = req.into_inner();
-        self.op("Approve", &who, req.service, Op::Approve(req.gate))
+        self.op(req, "Approve", |r| (r.service, Op::Approve(r.gate)))
             .await
     }
 
@@ -261,43 +252,40 @@ impl Control for Api {
         &self,
         req: Request<pb::GateRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Deny", Need::Change)?;
-        let req = req.into_inner();
-        self.op("Deny", &who, req.service, Op::Deny(req.gate)).await
+        self.op(req, "Deny", |r| (r.service, Op::Deny(r.gate)))
+            .await
     }
 
     async fn reset(
         &self,
         req: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        let who = self.auth.check(&req, "Reset", Need::Change)?;
+        let change = self.change(&req, "Reset")?;
         let service = req.into_inner().service;
         need_service(&service)?;
-        let result = self
-            .controller
-            .reset(&service)
-            .await
-            .map(Response::new)
-            .map_err(refusal);
-        accepted("Reset", &service, &who, result)
+        let result = self.controller.reset(&service).await;
+        change.answer(&service, result)
     }
 }
 
 impl Api {
-    async fn op(
+    /// Lets the caller of the change RPC `rpc` in, or refuses them.
+    fn change<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<Change, Status> {
+        let who = self.auth.check(req, rpc, Need::Change)?;
+        Ok(Change { rpc, who })
+    }
+
+    /// The operation `f` makes of the request, on the service it names.
+    async fn op<T>(
         &self,
-        rpc: &str,
-        who: &Identity,
-        service: String,
-        op: Op,
+        req: Request<T>,
+        rpc: &'static str,
+        f: impl FnOnce(T) -> (String, Op),
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let change = self.change(&req, rpc)?;
+        let (service, op) = f(req.into_inner());
         need_service(&service)?;
-        let result = self
-            .controller
-            .operate(&service, op)
-            .await
-            .map(Response::new)
-            .map_err(refusal);
-        accepted(rpc, &service, who, result)
+        let result = self.controller.operate(&service, op).await;
+        change.answer(&service, result)
     }
 }

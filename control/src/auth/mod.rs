@@ -13,8 +13,8 @@ use std::fmt;
 use prometheus::{IntCounterVec, Registry};
 use tonic::Status;
 
-pub use config::{control_from, ControlConfig, ControlTls, DEFAULT_CONTROL};
-pub use tokens::{Tokens, MIN_TOKEN_LEN};
+pub use config::{control_from, ControlConfig, DEFAULT_CONTROL};
+use tokens::Tokens;
 
 /// What an RPC does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl fmt::Display for Identity {
 /// The control API's gatekeeper.
 pub struct Authorizer {
     tokens: Option<Tokens>,
-    client_certs: bool,
+    required: bool,
     allowed_sans: Vec<String>,
     refused: IntCounterVec,
 }
@@ -65,7 +65,7 @@ impl Authorizer {
         let tokens = cfg.token_file.as_deref().map(Tokens::open).transpose()?;
         Ok(Authorizer {
             tokens,
-            client_certs: cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            required: cfg.has_credentials(),
             allowed_sans: cfg
                 .tls
                 .as_ref()
@@ -82,7 +82,7 @@ impl Authorizer {
 
     /// True when callers must show credentials.
     pub fn required(&self) -> bool {
-        self.tokens.is_some() || self.client_certs
+        self.required
     }
 
     /// Lets a call through, or refuses it (logged and counted).

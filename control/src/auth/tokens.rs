@@ -69,18 +69,28 @@ fn parse(text: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
+/// The tokens of a token file's contents.
+fn decode(bytes: &[u8]) -> Result<Vec<Token>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    parse(text)
+}
+
+/// A token file's contents and its tokens.
+fn load(path: &str) -> Result<(Vec<u8>, Vec<Token>), String> {
+    let contents = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let tokens = decode(&contents).map_err(|e| format!("{path}: {e}"))?;
+    Ok((contents, tokens))
+}
+
 impl Tokens {
     /// Reads and checks a token file.
     pub fn read(path: &str) -> Result<Vec<Token>, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
-        parse(&text).map_err(|e| format!("{path}: {e}"))
+        load(path).map(|(_, tokens)| tokens)
     }
 
     /// Opens a token file for use.
     pub fn open(path: &str) -> Result<Tokens, String> {
-        let contents = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-        let tokens = Tokens::read(path)?;
+        let (contents, tokens) = load(path)?;
         if tokens.is_empty() {
             tracing::warn!(
                 path,
@@ -126,9 +136,7 @@ impl Tokens {
         if contents == loaded.contents {
             return;
         }
-        let parsed = String::from_utf8(contents.clone())
-            .map_err(|_| "not UTF-8 text".to_string())
-            .and_then(|t| parse(&t));
+        let parsed = decode(&contents);
         loaded.contents = contents;
         match parsed {
             Ok(tokens) => {

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use weir_proxy::{Proxy, VersionHandle};
 
 use super::render::{event_label, view_line};
+use super::run::until;
 use crate::config::WeirConfig;
 use crate::controller::{Controller, Notice};
 
@@ -166,9 +167,6 @@ async fn serve(
     let admin = TcpListener::bind("127.0.0.1:0").await?;
     let addrs = (listener.local_addr()?, admin.local_addr()?);
     let mut tasks = JoinSet::new();
-    let until = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let (p, rx) = (proxy.clone(), stop.clone());
     tasks.spawn(async move { p.serve(listener, until(rx)).await });
     let (p, rx) = (proxy.clone(), stop.clone());

@@ -71,7 +71,7 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Resolves when `stop` turns true.
-async fn until(mut stop: watch::Receiver<bool>) {
+pub(super) async fn until(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

@@ -5,7 +5,7 @@
 use weir_proxy::config::Dur;
 
 use super::model::*;
-use super::validate::Errors;
+use super::validate::{is_http_url, Errors};
 use super::wire::{AlertProviderConfig, AnalysisSpec, MetricSpec, MetricTemplate};
 
 /// What an analysis may refer to outside itself.
@@ -106,7 +106,6 @@ fn kind(m: &MetricSpec, at: &str, catalog: &Catalog<'_>, e: &mut Errors<'_>) -> 
             address: t.provider.address.clone(),
             template: t.query.clone(),
             variables: m.template_variables.clone(),
-            from: Some(format!("{}.{namespace}", t.name)),
         };
         return check_query(query, at, e);
     }
@@ -122,7 +121,6 @@ fn kind(m: &MetricSpec, at: &str, catalog: &Catalog<'_>, e: &mut Errors<'_>) -> 
             address: address.to_string(),
             template: q.clone(),
             variables: m.template_variables.clone(),
-            from: None,
         };
         return check_query(query, at, e);
     }
@@ -168,9 +166,7 @@ fn kind(m: &MetricSpec, at: &str, catalog: &Catalog<'_>, e: &mut Errors<'_>) -> 
 
 /// A query's address must be a URL and its template must render.
 fn check_query(q: Query, at: &str, e: &mut Errors<'_>) -> Option<MetricKind> {
-    if !(q.address.starts_with("http://") || q.address.starts_with("https://"))
-        || q.address.parse::<http::Uri>().is_err()
-    {
+    if !is_http_url(&q.address) {
         e.add(
             at,
             format!("{:?} is not the http(s) URL of a Prometheus", q.address),
@@ -241,7 +237,6 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            from: None,
         }
     }
 

@@ -74,8 +74,6 @@ pub struct Query {
     pub template: String,
     /// `{{ variables.X }}`.
     pub variables: BTreeMap<String, String>,
-    /// The template's name (`name.namespace`), or None for an inline query.
-    pub from: Option<String>,
 }
 
 /// The built-in metrics weir computes from its own measurements.
@@ -250,7 +248,6 @@ pub struct Analysis {
     pub metrics: Vec<Metric>,
     pub hooks: Vec<Hook>,
     pub alerts: Vec<AlertTarget>,
-    pub min_requests: u64,
     pub progress_deadline: Duration,
     pub fast_fail: Option<FastFail>,
     /// Mirror percentage (1..=100).

@@ -110,7 +110,6 @@ pub fn validate(
         metrics,
         hooks,
         alerts,
-        min_requests,
         progress_deadline: Duration::from_secs(
             spec.progress_deadline_seconds
                 .unwrap_or(DEFAULT_PROGRESS_DEADLINE),
@@ -287,7 +286,8 @@ fn hooks(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Vec<Hook> {
     out
 }
 
-fn is_http_url(url: &str) -> bool {
+/// An http(s) URL.
+pub(super) fn is_http_url(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://")) && url.parse::<http::Uri>().is_ok()
 }
 

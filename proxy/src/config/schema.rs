@@ -290,9 +290,16 @@ pub struct SessionAffinityConfig {
     pub primary_max_age: u64,
 }
 
+impl SessionAffinityConfig {
+    /// Max-Age of the canary cookie when none is given: a day.
+    pub const DEFAULT_MAX_AGE: u64 = 86400;
+    /// Max-Age of the primary cookie when none is given.
+    pub const DEFAULT_PRIMARY_MAX_AGE: u64 = 60;
+}
+
 fn default_max_age() -> u64 {
-    86400
+    SessionAffinityConfig::DEFAULT_MAX_AGE
 }
 fn default_primary_max_age() -> u64 {
-    60
+    SessionAffinityConfig::DEFAULT_PRIMARY_MAX_AGE
 }

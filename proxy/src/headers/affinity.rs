@@ -16,8 +16,6 @@ pub(crate) struct Affinity {
     cookie_name: String,
     primary_cookie_name: Option<String>,
     token: String,
-    /// The canary's version index (the second version).
-    canary: usize,
     /// The canary takes a share of the split right now.
     active: bool,
     set_canary: HeaderValue,
@@ -61,7 +59,6 @@ impl Affinity {
             cookie_name: sa.cookie_name.clone(),
             primary_cookie_name: sa.primary_cookie_name.clone(),
             token,
-            canary: CANARY,
             active,
             set_canary,
             set_primary,
@@ -76,7 +73,7 @@ impl Affinity {
         }
         let token = self.token.as_bytes();
         if cookie(headers, &self.cookie_name) == Some(token) {
-            return Some(self.canary);
+            return Some(CANARY);
         }
         match &self.primary_cookie_name {
             Some(p) if cookie(headers, p) == Some(token) => Some(0),
@@ -89,7 +86,7 @@ impl Affinity {
         if !self.active {
             return self.expire_stale(headers);
         }
-        if version == self.canary {
+        if version == CANARY {
             Some(self.set_canary.clone())
         } else if version == 0 {
             self.set_primary

@@ -10,42 +10,50 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Sets the forwarding headers. From a trusted proxy, `x-forwarded-for` is extended
-/// with the peer and its `x-forwarded-proto` kept; from anyone else every
-/// `x-forwarded-*` (and `forwarded`) header is replaced by what weir saw: the peer's
-/// address and the connection's scheme. A request without `x-request-id` gets one.
-pub(crate) fn add_forwarding(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    trusted: bool,
-) {
-    let ip = client.to_canonical().to_string();
-    if !trusted {
-        remove_where(headers, |name| {
-            name.starts_with("x-forwarded-") || name == "forwarded"
-        });
-    }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+/// A peer's address as `x-forwarded-for` carries it: made once per connection.
+pub(crate) fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Removes what only weir or a trusted proxy may set, in one pass over the names:
+/// weir's own headers (`x-weir-*`) always, and every `x-forwarded-*` and `forwarded`
+/// header unless the peer is `trusted`.
+pub(crate) fn strip_inbound(headers: &mut HeaderMap, trusted: bool) {
+    remove_where(headers, |name| {
+        name.starts_with("x-weir-")
+            || (!trusted && (name.starts_with("x-forwarded-") || name == "forwarded"))
+    });
+}
+
+/// Sets the forwarding headers on what [`strip_inbound`] left: `x-forwarded-for` is the
+/// peer (`client`, from [`forwarded_for`]), appended to a trusted proxy's list;
+/// `x-forwarded-proto` is the connection's scheme unless a trusted proxy set it. A
+/// request without `x-request-id` gets one.
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
+    let appended = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        appended.unwrap_or_else(|| client.clone()),
+    );
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(&request_id()) {
+        let id = request_id_bytes();
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
             headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
-}
-
-/// Removes weir's own headers (`x-weir-*`) from what a client sent: only weir sets them.
-pub(crate) fn strip_internal(headers: &mut HeaderMap) {
-    remove_where(headers, |name| name.starts_with("x-weir-"));
 }
 
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
@@ -59,23 +67,31 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     }
 }
 
-/// A random UUID (version 4) for `x-request-id`.
-pub(crate) fn request_id() -> String {
+/// A random UUID (version 4), `8-4-4-4-12` hex digits, on the stack.
+fn request_id_bytes() -> [u8; 36] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&crate::split::random_u64().to_be_bytes());
     b[8..].copy_from_slice(&crate::split::random_u64().to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
+    let mut out = [0u8; 36];
+    let mut at = 0;
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            out[at] = b'-';
+            at += 1;
         }
-        s.push(char::from(HEX[usize::from(byte >> 4)]));
-        s.push(char::from(HEX[usize::from(byte & 15)]));
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 15)];
+        at += 2;
     }
-    s
+    out
+}
+
+/// A random UUID (version 4) for `x-request-id`.
+pub(crate) fn request_id() -> String {
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
 }
 
 #[cfg(test)]
@@ -92,13 +108,16 @@ mod tests {
             h.insert("x-weir-shadow", HeaderValue::from_static("1"));
             h
         };
+        let local = forwarded_for("127.0.0.1".parse().expect("ip"));
         let mut h = forged();
-        add_forwarding(&mut h, "127.0.0.1".parse().expect("ip"), "http", true);
+        strip_inbound(&mut h, true);
+        add_forwarding(&mut h, &local, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-weir-shadow"));
         let mut h = forged();
-        add_forwarding(&mut h, "127.0.0.1".parse().expect("ip"), "http", false);
-        strip_internal(&mut h);
+        strip_inbound(&mut h, false);
+        add_forwarding(&mut h, &local, "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("x-forwarded-host"));
@@ -108,12 +127,9 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         let mut again = HeaderMap::new();
         again.insert("x-request-id", HeaderValue::from_static("abc"));
-        add_forwarding(
-            &mut again,
-            "::ffff:127.0.0.1".parse().expect("ip"),
-            "http",
-            false,
-        );
+        let mapped = forwarded_for("::ffff:127.0.0.1".parse().expect("ip"));
+        strip_inbound(&mut again, false);
+        add_forwarding(&mut again, &mapped, "http");
         assert_eq!(again["x-request-id"], "abc");
         assert_eq!(again["x-forwarded-for"], "127.0.0.1");
         assert_ne!(request_id(), request_id());

@@ -9,7 +9,7 @@ mod host;
 mod trusted;
 
 pub(crate) use cookie::cookie;
-pub(crate) use forwarding::{add_forwarding, request_id, strip_internal};
+pub(crate) use forwarding::{add_forwarding, forwarded_for, request_id, strip_inbound};
 pub(crate) use hop::{is_upgrade, strip_hop_by_hop};
 pub(crate) use host::{authority_of, routed_host, shadow_host, strip_port};
 pub(crate) use trusted::{cidr, TrustedProxies};

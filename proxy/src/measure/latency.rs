@@ -1,7 +1,6 @@
 //! Latency as hdrhistograms sharded by worker thread and merged on read: exact
 //! percentiles over any window, and no lock shared by all requests.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,19 +18,14 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HDR_MAX_MICROS, 3).expect("static bounds are valid")
 }
 
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-}
-
 impl LatencyShards {
     pub(super) fn new() -> Self {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 64);
+        // One shard per worker (the threads that record users' requests); any other
+        // thread shares the last.
         LatencyShards {
-            shards: (0..n).map(|_| Mutex::new(new_histogram())).collect(),
+            shards: (0..crate::workers::count())
+                .map(|_| Mutex::new(new_histogram()))
+                .collect(),
         }
     }
 
@@ -39,7 +33,7 @@ impl LatencyShards {
         let micros = u64::try_from(elapsed.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let shard = SHARD.with(|s| *s) % self.shards.len();
+        let shard = crate::workers::slot(self.shards.len());
         let mut h = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
         h.saturating_record(micros);
     }

@@ -40,7 +40,7 @@ pub struct VersionMetrics {
     envoy_codes: Box<[OnceLock<IntCounter>]>,
     envoy_rq: IntCounterVec,
     errors: [IntCounter; ErrorKind::UPSTREAM.len()],
-    client: [IntCounter; 4],
+    client: [IntCounter; ErrorKind::CLIENT.len()],
     seconds: Histogram,
     millis: Histogram,
     pub(crate) weight: IntGauge,

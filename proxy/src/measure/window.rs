@@ -23,7 +23,7 @@ pub struct VersionSnapshot {
     /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
     pub failures: [u64; ErrorKind::UPSTREAM.len()],
     /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
-    pub client_faults: [u64; 4],
+    pub client_faults: [u64; ErrorKind::CLIENT.len()],
     /// Responses by status code (those seen), as recorded.
     pub codes: Vec<(u16, u64)>,
     /// Latency in microseconds.
@@ -51,7 +51,7 @@ impl VersionSnapshot {
             at: Instant::now(),
             responses: [0; 5],
             failures: [0; ErrorKind::UPSTREAM.len()],
-            client_faults: [0; 4],
+            client_faults: [0; ErrorKind::CLIENT.len()],
             codes: Vec::new(),
             latency: super::latency::new_histogram(),
         }
@@ -112,7 +112,7 @@ pub struct Window {
     /// Upstream failures, indexed like [`ErrorKind::UPSTREAM`].
     pub failures: [u64; ErrorKind::UPSTREAM.len()],
     /// The clients' faults (not counted in `responses`), indexed like [`ErrorKind::CLIENT`].
-    pub client_faults: [u64; 4],
+    pub client_faults: [u64; ErrorKind::CLIENT.len()],
     /// Responses by status code.
     pub codes: Vec<(u16, u64)>,
     /// Latency in microseconds.
@@ -128,11 +128,6 @@ impl Window {
     /// 5xx responses, including weir's own 502/504.
     pub fn errors_5xx(&self) -> u64 {
         self.responses[4]
-    }
-
-    /// Responses weir made itself because the upstream failed.
-    pub fn proxy_failures(&self) -> u64 {
-        self.failures.iter().sum()
     }
 
     /// Failures of one kind (upstream or client).

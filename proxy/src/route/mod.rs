@@ -7,7 +7,7 @@ mod table;
 
 pub(crate) use build::service as build_service;
 pub(crate) use matcher::RequestView;
-pub(crate) use table::{Decision, HostIndex, RouteTable, Service};
+pub(crate) use table::{Decision, RouteTable, Service};
 
 #[cfg(test)]
 mod tests {
@@ -30,11 +30,7 @@ mod tests {
                 Arc::new(build_service(s, &format!("services[{i}]"), &backends).expect("builds"))
             })
             .collect();
-        RouteTable {
-            hosts: Arc::new(HostIndex::new(&services)),
-            services,
-            trusted: Arc::default(),
-        }
+        RouteTable::new(services, &[])
     }
     fn pick(
         t: &RouteTable,

@@ -127,6 +127,16 @@ impl HostIndex {
 }
 
 impl RouteTable {
+    /// A table over `services`, with their weights published as metrics.
+    pub(crate) fn new(services: Vec<Arc<Service>>, trusted_proxies: &[String]) -> RouteTable {
+        services.iter().for_each(|s| s.publish_weights());
+        RouteTable {
+            hosts: Arc::new(HostIndex::new(&services)),
+            services,
+            trusted: Arc::new(crate::headers::TrustedProxies::parse(trusted_proxies)),
+        }
+    }
+
     /// The service for a Host value (port and case ignored).
     pub(crate) fn service_for(&self, host: Option<&str>) -> Option<&Service> {
         let idx = host

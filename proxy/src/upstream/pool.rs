@@ -79,7 +79,7 @@ impl Pool {
             connector,
             idle_timeout,
             max_idle,
-            idle: (0..=workers::count())
+            idle: (0..workers::slots())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             sweeper: AtomicBool::new(false),
@@ -88,9 +88,9 @@ impl Pool {
 
     /// This thread's stack: its worker's, or the one shared by every other thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        let last = self.idle.len() - 1;
-        let i = workers::current().map_or(last, |w| w.min(last));
-        self.idle[i].lock().unwrap_or_else(|p| p.into_inner())
+        self.idle[workers::slot(self.idle.len())]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used idle connection that can take a request.

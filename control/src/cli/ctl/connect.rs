@@ -20,7 +20,7 @@ pub const TOKEN_ENV: &str = "WEIR_CONTROL_TOKEN";
 #[derive(clap::Args, Debug, Clone)]
 pub struct Access {
     /// Address of weir's control API (`host:port`, `http://...` or `https://...`).
-    #[arg(long, global = true, default_value = "127.0.0.1:9090")]
+    #[arg(long, global = true, default_value = crate::auth::DEFAULT_CONTROL)]
     pub control: String,
     /// A file holding the bearer token (its first line; a `name token` line works too).
     /// Without it, the `WEIR_CONTROL_TOKEN` variable is used when set.

@@ -120,7 +120,7 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
             return Ok(ExitCode::SUCCESS);
         }
         CtlCommand::Watch { service } => {
-            watch(&mut client, &service, None).await?;
+            watch(&mut client, &service).await?;
             return Ok(ExitCode::SUCCESS);
         }
         CtlCommand::Start {
@@ -219,11 +219,8 @@ async fn start(
     }
 }
 
-async fn watch(
-    client: &mut Client,
-    service: &str,
-    revision: Option<&str>,
-) -> Result<bool, CtlError> {
+/// `weir ctl watch`: prints a service's events and progress until the watch ends.
+async fn watch(client: &mut Client, service: &str) -> Result<(), CtlError> {
     let stream = client
         .watch(pb::ServiceRef {
             service: service.into(),
@@ -231,7 +228,8 @@ async fn watch(
         .await
         .map_err(grpc_error)?
         .into_inner();
-    follow(stream, service, revision).await
+    follow(stream, service, None).await?;
+    Ok(())
 }
 
 /// Prints events and progress; with a revision, returns once it is promoted (true) or
