@@ -139,6 +139,13 @@ saturation() { # port
   awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out"
 }
 
+# Saturation req/s over h2c (prior knowledge) with h2load: 32 connections, 10 streams
+# each; its output stays in $WORK/wrk.out.
+h2_saturation() { # port
+  h2load -t2 -c32 -m10 -D "$DURATION" "http://127.0.0.1:$1/" > "$WORK/wrk.out" 2>&1
+  awk '/^finished in/ {gsub(",", ""); print $4}' "$WORK/wrk.out"
+}
+
 # Non-2xx answers and socket errors (connect, read, write, timeout) of the last wrk run.
 wrk_errors() {
   awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$WORK/wrk.out"
@@ -156,13 +163,14 @@ cpu_ticks() {
   echo "$u $s"
 }
 
-# Saturation with CPU: wrk -c32 on port $1 for DURATION s while the CPU time of the
-# pids after it is sampled over the middle of the run. Prints "req/s user_us kernel_us"
+# Saturation with CPU: wrk -c32 (or the function named by $SATURATE, say h2_saturation)
+# on port $1 for DURATION s while the CPU time of the pids after it is sampled over the
+# middle of the run. Prints "req/s user_us kernel_us"
 # (CPU microseconds per request); without pids the CPU columns are "-".
 saturation_cpu() { # port pids...
   local port=$1; shift
   local window=$((DURATION > 2 ? DURATION - 2 : 1))
-  saturation "$port" > "$WORK/rps" &
+  "${SATURATE:-saturation}" "$port" > "$WORK/rps" &
   local wrk_pid=$!
   sleep 1
   local u0=0 s0=0 u1=0 s1=0 t0 t1

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ServiceConfig, VersionConfig};
 use crate::headers::affinity::Tokens;
-use crate::measure::{Families, VersionHandle, VersionMetrics};
+use crate::measure::{Families, VersionHandle};
 use crate::tls::TlsWatch;
 use crate::upstream::{BuildError, Upstream};
 
@@ -65,20 +65,9 @@ impl Backends {
             return Ok((p.upstream.clone(), p.metrics.clone()));
         }
         let upstream = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
-        let metrics = |mirrored| {
-            Arc::new(VersionMetrics::new(
-                &self.families,
-                &svc.name,
-                &svc.namespace,
-                svc.port,
-                name,
-                mirrored,
-            ))
-        };
-        let metrics = VersionHandle {
-            users: metrics(false),
-            shadow: metrics(true),
-        };
+        let metrics = self
+            .families
+            .version(&svc.name, &svc.namespace, svc.port, name);
         cache.insert(
             key,
             Parts {
@@ -120,13 +109,12 @@ impl Backends {
                 .extend(svc.versions.keys().map(String::as_str));
         }
         let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|(s, v), parts| {
+        cache.retain(|(s, v), _| {
             let keep = names
                 .get(s.as_str())
                 .is_some_and(|vs| vs.contains(&v.as_str()));
             if !keep {
-                parts.metrics.users.forget(&self.families);
-                parts.metrics.shadow.forget(&self.families);
+                self.families.forget_version(s, v);
             }
             keep
         });

@@ -354,7 +354,9 @@ impl Conn {
             let info = info.clone();
             let guard = svc_activity.start();
             async move {
-                let resp = handle(&state, info, req).await;
+                // Boxed: the handler's future is kilobytes, and hyper moves the future it
+                // is given (into a task per HTTP/2 stream): moving a pointer is cheaper.
+                let resp = Box::pin(handle(&state, info, req)).await;
                 Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
             }
         });

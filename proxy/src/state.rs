@@ -184,13 +184,13 @@ impl ProxyState {
         let mut bases: HashMap<String, (usize, ServiceConfig)> = HashMap::new();
         let mut policies: HashMap<String, Option<TrafficPolicy>> = HashMap::new();
         for (service, version, settings) in versions {
-            base(&desired.config, &mut bases, &service)?
+            base(&desired.config, current, &mut bases, &service)?
                 .1
                 .versions
                 .insert(version, settings);
         }
         for (service, policy) in edits {
-            base(&desired.config, &mut bases, &service)?;
+            base(&desired.config, current, &mut bases, &service)?;
             policies.insert(service, policy);
         }
         let mut errors = Vec::new();
@@ -222,7 +222,7 @@ impl ProxyState {
         let mut services = current.services.clone();
         for (i, s) in built {
             s.publish_weights();
-            services[i] = s;
+            services = services.with(i, s);
         }
         self.table.store(Arc::new(RouteTable {
             services,
@@ -279,14 +279,16 @@ fn find<'c>(
 /// The working copy of one service's base config in an edit.
 fn base<'b>(
     config: &ProxyConfig,
+    current: &RouteTable,
     bases: &'b mut HashMap<String, (usize, ServiceConfig)>,
     name: &str,
 ) -> Result<(usize, &'b mut ServiceConfig), ConfigErrors> {
     if !bases.contains_key(name) {
-        let i = config
+        // The table's services are the file's, in the file's order.
+        let i = current
             .services
-            .iter()
-            .position(|s| s.name == name)
+            .position(name)
+            .filter(|i| config.services.get(*i).is_some_and(|s| s.name == name))
             .ok_or_else(|| unknown(name))?;
         bases.insert(name.to_string(), (i, config.services[i].clone()));
     }

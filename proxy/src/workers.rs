@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -31,9 +31,11 @@ pub(crate) fn slot(len: usize) -> usize {
     current().map_or(last, |w| w.min(last))
 }
 
-/// How many workers: one per core the process may use (cgroup limits included).
+/// How many workers: one per core the process may use (cgroup limits included), read
+/// once (the standard library reads the cgroup files on every call).
 pub(crate) fn count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Runs `work(i)` for `i` in `0..n`, each on its own thread in its own current-thread

@@ -1,12 +1,16 @@
-//! The Prometheus families weir's data plane exports, registered once per process, and
-//! the text rendering of `/metrics`.
+//! The Prometheus families weir's data plane exports, registered once per process, the
+//! versions whose measurements it exports, and the text rendering of `/metrics`.
 
 use prometheus::core::Collector;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::{Comparison, MirrorSkip};
+use super::version::VersionMetrics;
+use super::{Comparison, MirrorSkip, VersionHandle};
 
 /// Envoy's default histogram bucket bounds, in milliseconds.
 pub const ENVOY_BUCKETS_MS: [f64; 19] = [
@@ -51,17 +55,11 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 /// The Prometheus families weir exports.
 pub struct Families {
     registry: Registry,
-    pub(super) requests: IntCounterVec,
-    pub(super) duration: HistogramVec,
-    pub(super) upstream_errors: IntCounterVec,
-    pub(super) client_errors: IntCounterVec,
-    pub(super) mirror_skipped: IntCounterVec,
-    pub(super) mirror_comparisons: IntCounterVec,
-    pub(super) weight: IntGaugeVec,
-    pub(super) envoy_rq: IntCounterVec,
-    pub(super) envoy_rq_xx: IntCounterVec,
-    pub(super) envoy_rq_total: IntCounterVec,
-    pub(super) envoy_rq_time: HistogramVec,
+    mirror_skipped: IntCounterVec,
+    mirror_comparisons: IntCounterVec,
+    weight: IntGaugeVec,
+    /// Every version's measurements, rendered by `export` on each scrape.
+    versions: Mutex<BTreeMap<(String, String), VersionHandle>>,
     /// `weir_config_reloads_total`.
     pub reloads: IntCounter,
     /// `weir_config_reload_failures_total`.
@@ -82,36 +80,7 @@ impl Families {
     /// Creates and registers every family.
     pub fn new() -> Families {
         let r = Registry::new();
-        let svm = &["service", "version", "mirrored"];
-        let envoy_ms = || ENVOY_BUCKETS_MS.to_vec();
         Families {
-            requests: counter_vec(
-                &r,
-                "weir_requests_total",
-                "Responses sent for each service version, by status class.",
-                &["service", "version", "code_class", "mirrored"],
-            ),
-            duration: histogram_vec(
-                &r,
-                HistogramOpts::new(
-                    "weir_request_duration_seconds",
-                    "Time from receiving a request to the end of its response, per service version.",
-                )
-                .buckets(envoy_ms().iter().map(|ms| ms / 1000.0).collect()),
-                svm,
-            ),
-            upstream_errors: counter_vec(
-                &r,
-                "weir_upstream_errors_total",
-                "Requests weir answered itself because the upstream failed, by reason.",
-                &["service", "version", "reason", "mirrored"],
-            ),
-            client_errors: counter_vec(
-                &r,
-                "weir_client_errors_total",
-                "Requests that failed by the client's doing (not counted against the version), by reason.",
-                &["service", "version", "reason", "mirrored"],
-            ),
             mirror_skipped: counter_vec(
                 &r,
                 "weir_mirror_skipped_total",
@@ -129,33 +98,6 @@ impl Families {
                 "weir_route_weight",
                 "Weight of each version in the service's weighted split.",
                 &["service", "version"],
-            ),
-            envoy_rq: counter_vec(
-                &r,
-                "envoy_cluster_upstream_rq",
-                "Upstream responses by status code (Envoy-compatible).",
-                &["envoy_cluster_name", "envoy_response_code"],
-            ),
-            envoy_rq_xx: counter_vec(
-                &r,
-                "envoy_cluster_upstream_rq_xx",
-                "Upstream responses by status class (Envoy-compatible).",
-                &["envoy_cluster_name", "envoy_response_code_class"],
-            ),
-            envoy_rq_total: counter_vec(
-                &r,
-                "envoy_cluster_upstream_rq_total",
-                "Upstream requests (Envoy-compatible).",
-                &["envoy_cluster_name"],
-            ),
-            envoy_rq_time: histogram_vec(
-                &r,
-                HistogramOpts::new(
-                    "envoy_cluster_upstream_rq_time",
-                    "Upstream request time in milliseconds (Envoy-compatible).",
-                )
-                .buckets(envoy_ms()),
-                &["envoy_cluster_name"],
             ),
             reloads: counter(
                 &r,
@@ -198,6 +140,7 @@ impl Families {
                 "Requests answered 400 before routing (conflicting Host headers, say), by reason.",
                 &["reason"],
             ),
+            versions: Mutex::default(),
             registry: r,
         }
     }
@@ -215,16 +158,54 @@ impl Families {
         {
             tracing::error!(error = %e, "cannot encode metrics");
         }
-        // Envoy names these counters without `_total`. Declaring them untyped (the text
-        // format's type for "not vouched for") keeps Envoy's names, satisfies
-        // `promtool check metrics`, and `rate()` works on them the same.
-        for family in ["envoy_cluster_upstream_rq", "envoy_cluster_upstream_rq_xx"] {
-            out = out.replace(
-                &format!("# TYPE {family} counter\n"),
-                &format!("# TYPE {family} untyped\n"),
-            );
-        }
+        let handles: Vec<VersionHandle> = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        super::export::render(&handles, &mut out);
         out
+    }
+
+    /// The measurements of a new version (users' and shadow traffic), exported from now on.
+    pub(crate) fn version(
+        &self,
+        service: &str,
+        namespace: &str,
+        port: u16,
+        version: &str,
+    ) -> VersionHandle {
+        let metrics = |mirrored| {
+            Arc::new(VersionMetrics::new(
+                service, namespace, port, version, mirrored,
+            ))
+        };
+        let handle = VersionHandle {
+            users: metrics(false),
+            shadow: metrics(true),
+            weight: self.weight.with_label_values(&[service, version]),
+        };
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((service.to_string(), version.to_string()), handle.clone());
+        handle
+    }
+
+    /// Removes every series of a version that is gone from the config.
+    pub(crate) fn forget_version(&self, service: &str, version: &str) {
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(service.to_string(), version.to_string()));
+        let _ = self.weight.remove_label_values(&[service, version]);
+        for reason in MirrorSkip::ALL {
+            let _ = self
+                .mirror_skipped
+                .remove_label_values(&[service, version, reason.label()]);
+        }
     }
 
     /// `weir_mirror_skipped_total` of one shadow version and reason.

@@ -2,15 +2,19 @@
 //! per exchange when it ends, exported as Prometheus families and read by the controller
 //! as snapshots and windows.
 
+mod export;
 mod families;
 mod latency;
+mod tally;
 mod version;
 mod window;
 
 use std::sync::Arc;
 
+use prometheus::IntGauge;
+
 pub use families::{counter_vec, gauge_vec, histogram_vec, register, Families, ENVOY_BUCKETS_MS};
-pub(crate) use version::Outcome;
+pub(crate) use tally::Outcome;
 pub use version::{envoy_cluster_name, VersionMetrics};
 pub use window::{VersionSnapshot, Window};
 
@@ -71,6 +75,8 @@ impl Comparison {
 pub struct VersionHandle {
     pub(crate) users: Arc<VersionMetrics>,
     pub(crate) shadow: Arc<VersionMetrics>,
+    /// `weir_route_weight` of the version.
+    pub(crate) weight: IntGauge,
 }
 
 impl VersionHandle {

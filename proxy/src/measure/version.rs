@@ -1,32 +1,18 @@
-//! The measurement handles of one (service, version): resolved once when a route table is
-//! built, so recording a request only does atomic adds and one histogram record.
+//! The measurements of one (service, version): one [`Tally`] per worker, each written
+//! only by its worker under its own (uncontended) lock and added up when read, so
+//! recording a request touches no memory another core writes.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Mutex;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
-
-use super::families::Families;
-use super::latency::LatencyShards;
+use super::latency::new_histogram;
+use super::tally::{Outcome, Tally};
 use super::window::VersionSnapshot;
-use super::MirrorSkip;
-use crate::error::ErrorKind;
 
-pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-pub(super) const ENVOY_CLASSES: [&str; 5] = ["1", "2", "3", "4", "5"];
+/// One worker's share, on its own cache lines.
+#[repr(align(128))]
+struct Shard(Mutex<Tally>);
 
-/// How one exchange ended, as the version's measurements record it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Outcome {
-    /// The status of the response (weir's own 502/504 included).
-    pub status: u16,
-    /// What failed, when something did.
-    pub error: Option<ErrorKind>,
-    /// From receiving the request to the end of its response.
-    pub elapsed: Duration,
-}
-
-/// The measurement handles of one (service, version).
+/// The measurement handles of one (service, version), users' or shadow traffic.
 pub struct VersionMetrics {
     pub(super) service: String,
     pub(super) version: String,
@@ -34,17 +20,7 @@ pub struct VersionMetrics {
     pub(super) mirrored: bool,
     /// Envoy cluster name used in the Envoy families.
     pub(super) cluster: String,
-    classes: [IntCounter; 5],
-    envoy_xx: [IntCounter; 5],
-    envoy_total: IntCounter,
-    envoy_codes: Box<[OnceLock<IntCounter>]>,
-    envoy_rq: IntCounterVec,
-    errors: [IntCounter; ErrorKind::UPSTREAM.len()],
-    client: [IntCounter; ErrorKind::CLIENT.len()],
-    seconds: Histogram,
-    millis: Histogram,
-    pub(crate) weight: IntGauge,
-    latency: LatencyShards,
+    shards: Box<[Shard]>,
 }
 
 /// Contour's cluster name: `<namespace>_<service>-<version>_<port>`.
@@ -53,157 +29,77 @@ pub fn envoy_cluster_name(namespace: &str, service: &str, version: &str, port: u
 }
 
 impl VersionMetrics {
-    /// Resolves the handles of one service version.
-    pub(crate) fn new(
-        f: &Families,
+    /// The measurements of one service version, empty.
+    pub(super) fn new(
         service: &str,
         namespace: &str,
         port: u16,
         version: &str,
         mirrored: bool,
     ) -> VersionMetrics {
-        let cluster = envoy_cluster_name(namespace, service, version, port);
-        let m = if mirrored { "true" } else { "false" };
-        let c = cluster.as_str();
         VersionMetrics {
-            classes: CLASSES
-                .map(|class| f.requests.with_label_values(&[service, version, class, m])),
-            envoy_xx: ENVOY_CLASSES.map(|class| f.envoy_rq_xx.with_label_values(&[c, class])),
-            envoy_total: f.envoy_rq_total.with_label_values(&[c]),
-            envoy_codes: (0..500).map(|_| OnceLock::new()).collect(),
-            envoy_rq: f.envoy_rq.clone(),
-            errors: ErrorKind::UPSTREAM.map(|k| {
-                f.upstream_errors
-                    .with_label_values(&[service, version, k.label(), m])
-            }),
-            client: ErrorKind::CLIENT.map(|k| {
-                f.client_errors
-                    .with_label_values(&[service, version, k.label(), m])
-            }),
-            seconds: f.duration.with_label_values(&[service, version, m]),
-            millis: f.envoy_rq_time.with_label_values(&[c]),
-            weight: f.weight.with_label_values(&[service, version]),
-            latency: LatencyShards::new(),
             service: service.to_string(),
             version: version.to_string(),
             mirrored,
-            cluster,
+            cluster: envoy_cluster_name(namespace, service, version, port),
+            shards: (0..crate::workers::slots())
+                .map(|_| Shard(Mutex::default()))
+                .collect(),
         }
     }
 
-    /// Records one finished exchange. A client's fault is counted apart and nowhere
-    /// else; an upstream failure counts as the 502 or 504 it amounts to (also when it
-    /// came after a 200's headers); every other exchange by its status.
+    /// Records one finished exchange in this thread's share.
     pub(crate) fn record(&self, o: &Outcome) {
-        let mut status = o.status;
-        if let Some(kind) = o.error {
-            if let Some(i) = kind.client_index() {
-                self.client[i].inc();
-                return;
-            }
-            if let Some(i) = kind.upstream_index() {
-                self.errors[i].inc();
-                status = kind.status().as_u16();
-            }
-        }
-        self.record_status(status);
-        let secs = o.elapsed.as_secs_f64();
-        self.seconds.observe(secs);
-        self.millis.observe(secs * 1000.0);
-        self.latency.record(o.elapsed);
+        let shard = &self.shards[crate::workers::slot(self.shards.len())];
+        shard.0.lock().unwrap_or_else(|p| p.into_inner()).record(o);
     }
 
-    fn record_status(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.classes[class].inc();
-        self.envoy_xx[class].inc();
-        self.envoy_total.inc();
-        if (100..600).contains(&status) {
-            let slot = &self.envoy_codes[usize::from(status - 100)];
-            slot.get_or_init(|| {
-                self.envoy_rq
-                    .with_label_values(&[self.cluster.as_str(), status.to_string().as_str()])
-            })
-            .inc();
+    /// Every worker's share added up; the latency histogram only if asked for.
+    pub(super) fn tally(&self, with_latency: bool) -> Tally {
+        let mut out = Tally::default();
+        for shard in self.shards.iter() {
+            let t = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            out.add(&t, with_latency);
         }
-    }
-
-    /// Removes every series of this version (it is gone from the config).
-    pub(crate) fn forget(&self, f: &Families) {
-        let (s, v, c) = (
-            self.service.as_str(),
-            self.version.as_str(),
-            self.cluster.as_str(),
-        );
-        let mirrored = if self.mirrored { "true" } else { "false" };
-        for class in CLASSES {
-            let _ = f.requests.remove_label_values(&[s, v, class, mirrored]);
-        }
-        for kind in ErrorKind::UPSTREAM {
-            let _ = f
-                .upstream_errors
-                .remove_label_values(&[s, v, kind.label(), mirrored]);
-        }
-        for kind in ErrorKind::CLIENT {
-            let _ = f
-                .client_errors
-                .remove_label_values(&[s, v, kind.label(), mirrored]);
-        }
-        for reason in MirrorSkip::ALL {
-            let _ = f
-                .mirror_skipped
-                .remove_label_values(&[s, v, reason.label()]);
-        }
-        let _ = f.duration.remove_label_values(&[s, v, mirrored]);
-        let _ = f.weight.remove_label_values(&[s, v]);
-        for class in ENVOY_CLASSES {
-            let _ = f.envoy_rq_xx.remove_label_values(&[c, class]);
-        }
-        for code in self.codes_seen() {
-            let _ = f.envoy_rq.remove_label_values(&[c, code.as_str()]);
-        }
-        let _ = f.envoy_rq_total.remove_label_values(&[c]);
-        let _ = f.envoy_rq_time.remove_label_values(&[c]);
-    }
-
-    /// The status codes recorded so far (their `envoy_cluster_upstream_rq` series).
-    pub(super) fn codes_seen(&self) -> impl Iterator<Item = String> + '_ {
-        self.envoy_codes
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.get().is_some())
-            .map(|(i, _)| (i + 100).to_string())
+        out.codes.sort_unstable();
+        out
     }
 
     /// Cumulative (responses, 5xx responses), without copying the latency histogram.
     pub fn counts(&self) -> (u64, u64) {
-        let total = self.classes.iter().map(|c| c.get()).sum();
-        (total, self.classes[4].get())
+        let mut total = 0;
+        let mut errors = 0;
+        for shard in self.shards.iter() {
+            let t = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            total += t.requests();
+            errors += t.responses[4];
+        }
+        (total, errors)
     }
 
     /// Cumulative values now; a window is the difference of two snapshots.
     pub fn snapshot(&self) -> VersionSnapshot {
+        let t = self.tally(true);
         VersionSnapshot {
             service: self.service.clone(),
             version: self.version.clone(),
             at: tokio::time::Instant::now(),
-            responses: self.classes.each_ref().map(|c| c.get()),
-            failures: self.errors.each_ref().map(|c| c.get()),
-            client_faults: self.client.each_ref().map(|c| c.get()),
-            codes: self
-                .envoy_codes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| Some((i as u16 + 100, c.get()?.get())))
-                .collect(),
-            latency: self.latency.merged(),
+            responses: t.responses,
+            failures: t.failures,
+            client_faults: t.client_faults,
+            codes: t.codes,
+            latency: t.latency.unwrap_or_else(new_histogram),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::error::ErrorKind;
+    use crate::measure::Families;
 
     fn outcome(status: u16, ms: u64) -> Outcome {
         Outcome {
@@ -215,8 +111,7 @@ mod tests {
 
     #[test]
     fn window_is_the_difference_of_two_snapshots() {
-        let fams = Families::new();
-        let m = VersionMetrics::new(&fams, "podinfo", "test", 9898, "canary", false);
+        let m = VersionMetrics::new("podinfo", "test", 9898, "canary", false);
         for _ in 0..90 {
             m.record(&outcome(200, 1000));
         }
@@ -239,19 +134,19 @@ mod tests {
         assert_eq!(w.errors_5xx(), 5);
         assert_eq!(w.success_rate(), Some(95.0));
         assert_eq!(w.failures_of(ErrorKind::UpstreamTimeout), 1);
+        // Two significant digits: within 1%.
         let p50 = w.quantile_ms(0.5).unwrap_or_default();
-        assert!((9.99..=10.02).contains(&p50), "p50 {p50}");
+        assert!((9.9..=10.1).contains(&p50), "p50 {p50}");
         let p99 = w.quantile_ms(0.99).unwrap_or_default();
-        assert!((9.99..=10.02).contains(&p99), "p99 {p99}");
+        assert!((9.9..=10.1).contains(&p99), "p99 {p99}");
         let max = w.quantile_ms(1.0).unwrap_or_default();
-        assert!((249.0..=251.0).contains(&max), "max {max}");
+        assert!((247.5..=252.5).contains(&max), "max {max}");
         assert_eq!(m.snapshot().total().requests(), 190);
     }
 
     #[test]
     fn empty_window_has_no_rate() {
-        let fams = Families::new();
-        let m = VersionMetrics::new(&fams, "a", "ns", 80, "v1", false);
+        let m = VersionMetrics::new("a", "ns", 80, "v1", false);
         let s = m.snapshot();
         assert_eq!(s.since(&s).success_rate(), None);
         assert_eq!(s.since(&s).quantile_ms(0.99), None);
@@ -260,21 +155,27 @@ mod tests {
     #[test]
     fn exported_families_use_envoy_names_and_labels() {
         let fams = Families::new();
-        let m = VersionMetrics::new(&fams, "podinfo", "test", 9898, "canary", false);
-        m.record(&outcome(503, 3));
-        m.record(&outcome(200, 3));
+        let h = fams.version("podinfo", "test", 9898, "canary");
+        h.users.record(&outcome(503, 3));
+        h.users.record(&outcome(200, 3));
         let text = fams.render();
         for want in [
             r#"envoy_cluster_upstream_rq{envoy_cluster_name="test_podinfo-canary_9898",envoy_response_code="503"} 1"#,
             r#"envoy_cluster_upstream_rq_xx{envoy_cluster_name="test_podinfo-canary_9898",envoy_response_code_class="5"} 1"#,
             r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test_podinfo-canary_9898",le="5"} 2"#,
             r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="test_podinfo-canary_9898",le="1"} 0"#,
+            r#"envoy_cluster_upstream_rq_time_count{envoy_cluster_name="test_podinfo-canary_9898"} 2"#,
             r#"weir_requests_total{code_class="5xx",mirrored="false",service="podinfo",version="canary"} 1"#,
             r#"weir_request_duration_seconds_bucket{mirrored="false",service="podinfo",version="canary",le="0.005"} 2"#,
+            r#"weir_request_duration_seconds_bucket{mirrored="false",service="podinfo",version="canary",le="+Inf"} 2"#,
+            r#"weir_request_duration_seconds_sum{mirrored="false",service="podinfo",version="canary"} 0.006"#,
+            "# TYPE envoy_cluster_upstream_rq untyped\n",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
-        m.forget(&fams);
+        // A shadow that never served is not exported.
+        assert!(!text.contains(r#"mirrored="true""#), "{text}");
+        fams.forget_version("podinfo", "canary");
         assert!(!fams.render().contains("test_podinfo-canary_9898"));
     }
 }

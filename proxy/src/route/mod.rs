@@ -2,10 +2,12 @@
 //! matchers, and how a service of it is built.
 
 mod build;
+mod list;
 pub(crate) mod matcher;
 mod table;
 
 pub(crate) use build::service as build_service;
+pub(crate) use list::ServiceList;
 pub(crate) use matcher::RequestView;
 pub(crate) use table::{Decision, RouteTable, Service};
 
@@ -223,6 +225,39 @@ services:
     routes: [ { match: { headers: { x: {} } }, to: canary }, { split: { primary: 999, canary: 1 } } ]
 "#,
         );
-        assert_eq!(t.services[0].weights(), vec![999, 1]);
+        assert_eq!(
+            t.services.get(0).expect("one service").weights(),
+            vec![999, 1]
+        );
+    }
+
+    #[test]
+    fn replacing_one_service_shares_every_other_chunk() {
+        let mut yaml = String::from("services:\n");
+        for i in 0..70 {
+            yaml.push_str(&format!(
+                "  - name: s{i}\n    hosts: [s{i}]\n    versions: {{ v1: {{ endpoints: [\"127.0.0.1:1\"] }} }}\n"
+            ));
+        }
+        let t = table(&yaml);
+        let by_name = |list: &ServiceList, name: &str| {
+            list.get(list.position(name).expect("known service"))
+                .expect("in range")
+                .clone()
+        };
+        let replacement = by_name(&t.services, "s0");
+        let next = t.services.with(40, replacement.clone());
+        assert!(Arc::ptr_eq(next.get(40).expect("in range"), &replacement));
+        assert_eq!(next.position("s40"), Some(40));
+        for i in (0..70).filter(|i| *i != 40) {
+            let (a, b) = (t.services.get(i), next.get(i));
+            assert!(
+                a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+                "service {i}"
+            );
+        }
+        assert_eq!(next.iter().count(), 70);
+        assert_eq!(by_name(&next, "s69").name, "s69");
+        assert!(next.get(70).is_none());
     }
 }

@@ -20,7 +20,7 @@ use crate::upstream::Upstream;
 
 /// An immutable, fully resolved routing snapshot.
 pub(crate) struct RouteTable {
-    pub(crate) services: Vec<Arc<Service>>,
+    pub(crate) services: super::ServiceList,
     pub(crate) hosts: Arc<HostIndex>,
     /// Peers whose forwarding headers are believed.
     pub(crate) trusted: Arc<crate::headers::TrustedProxies>,
@@ -132,7 +132,7 @@ impl RouteTable {
         services.iter().for_each(|s| s.publish_weights());
         RouteTable {
             hosts: Arc::new(HostIndex::new(&services)),
-            services,
+            services: super::ServiceList::new(services),
             trusted: Arc::new(crate::headers::TrustedProxies::parse(trusted_proxies)),
         }
     }
@@ -170,7 +170,7 @@ impl RouteTable {
 
     /// The service with this name.
     pub(crate) fn service(&self, name: &str) -> Option<&Arc<Service>> {
-        self.services.iter().find(|s| s.name == name)
+        self.services.get(self.services.position(name)?)
     }
 }
 
@@ -210,7 +210,7 @@ impl Service {
     /// Sets `weir_route_weight` of each version from the catch-all rule.
     pub(crate) fn publish_weights(&self) {
         for (version, w) in self.versions.iter().zip(self.weights()) {
-            version.metrics.users.weight.set(i64::from(w));
+            version.metrics.weight.set(i64::from(w));
         }
     }
 }

@@ -1,15 +1,17 @@
 //! Upstreams: the endpoints of a version, used round robin, and how a request reaches one.
 //!
 //! HTTP/1.1 requests to an HTTP/1.1 version run on a pooled connection the request itself
-//! drives (`pool`); HTTP/2 versions, upgrades and CONNECT go through hyper's pooled client;
-//! mirror copies have a client of their own, so shadow work never shares a connection
-//! (or the runtime driving it) with users' requests.
+//! drives (`pool`); HTTP/2 versions, upgrades and CONNECT go through hyper's pooled client,
+//! one per worker, so each worker multiplexes over connections its own runtime drives (a
+//! busy HTTP/2 endpoint gets one connection per worker, and no request hops cores); mirror
+//! copies have a client of their own, so shadow work never shares a connection (or the
+//! runtime driving it) with users' requests.
 
 mod connect;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -33,10 +35,34 @@ pub(crate) struct Endpoint {
     pub address: String,
     /// HTTP/1.1 connections driven by the request that holds them (none for HTTP/2).
     pool: Option<Arc<Pool>>,
-    /// HTTP/2, upgrades and CONNECT: hyper's pooled client.
-    client: EndpointClient,
+    /// HTTP/2, upgrades and CONNECT: hyper's pooled client, per worker (made at first use).
+    clients: Box<[OnceLock<EndpointClient>]>,
+    /// What the clients are made from.
+    connector: EndpointConnector,
+    settings: ClientSettings,
     /// Mirror copies: a client of their own.
     shadow: EndpointClient,
+}
+
+/// How hyper's clients of a version pool their connections.
+#[derive(Clone, Copy)]
+struct ClientSettings {
+    idle_timeout: std::time::Duration,
+    max_idle: usize,
+    http2: bool,
+}
+
+impl ClientSettings {
+    fn client(self, connector: &EndpointConnector) -> EndpointClient {
+        Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(self.max_idle)
+            .http2_only(self.http2)
+            .set_host(true)
+            .build(connector.clone())
+    }
 }
 
 /// The endpoints of one version and how to reach them.
@@ -79,15 +105,10 @@ impl Upstream {
             }
             None => None,
         };
-        let client = |connector: &EndpointConnector| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(cfg.idle_timeout.0)
-                .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
-                .http2_only(cfg.http2)
-                .set_host(true)
-                .build(connector.clone())
+        let settings = ClientSettings {
+            idle_timeout: cfg.idle_timeout.0,
+            max_idle: cfg.max_idle_per_endpoint,
+            http2: cfg.http2,
         };
         let endpoints =
             cfg.endpoints
@@ -110,8 +131,12 @@ impl Upstream {
                     Ok(Endpoint {
                         address: address.clone(),
                         pool,
-                        client: client(&connector),
-                        shadow: client(&connector),
+                        clients: (0..crate::workers::slots())
+                            .map(|_| OnceLock::new())
+                            .collect(),
+                        shadow: settings.client(&connector),
+                        connector,
+                        settings,
                     })
                 })
                 .collect::<Result<Vec<_>, BuildError>>()?;
@@ -165,12 +190,18 @@ impl Endpoint {
                 Ok((resp, Some(lease)))
             }
             _ => self
-                .client
+                .client()
                 .request(req)
                 .await
                 .map(|resp| (resp, None))
                 .map_err(client_error),
         }
+    }
+
+    /// This worker's client.
+    fn client(&self) -> &EndpointClient {
+        self.clients[crate::workers::slot(self.clients.len())]
+            .get_or_init(|| self.settings.client(&self.connector))
     }
 
     /// Sends a mirror copy (absolute-form URI) on the shadow client.
