@@ -62,7 +62,8 @@ start_upstream() {
   wait_port "$UP1"; wait_port "$UP2"
 }
 
-# weir with the given routes block; sets WEIR_PORT and WEIR_PID.
+# weir with the given routes block; sets WEIR_PORT and WEIR_PID. WEIR_VERSION_OPTS adds
+# settings to both versions (", http2: true", say).
 start_weir() {
   WEIR_PORT=$(free_port); local admin; admin=$(free_port)
   cat > "$WORK/weir.yaml" <<CONF
@@ -73,8 +74,8 @@ services:
     namespace: bench
     port: 80
     versions:
-      primary: { endpoints: ["127.0.0.1:$UP1"] }
-      canary: { endpoints: ["${SHADOW:-127.0.0.1:$UP2}"] }
+      primary: { endpoints: ["127.0.0.1:$UP1"]${WEIR_VERSION_OPTS:-} }
+      canary: { endpoints: ["${SHADOW:-127.0.0.1:$UP2}"]${WEIR_VERSION_OPTS:-} }
     routes:
 $1
 CONF

@@ -1,8 +1,8 @@
-//! Config load and weight-step cost of weir's proxy with N services, in process: parses
-//! and builds the route table of a config (as `weir proxy` does at start and on SIGHUP),
-//! then steps one service's weights through the controller's API (`set_policy`) again and
-//! again, alternating services. Prints one JSON line; bench/scale runs it for 1, 100 and
-//! 1,000 services.
+//! Config load and weight-step cost of weir's proxy, in process: parses and builds the
+//! route table of a config file (as `weir proxy` does at start and on SIGHUP), then steps
+//! one service's weights through the controller's API (`set_policy`) again and again,
+//! going round the services. Prints one JSON line; bench/scale runs it on its 1-, 100- and
+//! 1,000-service files (every service with versions `primary` and `canary`).
 
 use std::time::Instant;
 
@@ -13,45 +13,38 @@ use indexmap::IndexMap;
 use weir_proxy::{Proxy, ProxyConfig, TrafficPolicy};
 
 #[derive(Parser, Debug)]
-#[command(about = "Config load and weight-step time of weir's proxy with N services")]
+#[command(about = "Config load and weight-step time of weir's proxy")]
 struct Args {
-    /// Services, two versions each.
-    #[arg(long, default_value_t = 1)]
-    services: usize,
+    /// A weir config whose services have versions `primary` and `canary`.
+    #[arg(long)]
+    config: std::path::PathBuf,
     /// Weight steps timed.
     #[arg(long, default_value_t = 500)]
     steps: u32,
 }
 
-/// `services` services named svc-0.., each with a primary and a canary split 90/10.
-fn config(services: usize) -> String {
-    let mut out = String::from("listen: 127.0.0.1:0\nservices:\n");
-    for i in 0..services {
-        out.push_str(&format!(
-            "  - name: svc-{i}\n    hosts: [svc-{i}]\n    versions:\n      primary: {{ endpoints: [\"127.0.0.1:1\"] }}\n      canary: {{ endpoints: [\"127.0.0.1:2\"] }}\n    routes:\n      - split: {{ primary: 90, canary: 10 }}\n"
-        ));
-    }
-    out
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let text = config(args.services);
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
 
     let t = Instant::now();
-    let cfg = ProxyConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}", e.joined()))?;
-    let proxy = Proxy::new(cfg.clone()).map_err(|e| anyhow::anyhow!("{}", e.joined()))?;
+    let cfg = ProxyConfig::parse(&text)?;
+    let proxy = Proxy::new(cfg.clone())?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let t = Instant::now();
-    proxy
-        .apply(ProxyConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}", e.joined()))?)
-        .map_err(|e| anyhow::anyhow!("{}", e.joined()))?;
+    proxy.apply(ProxyConfig::parse(&text)?)?;
     let reload_ms = t.elapsed().as_secs_f64() * 1e3;
 
+    let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+    anyhow::ensure!(
+        !services.is_empty(),
+        "{} has no services",
+        args.config.display()
+    );
     let mut steps = Histogram::<u64>::new(3).context("histogram")?;
-    for i in 0..args.steps {
-        let service = format!("svc-{}", i as usize % args.services);
+    for (i, service) in (0..args.steps).zip(services.iter().cycle()) {
         let canary = 5 + (i % 10) * 5;
         let weights = IndexMap::from([
             ("primary".to_string(), 100 - canary),
@@ -62,16 +55,14 @@ fn main() -> anyhow::Result<()> {
             ..TrafficPolicy::default()
         };
         let t = Instant::now();
-        proxy
-            .set_policy(&service, policy)
-            .map_err(|e| anyhow::anyhow!("{}", e.joined()))?;
+        proxy.set_policy(service, policy)?;
         let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         steps.record(nanos).context("recording a step")?;
     }
     println!(
         "{}",
         serde_json::json!({
-            "services": args.services,
+            "services": services.len(),
             "load_ms": load_ms,
             "reload_ms": reload_ms,
             "step_us_p50": steps.value_at_quantile(0.5) as f64 / 1e3,

@@ -17,17 +17,13 @@ use crate::upstream::{BuildError, Upstream};
 /// (service, version).
 type VersionKey = (String, String);
 
-struct Parts {
-    upstream: Arc<Upstream>,
-    metrics: VersionHandle,
-}
-
 /// Long-lived pools, metric handles, mirror bounds, affinity tokens and the watch over
 /// TLS files.
 pub(crate) struct Backends {
     pub(crate) families: Families,
     pub(crate) tls: Arc<TlsWatch>,
-    versions: Mutex<HashMap<VersionKey, Parts>>,
+    /// Each version's endpoints (its measurements are kept by `families`).
+    versions: Mutex<HashMap<VersionKey, Arc<Upstream>>>,
     /// Per service: the mirror in-flight bound and its size.
     mirror_slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     pub(crate) tokens: Tokens,
@@ -57,33 +53,24 @@ impl Backends {
     ) -> Result<(Arc<Upstream>, VersionHandle), BuildError> {
         let mut cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         let key = (svc.name.clone(), name.to_string());
-        let who = format!("{}/{name}", svc.name);
-        if let Some(p) = cache.get_mut(&key) {
-            if !p.upstream.settings.same_connections(cfg) {
-                p.upstream = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
+        let upstream = match cache.get(&key) {
+            Some(u) if u.settings.same_connections(cfg) => u.clone(),
+            _ => {
+                let who = format!("{}/{name}", svc.name);
+                let u = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
+                cache.insert(key, u.clone());
+                u
             }
-            return Ok((p.upstream.clone(), p.metrics.clone()));
-        }
-        let upstream = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
+        };
         let metrics = self
             .families
             .version(&svc.name, &svc.namespace, svc.port, name);
-        cache.insert(
-            key,
-            Parts {
-                upstream: upstream.clone(),
-                metrics: metrics.clone(),
-            },
-        );
         Ok((upstream, metrics))
     }
 
     /// The measurements of a version, if it exists.
     pub(crate) fn handle(&self, service: &str, version: &str) -> Option<VersionHandle> {
-        let cache = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(&(service.to_string(), version.to_string()))
-            .map(|p| p.metrics.clone())
+        self.families.handle(service, version)
     }
 
     /// The service's mirror bound, kept across tables unless its size changes.

@@ -58,12 +58,7 @@ pub(crate) async fn handle(
     let host = match routed {
         Ok(h) => h,
         Err(why) => {
-            state
-                .backends
-                .families
-                .rejected
-                .with_label_values(&["host"])
-                .inc();
+            state.backends.families.rejected_host.inc();
             let text = format!("weir: bad request: {why}\n");
             return synthetic(StatusCode::BAD_REQUEST, text, "bad_host");
         }

@@ -14,6 +14,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -186,6 +187,8 @@ pub(crate) async fn serve(
         Arc::new(handles.into_iter().map(std::sync::Mutex::new).collect());
     let drain = limits.drain_timeout.0;
     let worker_state = state.clone();
+    // Each worker reports here once it has stopped accepting and let go of its sockets.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::channel::<()>(n.max(1));
     let workers = tokio::spawn(workers::run(n, move |i| {
         let mine = handles
             .get(i)
@@ -196,14 +199,21 @@ pub(crate) async fn serve(
             builder.clone(),
             mine,
             stop_rx.clone(),
+            closed_tx.clone(),
             drain,
         )
     }));
     shutdown.await;
+    let _ = stop_tx.send(true);
+    // Not ready only once no worker accepts: from then on a new connection is refused.
+    for _ in 0..n {
+        if closed.recv().await.is_none() {
+            break;
+        }
+    }
     state
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = stop_tx.send(true);
     let left = workers.await.unwrap_or(0);
     if left > 0 {
         tracing::warn!(
@@ -215,13 +225,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// One worker: accept loops on its own handles of the listeners until stopped, then up
-/// to `drain` for the connections it accepted to finish. Returns how many did not.
+/// One worker: accept loops on its own handles of the listeners until stopped (then it
+/// says so on `closed`), then up to `drain` for the connections it accepted to finish.
+/// Returns how many did not.
 async fn worker(
     state: Arc<ProxyState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mine: Vec<SharedListener>,
     stop: watch::Receiver<bool>,
+    closed: tokio::sync::mpsc::Sender<()>,
     drain: Duration,
 ) -> usize {
     let live = Arc::new(AtomicUsize::new(0));
@@ -234,15 +246,29 @@ async fn worker(
                 continue;
             }
         };
-        let listener = Listener { tcp, tls: l.tls };
+        // What a TLS listener's connections share, resolved once per listener.
+        let secure = l.tls.map(|tls| {
+            let failures = state
+                .backends
+                .families
+                .tls_handshake_failures
+                .with_label_values(&[l.name.as_str()]);
+            Arc::new(Secure {
+                tls,
+                name: l.name,
+                failures,
+            })
+        });
         let conn = Conn {
             state: state.clone(),
             builder: builder.clone(),
             stop: stop.clone(),
         };
-        accepting.spawn(accept(conn, listener, l.name, live.clone()));
+        accepting.spawn(accept(conn, tcp, secure, live.clone()));
     }
     while accepting.join_next().await.is_some() {}
+    let _ = closed.send(()).await;
+    drop(closed);
     let deadline = Instant::now() + drain;
     while live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -250,14 +276,22 @@ async fn worker(
     live.load(Ordering::SeqCst)
 }
 
+/// A TLS listener as its connections see it: the certificates, the listener's name and
+/// its `weir_tls_handshake_failures_total` series.
+struct Secure {
+    tls: Arc<ServerTls>,
+    name: String,
+    failures: IntCounter,
+}
+
 /// One listener's accept loop in one worker; `live` counts the worker's connections.
-async fn accept(conn: Conn, listener: Listener, name: String, live: Arc<AtomicUsize>) {
+async fn accept(conn: Conn, tcp: TcpListener, secure: Option<Arc<Secure>>, live: Arc<AtomicUsize>) {
     let mut stop = conn.stop.clone();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
-            a = listener.tcp.accept() => a,
+            a = tcp.accept() => a,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -274,16 +308,15 @@ async fn accept(conn: Conn, listener: Listener, name: String, live: Arc<AtomicUs
             builder: conn.builder.clone(),
             stop: stop.clone(),
         };
-        let tls = listener.tls.clone();
-        let name = name.clone();
+        let secure = secure.clone();
         let live = live.clone();
         live.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let state = conn.state.clone();
             state.backends.families.connections.inc();
-            match tls {
+            match secure {
                 None => conn.plain(stream, peer).await,
-                Some(tls) => conn.secure(stream, peer, &tls, &name).await,
+                Some(secure) => conn.secure(stream, peer, &secure).await,
             }
             state.backends.families.connections.dec();
             live.fetch_sub(1, Ordering::SeqCst);
@@ -319,20 +352,21 @@ impl Conn {
 
     /// A TLS connection: the handshake (within the header read timeout), then HTTP/1.1 or
     /// h2 as ALPN chose.
-    async fn secure(mut self, stream: TcpStream, peer: SocketAddr, tls: &ServerTls, name: &str) {
+    async fn secure(mut self, stream: TcpStream, peer: SocketAddr, secure: &Secure) {
+        let name = secure.name.as_str();
         let wait = self.state.limits.header_read_timeout.0;
-        let handshake = tokio::time::timeout(wait, tls.acceptor().accept(stream));
+        let handshake = tokio::time::timeout(wait, secure.tls.acceptor().accept(stream));
         let stream = tokio::select! {
             r = handshake => match r {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                    self.state.backends.families.tls_handshake_failures.with_label_values(&[name]).inc();
+                    secure.failures.inc();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(listener = name, %peer, "TLS handshake timed out");
-                    self.state.backends.families.tls_handshake_failures.with_label_values(&[name]).inc();
+                    secure.failures.inc();
                     return;
                 }
             },

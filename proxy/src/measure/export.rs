@@ -2,72 +2,106 @@
 //! tallies (read once per scrape) rather than kept as Prometheus objects updated on every
 //! request. Label names are in alphabetical order, as the Prometheus client writes them.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 
 use super::tally::Tally;
-use super::version::VersionMetrics;
-use super::VersionHandle;
+use super::{VersionHandle, ENVOY_BUCKETS_MS};
 use crate::error::ErrorKind;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const ENVOY_CLASSES: [&str; 5] = ["1", "2", "3", "4", "5"];
 
-/// Envoy's bucket bounds (`super::ENVOY_BUCKETS_MS`) as `le` labels, in ms and seconds.
-const LE_MS: [&str; 19] = [
-    "0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000",
-    "30000", "60000", "300000", "600000", "1800000", "3600000",
-];
-const LE_SECONDS: [&str; 19] = [
-    "0.0005", "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
-    "10", "30", "60", "300", "600", "1800", "3600",
-];
+/// A users' or shadow tally with its labels, made once per scrape.
+struct Series {
+    /// `mirrored="..."`.
+    mirrored: String,
+    /// `service="...",version="..."`.
+    service_version: String,
+    tally: Tally,
+}
 
-/// One version's tallies as read for a scrape.
-struct Read<'a> {
-    users: (&'a VersionMetrics, Tally),
-    shadow: Option<(&'a VersionMetrics, Tally)>,
-    /// Users' and shadow traffic together, as Envoy counts a cluster.
-    cluster: Tally,
+/// A version's users' and shadow traffic together, as Envoy counts a cluster.
+struct Cluster {
+    /// `envoy_cluster_name="..."`.
+    name: String,
+    tally: Tally,
 }
 
 /// Appends every per-version family to `out`.
 pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
-    let reads: Vec<Read> = handles.iter().map(read).collect();
-    let weir = || {
-        reads
-            .iter()
-            .flat_map(|r| std::iter::once(&r.users).chain(r.shadow.as_ref()))
-    };
+    let mut series = Vec::with_capacity(handles.len());
+    let mut clusters = Vec::with_capacity(handles.len());
+    for h in handles {
+        let (users, shadow) = (h.users.tally(false), h.shadow.tally(false));
+        let mut cluster = users.clone();
+        cluster.add(&shadow, false);
+        cluster.codes.sort_unstable();
+        clusters.push(Cluster {
+            name: format!("envoy_cluster_name=\"{}\"", escape(&h.users.cluster)),
+            tally: cluster,
+        });
+        // A shadow's series appear once it has been mirrored to.
+        let shadow = (!shadow.is_empty()).then_some(shadow);
+        for (m, tally) in [(&h.users, Some(users)), (&h.shadow, shadow)] {
+            if let Some(tally) = tally {
+                series.push(Series {
+                    mirrored: format!("mirrored=\"{}\"", m.mirrored),
+                    service_version: format!(
+                        "service=\"{}\",version=\"{}\"",
+                        escape(&m.service),
+                        escape(&m.version)
+                    ),
+                    tally,
+                });
+            }
+        }
+    }
+    let le_ms: Vec<String> = ENVOY_BUCKETS_MS.iter().map(f64::to_string).collect();
+    let le_seconds: Vec<String> = ENVOY_BUCKETS_MS
+        .iter()
+        .map(|ms| (ms / 1000.0).to_string())
+        .collect();
 
+    let name = "weir_requests_total";
     header(
         out,
-        "weir_requests_total",
+        name,
         "counter",
         "Responses sent for each service version, by status class.",
     );
-    for (m, t) in weir() {
-        for (class, n) in CLASSES.iter().zip(t.responses) {
-            let _ = writeln!(
-                out,
-                "weir_requests_total{{code_class=\"{class}\",{}}} {n}",
-                svm(m)
-            );
-        }
+    for s in &series {
+        let after = format!("{},{}", s.mirrored, s.service_version);
+        let values = CLASSES.iter().zip(s.tally.responses);
+        by_label(out, name, "", "code_class", &after, values);
     }
-    reasons(
+    let name = "weir_upstream_errors_total";
+    header(
         out,
-        "weir_upstream_errors_total",
+        name,
+        "counter",
         "Requests weir answered itself because the upstream failed, by reason.",
-        &ErrorKind::UPSTREAM,
-        weir().map(|(m, t)| (*m, &t.failures[..])),
     );
-    reasons(
+    for s in &series {
+        let values = ErrorKind::UPSTREAM
+            .iter()
+            .map(|k| k.label())
+            .zip(s.tally.failures);
+        by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
+    }
+    let name = "weir_client_errors_total";
+    header(
         out,
-        "weir_client_errors_total",
+        name,
+        "counter",
         "Requests that failed by the client's doing (not counted against the version), by reason.",
-        &ErrorKind::CLIENT,
-        weir().map(|(m, t)| (*m, &t.client_faults[..])),
     );
+    for s in &series {
+        let values = ErrorKind::CLIENT
+            .iter()
+            .map(|k| k.label())
+            .zip(s.tally.client_faults);
+        by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
+    }
     let name = "weir_request_duration_seconds";
     header(
         out,
@@ -75,43 +109,32 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "histogram",
         "Time from receiving a request to the end of its response, per service version.",
     );
-    for (m, t) in weir() {
-        let labels = svm(m);
-        histogram(
-            out,
-            name,
-            &labels,
-            &LE_SECONDS,
-            t,
-            t.sum_micros as f64 / 1e6,
-        );
+    for s in &series {
+        let labels = format!("{},{}", s.mirrored, s.service_version);
+        let sum = s.tally.sum_micros as f64 / 1e6;
+        histogram(out, name, &labels, &le_seconds, &s.tally, sum);
     }
 
+    let name = "envoy_cluster_upstream_rq";
     header(
         out,
-        "envoy_cluster_upstream_rq",
+        name,
         "untyped",
         "Upstream responses by status code (Envoy-compatible).",
     );
-    for r in &reads {
-        let c = escape(&r.users.0.cluster);
-        for (code, n) in &r.cluster.codes {
-            let _ = writeln!(out, "envoy_cluster_upstream_rq{{envoy_cluster_name=\"{c}\",envoy_response_code=\"{code}\"}} {n}");
-        }
+    for c in &clusters {
+        let values = c.tally.codes.iter().copied();
+        by_label(out, name, &c.name, "envoy_response_code", "", values);
     }
+    let name = "envoy_cluster_upstream_rq_total";
     header(
         out,
-        "envoy_cluster_upstream_rq_total",
+        name,
         "counter",
         "Upstream requests (Envoy-compatible).",
     );
-    for r in &reads {
-        let c = escape(&r.users.0.cluster);
-        let _ = writeln!(
-            out,
-            "envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"{c}\"}} {}",
-            r.cluster.requests()
-        );
+    for c in &clusters {
+        let _ = writeln!(out, "{name}{{{}}} {}", c.name, c.tally.requests());
     }
     let name = "envoy_cluster_upstream_rq_time";
     header(
@@ -120,42 +143,20 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "histogram",
         "Upstream request time in milliseconds (Envoy-compatible).",
     );
-    for r in &reads {
-        let labels = format!("envoy_cluster_name=\"{}\"", escape(&r.users.0.cluster));
-        histogram(
-            out,
-            name,
-            &labels,
-            &LE_MS,
-            &r.cluster,
-            r.cluster.sum_micros as f64 / 1e3,
-        );
+    for c in &clusters {
+        let sum = c.tally.sum_micros as f64 / 1e3;
+        histogram(out, name, &c.name, &le_ms, &c.tally, sum);
     }
+    let name = "envoy_cluster_upstream_rq_xx";
     header(
         out,
-        "envoy_cluster_upstream_rq_xx",
+        name,
         "untyped",
         "Upstream responses by status class (Envoy-compatible).",
     );
-    for r in &reads {
-        let c = escape(&r.users.0.cluster);
-        for (class, n) in ENVOY_CLASSES.iter().zip(r.cluster.responses) {
-            let _ = writeln!(out, "envoy_cluster_upstream_rq_xx{{envoy_cluster_name=\"{c}\",envoy_response_code_class=\"{class}\"}} {n}");
-        }
-    }
-}
-
-/// Reads a version's users' and shadow tallies; the shadow only once it has served.
-fn read(h: &VersionHandle) -> Read<'_> {
-    let users = h.users.tally(false);
-    let shadow = h.shadow.tally(false);
-    let mut cluster = users.clone();
-    cluster.add(&shadow, false);
-    cluster.codes.sort_unstable();
-    Read {
-        users: (&h.users, users),
-        shadow: (!shadow.is_empty()).then_some((&h.shadow, shadow)),
-        cluster,
+    for c in &clusters {
+        let values = ENVOY_CLASSES.iter().zip(c.tally.responses);
+        by_label(out, name, &c.name, "envoy_response_code_class", "", values);
     }
 }
 
@@ -166,40 +167,29 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// `mirrored`, `service` and `version` labels.
-fn svm(m: &VersionMetrics) -> String {
-    format!(
-        "mirrored=\"{}\",service=\"{}\",version=\"{}\"",
-        m.mirrored,
-        escape(&m.service),
-        escape(&m.version)
-    )
-}
-
-/// A counter family by `reason`: each version's counts, indexed like `kinds`.
-fn reasons<'a>(
+/// One line per (value, count): `name{before,key="value",after} count`, where `before`
+/// and `after` are the labels that sort before and after `key` (either may be empty).
+fn by_label<V: Display>(
     out: &mut String,
     name: &str,
-    help: &str,
-    kinds: &[ErrorKind],
-    rows: impl Iterator<Item = (&'a VersionMetrics, &'a [u64])>,
+    before: &str,
+    key: &str,
+    after: &str,
+    values: impl Iterator<Item = (V, u64)>,
 ) {
-    header(out, name, "counter", help);
-    for (m, counts) in rows {
-        for (kind, n) in kinds.iter().zip(counts) {
-            let _ = writeln!(
-                out,
-                "{name}{{mirrored=\"{}\",reason=\"{}\",service=\"{}\",version=\"{}\"}} {n}",
-                m.mirrored,
-                kind.label(),
-                escape(&m.service),
-                escape(&m.version)
-            );
-        }
+    let (comma_before, comma_after) = (
+        if before.is_empty() { "" } else { "," },
+        if after.is_empty() { "" } else { "," },
+    );
+    for (value, n) in values {
+        let _ = writeln!(
+            out,
+            "{name}{{{before}{comma_before}{key}=\"{value}\"{comma_after}{after}}} {n}"
+        );
     }
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, le: &[&str; 19], t: &Tally, sum: f64) {
+fn histogram(out: &mut String, name: &str, labels: &str, le: &[String], t: &Tally, sum: f64) {
     for (bound, n) in le.iter().zip(t.cumulative_buckets()) {
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
     }

@@ -72,8 +72,9 @@ pub struct Families {
     pub(crate) tls_reloads: IntCounterVec,
     /// `weir_tls_handshake_failures_total{listener}`.
     pub(crate) tls_handshake_failures: IntCounterVec,
-    /// `weir_rejected_requests_total{reason}`: requests refused before routing.
-    pub(crate) rejected: IntCounterVec,
+    /// `weir_rejected_requests_total{reason="host"}`: requests refused before routing
+    /// because their Host was ambiguous or invalid.
+    pub(crate) rejected_host: IntCounter,
 }
 
 impl Families {
@@ -134,12 +135,13 @@ impl Families {
                 "Client TLS handshakes that failed or timed out, per listener.",
                 &["listener"],
             ),
-            rejected: counter_vec(
+            rejected_host: counter_vec(
                 &r,
                 "weir_rejected_requests_total",
                 "Requests answered 400 before routing (conflicting Host headers, say), by reason.",
                 &["reason"],
-            ),
+            )
+            .with_label_values(&["host"]),
             versions: Mutex::default(),
             registry: r,
         }
@@ -169,7 +171,8 @@ impl Families {
         out
     }
 
-    /// The measurements of a new version (users' and shadow traffic), exported from now on.
+    /// The measurements of a version (users' and shadow traffic): the ones it has, or new
+    /// ones, exported from now on. They last until [`Families::forget_version`].
     pub(crate) fn version(
         &self,
         service: &str,
@@ -177,21 +180,31 @@ impl Families {
         port: u16,
         version: &str,
     ) -> VersionHandle {
-        let metrics = |mirrored| {
-            Arc::new(VersionMetrics::new(
-                service, namespace, port, version, mirrored,
-            ))
-        };
-        let handle = VersionHandle {
-            users: metrics(false),
-            shadow: metrics(true),
-            weight: self.weight.with_label_values(&[service, version]),
-        };
-        self.versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((service.to_string(), version.to_string()), handle.clone());
-        handle
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (service.to_string(), version.to_string());
+        versions
+            .entry(key)
+            .or_insert_with(|| {
+                let metrics = |mirrored| {
+                    Arc::new(VersionMetrics::new(
+                        service, namespace, port, version, mirrored,
+                    ))
+                };
+                VersionHandle {
+                    users: metrics(false),
+                    shadow: metrics(true),
+                    weight: self.weight.with_label_values(&[service, version]),
+                }
+            })
+            .clone()
+    }
+
+    /// The measurements of a version, if it exists.
+    pub(crate) fn handle(&self, service: &str, version: &str) -> Option<VersionHandle> {
+        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        versions
+            .get(&(service.to_string(), version.to_string()))
+            .cloned()
     }
 
     /// Removes every series of a version that is gone from the config.
