@@ -86,13 +86,7 @@ pub(crate) async fn handle(
     };
     let mut upstream = match upstream_request(&decision, endpoint, from, req, start) {
         Ok(u) => u,
-        Err(text) => {
-            return synthetic(
-                ErrorKind::BadRequest.status(),
-                text,
-                ErrorKind::BadRequest.label(),
-            )
-        }
+        Err(e) => return refuse(&e),
     };
     let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
     mirror(&decision, &mut upstream, &mut exchange);
@@ -186,7 +180,7 @@ fn upstream_request(
     from: From,
     mut req: Request<Incoming>,
     start: Instant,
-) -> Result<UpstreamRequest, String> {
+) -> Result<UpstreamRequest, ProxyError> {
     let http2 = d.version.upstream.http2;
     let tunnel = req.version() == HttpVersion::HTTP_11 && !http2 && is_upgrade(req.headers());
     let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
@@ -195,11 +189,11 @@ fn upstream_request(
     let host_header = match from.host {
         Some(h) => h,
         None => HeaderValue::from_str(&endpoint.address)
-            .map_err(|_| format!("weir: invalid Host {:?}\n", endpoint.address))?,
+            .map_err(|_| bad_request(format!("invalid Host {:?}", endpoint.address)))?,
     };
     let host = host_header
         .to_str()
-        .map_err(|_| "weir: invalid Host\n".to_string())?;
+        .map_err(|_| bad_request("invalid Host".to_string()))?;
     match path {
         Path::Pooled => {
             if parts.uri.authority().is_some() {
@@ -207,8 +201,8 @@ fn upstream_request(
                 // form, the host goes in Host below.
                 let mut origin = http::uri::Parts::default();
                 origin.path_and_query = parts.uri.path_and_query().cloned();
-                parts.uri =
-                    Uri::from_parts(origin).map_err(|e| format!("weir: invalid URI: {e}\n"))?;
+                parts.uri = Uri::from_parts(origin)
+                    .map_err(|e| bad_request(format!("invalid URI: {e}")))?;
             }
         }
         Path::Client => {
@@ -217,7 +211,7 @@ fn upstream_request(
                 .authority(host)
                 .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
                 .build()
-                .map_err(|_| format!("weir: invalid Host {host:?}\n"))?;
+                .map_err(|_| bad_request(format!("invalid Host {host:?}")))?;
         }
     }
     strip_hop_by_hop(&mut parts.headers, tunnel);
@@ -243,6 +237,22 @@ fn upstream_request(
         upgrade,
         progress,
     })
+}
+
+/// A request that cannot be forwarded as it is, and why (the body of weir's answer).
+fn bad_request(why: String) -> ProxyError {
+    ProxyError::new(ErrorKind::BadRequest, why)
+}
+
+/// weir's answer to a request it refused before forwarding it: the kind's status and
+/// `x-weir-error`, and the reason behind it in the body (no version is blamed, and
+/// nothing is counted: the exchange never started).
+fn refuse(e: &ProxyError) -> Response<ResponseBody> {
+    let text = match &e.source {
+        Some(why) => format!("weir: {why}\n"),
+        None => format!("weir: {}\n", e.kind.message()),
+    };
+    synthetic(e.kind.status(), text, e.kind.label())
 }
 
 /// Phase 3: a copy to the shadow version when the rule mirrors this request.

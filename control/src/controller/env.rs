@@ -89,7 +89,7 @@ impl LiveEnv<'_> {
         };
         match render(q, &vars) {
             Ok(promql) => prometheus::query(self.poster, &q.address, &promql).await,
-            Err(e) => QueryOutcome::Failed(e),
+            Err(e) => QueryOutcome::Failed(e.to_string()),
         }
     }
 }

@@ -33,6 +33,17 @@ pub enum HookOutcome {
     Failed { hook: String, error: String },
 }
 
+/// Why a gate is closed; shown as the name of the hook holding it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum GateClosed {
+    /// A manual gate, open only once approved over the control API.
+    #[error("{hook}")]
+    Manual { hook: String },
+    /// A hook of the gate did not pass.
+    #[error("{hook}")]
+    HookFailed { hook: String },
+}
+
 /// I/O the state machine asks for during a tick. Tests implement it with scripts.
 #[allow(async_fn_in_trait)]
 pub trait Env {
@@ -151,13 +162,19 @@ impl<'a> Machine<'a> {
     }
 
     /// A gate is open when approved over the control API, or when it has no manual
-    /// hooks and all its hooks pass. Returns the name of the hook holding it closed.
-    pub(super) async fn gate<E: Env>(&mut self, kind: HookKind, env: &mut E) -> Result<(), String> {
+    /// hooks and all its hooks pass. The error names the hook holding it closed.
+    pub(super) async fn gate<E: Env>(
+        &mut self,
+        kind: HookKind,
+        env: &mut E,
+    ) -> Result<(), GateClosed> {
         if self.status.approvals.contains(&kind) {
             return Ok(());
         }
         if let Some(manual) = self.analysis.hooks_of(kind).find(|h| h.is_manual()) {
-            return Err(manual.name.clone());
+            return Err(GateClosed::Manual {
+                hook: manual.name.clone(),
+            });
         }
         if self.analysis.hooks_of(kind).next().is_none() {
             return Ok(());
@@ -167,7 +184,7 @@ impl<'a> Machine<'a> {
             .await
         {
             HookOutcome::Passed => Ok(()),
-            HookOutcome::Failed { hook, .. } => Err(hook),
+            HookOutcome::Failed { hook, .. } => Err(GateClosed::HookFailed { hook }),
         }
     }
 

@@ -4,8 +4,8 @@
 
 use weir_proxy::config::Dur;
 
+use super::errors::{is_http_url, Errors};
 use super::model::*;
-use super::validate::{is_http_url, Errors};
 use super::wire::{AlertProviderConfig, AnalysisSpec, MetricSpec, MetricTemplate};
 
 /// What an analysis may refer to outside itself.
@@ -179,7 +179,7 @@ fn check_query(q: Query, at: &str, e: &mut Errors<'_>) -> Option<MetricKind> {
         interval: Dur::secs(60),
     };
     if let Err(m) = render(&q, &sample) {
-        e.add(at, m);
+        e.add(at, m.to_string());
         return None;
     }
     Some(MetricKind::Query(q))
@@ -194,35 +194,63 @@ pub struct Vars<'a> {
     pub interval: Dur,
 }
 
+/// Why a query's template does not render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A `{{` without its `}}`.
+    #[error("unclosed `{{{{` in query {template:?}")]
+    Unclosed { template: String },
+    /// `{{ variables.X }}` with no `X` in `templateVariables`.
+    #[error("the query uses {{{{ variables.{key} }}}} but templateVariables has no {key:?}")]
+    MissingVariable { key: String },
+    /// A name Flagger's template model does not have.
+    #[error("unknown template variable {{{{ {name} }}}} in the query")]
+    UnknownVariable { name: String },
+}
+
 /// Renders a query's `{{ ... }}` placeholders as Flagger's text/template does (each
 /// model field is a function: `{{ namespace }}`, `{{ variables.key }}`); an unknown
 /// name or a missing variable is an error (Flagger's `missingkey=error`).
-pub fn render(q: &Query, v: &Vars<'_>) -> Result<String, String> {
+pub fn render(q: &Query, v: &Vars<'_>) -> Result<String, RenderError> {
     let mut out = String::with_capacity(q.template.len());
     let mut rest = q.template.as_str();
     while let Some(open) = rest.find("{{") {
         out.push_str(&rest[..open]);
         let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed `{{{{` in query {:?}", q.template))?;
+        let close = after.find("}}").ok_or_else(|| RenderError::Unclosed {
+            template: q.template.clone(),
+        })?;
         let name = after[..close].trim().trim_start_matches('.');
-        let value = match name {
-            "name" | "target" | "service" | "ingress" | "route" => v.name.to_string(),
-            "namespace" => v.namespace.to_string(),
-            "interval" => v.interval.to_string(),
-            _ => match name.strip_prefix("variables.") {
-                Some(key) => q.variables.get(key).cloned().ok_or_else(|| {
-                    format!("the query uses {{{{ variables.{key} }}}} but templateVariables has no {key:?}")
-                })?,
-                None => return Err(format!("unknown template variable {{{{ {name} }}}} in the query")),
-            },
-        };
+        let value = lookup(name, q, v)?;
         out.push_str(&value);
         rest = &after[close + 2..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The value of one placeholder (`name` without its braces and leading dot).
+fn lookup(name: &str, q: &Query, v: &Vars<'_>) -> Result<String, RenderError> {
+    Ok(match name {
+        "name" | "target" | "service" | "ingress" | "route" => v.name.to_string(),
+        "namespace" => v.namespace.to_string(),
+        "interval" => v.interval.to_string(),
+        _ => match name.strip_prefix("variables.") {
+            Some(key) => {
+                q.variables
+                    .get(key)
+                    .cloned()
+                    .ok_or_else(|| RenderError::MissingVariable {
+                        key: key.to_string(),
+                    })?
+            }
+            None => {
+                return Err(RenderError::UnknownVariable {
+                    name: name.to_string(),
+                })
+            }
+        },
+    })
 }
 
 #[cfg(test)]
@@ -255,7 +283,9 @@ mod tests {
             render(&q, &v).as_deref(),
             Ok(r#"sum(rate(x{ns="test",app=~"podinfo",code="404"}[1m]))"#)
         );
-        let missing = render(&query("{{ variables.code }}", &[]), &v).unwrap_err();
+        let missing = render(&query("{{ variables.code }}", &[]), &v)
+            .unwrap_err()
+            .to_string();
         assert!(
             missing.contains("templateVariables has no \"code\""),
             "{missing}"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::wire::AnalysisSpec;
+use super::wire::{AlertKind, AnalysisSpec};
 
 /// Weir's shortest analysis interval (Flagger clamps at 10s; weir decides in seconds).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -205,19 +205,6 @@ impl Severity {
             Severity::Error => "error",
         }
     }
-}
-
-/// The alert provider types weir can post to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertKind {
-    Slack,
-    MsTeams,
-    Discord,
-    Rocket,
-    GChat,
-    /// A generic JSON webhook.
-    Webhook,
 }
 
 /// A resolved alert target.

@@ -4,44 +4,12 @@
 
 use std::time::Duration;
 
-use weir_proxy::config::{decode, join, string_match, ConfigError, Dur};
+use weir_proxy::config::{decode, join, string_match, ConfigError};
 
+use super::errors::{is_http_url, Errors};
 use super::metrics::{metrics, Catalog};
 use super::model::*;
 use super::wire::{AlertProviderConfig, AlertSpec, AnalysisSpec, MatchRequest};
-
-/// Collects errors under one block's path.
-pub(super) struct Errors<'a> {
-    path: &'a str,
-    list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    pub(super) fn add(&mut self, field: &str, message: impl Into<String>) {
-        self.list
-            .push(ConfigError::new(join(self.path, field), message));
-    }
-
-    /// An optional duration field: `default` when absent or empty, and when it does not
-    /// parse (after reporting the error).
-    pub(super) fn duration(&mut self, v: Option<&str>, default: Duration, field: &str) -> Duration {
-        match v {
-            None | Some("") => default,
-            Some(s) => Dur::parse(s).map(|d| d.0).unwrap_or_else(|e| {
-                self.add(field, e);
-                default
-            }),
-        }
-    }
-
-    /// A percentage between `lo` and 100.
-    fn percent(&mut self, field: &str, v: i64, lo: i64) -> u32 {
-        if v < lo || v > 100 {
-            self.add(field, format!("{v} is not between {lo} and 100"));
-        }
-        v.clamp(0, 100) as u32
-    }
-}
 
 /// Decodes and validates an analysis block; every error names its field under `path`.
 pub fn parse(
@@ -63,10 +31,7 @@ pub fn validate(
     path: &str,
     catalog: &Catalog<'_>,
 ) -> Result<Analysis, Vec<ConfigError>> {
-    let mut e = Errors {
-        path,
-        list: Vec::new(),
-    };
+    let mut e = Errors::new(path);
     let interval = e
         .duration(spec.interval.as_deref(), DEFAULT_INTERVAL, "interval")
         .max(MIN_INTERVAL);
@@ -95,9 +60,7 @@ pub fn validate(
         None | Some(0) => 100.0,
         Some(v) => f64::from(e.percent("mirrorWeight", v, 0)),
     };
-    if !e.list.is_empty() {
-        return Err(e.list);
-    }
+    e.finish()?;
     Ok(Analysis {
         interval,
         threshold: spec.threshold.unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32,
@@ -209,9 +172,8 @@ fn match_request(m: &MatchRequest, at: &str, e: &mut Errors<'_>) {
         e.add(at, "a condition needs headers, uri or method");
     }
     let mut check = |field: String, sm| {
-        for err in string_match(sm, &join(e.path, &field)) {
-            e.list.push(err);
-        }
+        let errors = string_match(sm, &join(e.path(), &field));
+        e.extend(errors);
     };
     for (name, sm) in &m.headers {
         check(format!("{at}.headers.{name}"), sm);
@@ -284,11 +246,6 @@ fn hooks(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Vec<Hook> {
         });
     }
     out
-}
-
-/// An http(s) URL.
-pub(super) fn is_http_url(url: &str) -> bool {
-    (url.starts_with("http://") || url.starts_with("https://")) && url.parse::<http::Uri>().is_ok()
 }
 
 fn alerts(
@@ -384,8 +341,7 @@ mod tests {
     }
 
     fn messages(r: Result<Analysis, Vec<ConfigError>>) -> Vec<String> {
-        r.err()
-            .expect("an error")
+        r.expect_err("an error")
             .iter()
             .map(|e| e.to_string())
             .collect()
@@ -490,7 +446,7 @@ mod tests {
             providers: &providers,
             ..Catalog::default()
         };
-        let e = parse(&v, "a", &catalog).err().expect("dev is unknown");
+        let e = parse(&v, "a", &catalog).expect_err("dev is unknown");
         assert_eq!(
             e[0].to_string(),
             "a.alerts[1].providerRef: no alertProviders entry named \"dev\""

@@ -9,7 +9,6 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use weir_proxy::config::{SessionAffinityConfig, StringMatch};
 
-use super::model::AlertKind;
 /// Flagger's `analysis:` block.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -276,4 +275,17 @@ pub struct AlertProviderConfig {
     /// Slack-style user name (default `flagger`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+}
+
+/// The alert provider types weir can post to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    Slack,
+    MsTeams,
+    Discord,
+    Rocket,
+    GChat,
+    /// A generic JSON webhook.
+    Webhook,
 }

@@ -29,6 +29,14 @@ struct Cluster {
 
 /// Appends every per-version family to `out`.
 pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
+    let (series, clusters) = tallies(handles);
+    weir_families(out, &series);
+    envoy_families(out, &clusters);
+}
+
+/// Reads every version's tallies once: per (version, mirrored) series, and per Envoy
+/// cluster (users' and shadow traffic together).
+fn tallies(handles: &[VersionHandle]) -> (Vec<Series>, Vec<Cluster>) {
     let mut series = Vec::with_capacity(handles.len());
     let mut clusters = Vec::with_capacity(handles.len());
     for h in handles {
@@ -56,12 +64,11 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
             }
         }
     }
-    let le_ms: Vec<String> = ENVOY_BUCKETS_MS.iter().map(f64::to_string).collect();
-    let le_seconds: Vec<String> = ENVOY_BUCKETS_MS
-        .iter()
-        .map(|ms| (ms / 1000.0).to_string())
-        .collect();
+    (series, clusters)
+}
 
+/// weir's own families: responses, upstream and client errors, request duration.
+fn weir_families(out: &mut String, series: &[Series]) {
     let name = "weir_requests_total";
     header(
         out,
@@ -69,7 +76,7 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "counter",
         "Responses sent for each service version, by status class.",
     );
-    for s in &series {
+    for s in series {
         let after = format!("{},{}", s.mirrored, s.service_version);
         let values = CLASSES.iter().zip(s.tally.responses);
         by_label(out, name, "", "code_class", &after, values);
@@ -81,7 +88,7 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "counter",
         "Requests weir answered itself because the upstream failed, by reason.",
     );
-    for s in &series {
+    for s in series {
         let values = ErrorKind::UPSTREAM
             .iter()
             .map(|k| k.label())
@@ -95,13 +102,17 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "counter",
         "Requests that failed by the client's doing (not counted against the version), by reason.",
     );
-    for s in &series {
+    for s in series {
         let values = ErrorKind::CLIENT
             .iter()
             .map(|k| k.label())
             .zip(s.tally.client_faults);
         by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
     }
+    let le_seconds: Vec<String> = ENVOY_BUCKETS_MS
+        .iter()
+        .map(|ms| (ms / 1000.0).to_string())
+        .collect();
     let name = "weir_request_duration_seconds";
     header(
         out,
@@ -109,12 +120,15 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "histogram",
         "Time from receiving a request to the end of its response, per service version.",
     );
-    for s in &series {
+    for s in series {
         let labels = format!("{},{}", s.mirrored, s.service_version);
         let sum = s.tally.sum_micros as f64 / 1e6;
         histogram(out, name, &labels, &le_seconds, &s.tally, sum);
     }
+}
 
+/// The Envoy-compatible cluster families (what Flagger's built-in queries read).
+fn envoy_families(out: &mut String, clusters: &[Cluster]) {
     let name = "envoy_cluster_upstream_rq";
     header(
         out,
@@ -122,7 +136,7 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "untyped",
         "Upstream responses by status code (Envoy-compatible).",
     );
-    for c in &clusters {
+    for c in clusters {
         let values = c.tally.codes.iter().copied();
         by_label(out, name, &c.name, "envoy_response_code", "", values);
     }
@@ -133,9 +147,10 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "counter",
         "Upstream requests (Envoy-compatible).",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(out, "{name}{{{}}} {}", c.name, c.tally.requests());
     }
+    let le_ms: Vec<String> = ENVOY_BUCKETS_MS.iter().map(f64::to_string).collect();
     let name = "envoy_cluster_upstream_rq_time";
     header(
         out,
@@ -143,7 +158,7 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "histogram",
         "Upstream request time in milliseconds (Envoy-compatible).",
     );
-    for c in &clusters {
+    for c in clusters {
         let sum = c.tally.sum_micros as f64 / 1e3;
         histogram(out, name, &c.name, &le_ms, &c.tally, sum);
     }
@@ -154,7 +169,7 @@ pub(super) fn render(handles: &[VersionHandle], out: &mut String) {
         "untyped",
         "Upstream responses by status class (Envoy-compatible).",
     );
-    for c in &clusters {
+    for c in clusters {
         let values = ENVOY_CLASSES.iter().zip(c.tally.responses);
         by_label(out, name, &c.name, "envoy_response_code_class", "", values);
     }

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn buckets_follow_prometheus_le() {
         let mut t = Tally::default();
-        for ms in [0.5, 0.501, 1.0, 4.0, 5.0, 5.001, 7200_000.0] {
+        for ms in [0.5, 0.501, 1.0, 4.0, 5.0, 5.001, 7_200_000.0] {
             t.record(&at(ms));
         }
         let cumulative: Vec<u64> = t.cumulative_buckets().take(4).collect();
