@@ -1,6 +1,6 @@
-//! How `weir ctl` reaches the control API: plaintext or TLS (`https://`, `--ca`, a client
-//! certificate with `--cert`/`--key`), a bearer token from `--token-file` or
-//! `WEIR_CONTROL_TOKEN` (never printed), and what a refusal means in words.
+//! How a client reaches the control API (`weir ctl`, and a replica its controller):
+//! plaintext or TLS (`https://`, a CA, a client certificate), a bearer token from a file
+//! or `WEIR_CONTROL_TOKEN` (never printed), and what a refusal means in words.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,6 +102,12 @@ fn token(access: &Access) -> Result<Option<String>, CtlError> {
 
 /// Connects to the control API as `access` says.
 pub async fn connect(access: &Access) -> Result<Client, CtlError> {
+    let (channel, bearer) = channel(access).await?;
+    Ok(ControlClient::with_interceptor(channel, bearer))
+}
+
+/// A connection to the control API and the credentials to send on it.
+pub async fn channel(access: &Access) -> Result<(Channel, Bearer), CtlError> {
     let addr = access.control.as_str();
     let secure = access.ca.is_some() || access.cert.is_some();
     let url = match addr.split_once("://") {
@@ -143,7 +149,7 @@ pub async fn connect(access: &Access) -> Result<Client, CtlError> {
             addr: addr.to_string(),
             reason: error_chain(&e),
         })?;
-    Ok(ControlClient::with_interceptor(channel, Bearer(bearer)))
+    Ok((channel, Bearer(bearer)))
 }
 
 /// A refusal in words.

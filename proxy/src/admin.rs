@@ -107,6 +107,12 @@ async fn handle(
         "/ready" => {
             if state.draining.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
+            } else if state.awaiting_routing.load(Ordering::SeqCst) {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "NO ROUTING YET\n",
+                )
             } else {
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
             }

@@ -38,8 +38,8 @@ use tokio::net::TcpListener;
 pub use config::{ConfigError, ConfigErrors, ProxyConfig};
 pub use error::{ErrorKind, Side};
 pub use measure::{
-    counter_vec, envoy_cluster_name, gauge_vec, histogram_vec, register, Families, VersionHandle,
-    VersionSnapshot, Window, ENVOY_BUCKETS_MS,
+    counter_vec, envoy_cluster_name, gauge_vec, histogram_vec, register, DeltaCursor, DeltaError,
+    Families, MeasurementDelta, VersionHandle, VersionSnapshot, Window, ENVOY_BUCKETS_MS,
 };
 pub use policy::{MirrorPolicy, Segment, SegmentTarget, TrafficPolicy};
 pub use server::{BindError, Listener};
@@ -97,6 +97,31 @@ impl Proxy {
         self.state.backends.handle(service, version)
     }
 
+    /// What every version measured since `cursor`'s last look (a replica's report).
+    pub fn measurement_deltas(&self, cursor: &mut DeltaCursor) -> Vec<MeasurementDelta> {
+        self.families().deltas(cursor)
+    }
+
+    /// Adds what a replica measured to the same version here; `Ok(false)` when this
+    /// proxy has no such version.
+    pub fn merge_measurements(&self, delta: &MeasurementDelta) -> Result<bool, DeltaError> {
+        self.families().merge(delta)
+    }
+
+    /// Wakes on every change applied (the value counts them): what a controller watches
+    /// to push routing to its replicas.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.changes()
+    }
+
+    /// A replica that has no routing from its controller yet answers `/ready` with 503
+    /// until this is turned off.
+    pub fn set_awaiting_routing(&self, waiting: bool) {
+        self.state
+            .awaiting_routing
+            .store(waiting, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The metric families (the controller registers its own next to them).
     pub fn families(&self) -> &Families {
         &self.state.backends.families
@@ -152,6 +177,12 @@ impl Proxy {
     /// [`Proxy::reload_tls`], with every other certificate the proxy uses.
     pub fn watch_tls(&self, tls: &Arc<tls::ServerTls>) {
         self.state.backends.tls.add_server(tls);
+    }
+
+    /// Starts watching certificate files (serving does it too): for a process that
+    /// serves no proxy listener, a controller with a TLS control API.
+    pub fn watch_files(&self) {
+        self.state.backends.tls.start();
     }
 
     /// Re-reads every certificate file now (SIGHUP): changed ones are swapped in, bad

@@ -67,6 +67,10 @@ pub(crate) struct ProxyState {
     desired: Mutex<Desired>,
     /// More of `/config`, from whoever drives the proxy (the controller's analyses).
     describe: Mutex<Option<Describe>>,
+    /// Counts the changes applied (each successful commit adds one); watchers wake on it.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// A replica waiting for its first routing from a controller: `/ready` answers 503.
+    pub(crate) awaiting_routing: AtomicBool,
 }
 
 /// A function adding to `/config`.
@@ -88,7 +92,14 @@ impl ProxyState {
                 policies: HashMap::new(),
             }),
             describe: Mutex::new(None),
+            generation: tokio::sync::watch::Sender::new(0),
+            awaiting_routing: AtomicBool::new(false),
         })
+    }
+
+    /// Wakes on every change applied; the value counts them.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Sets what `/config` shows besides the proxy's own config.
@@ -117,7 +128,7 @@ impl ProxyState {
     pub(crate) fn commit(&self, change: Change) -> Result<(), ConfigErrors> {
         let mut desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.table.load_full();
-        match change.config {
+        let result = match change.config {
             Some(config) => self.replace(
                 &mut desired,
                 &current,
@@ -126,7 +137,12 @@ impl ProxyState {
                 change.policies,
             ),
             None => self.edit(&mut desired, &current, change.versions, change.policies),
+        };
+        if result.is_ok() {
+            // Under the lock: watchers see changes in the order they were applied.
+            self.generation.send_modify(|g| *g += 1);
         }
+        result
     }
 
     /// A new set of services: everything is validated, services whose effective config

@@ -97,8 +97,15 @@ impl Weir {
     }
 
     fn spawn(mode: &str, path: PathBuf) -> Weir {
+        Weir::spawn_args(&[mode], path)
+    }
+
+    /// `weir ARGS... -c PATH`, once it printed its addresses (the admin line comes last).
+    /// A process with no proxy listener (`weir control`) has its admin address as `proxy`.
+    pub fn spawn_args(args: &[&str], path: PathBuf) -> Weir {
         let mut child = Command::new(weir_bin())
-            .args([mode, "-c"])
+            .args(args)
+            .arg("-c")
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -132,7 +139,7 @@ impl Weir {
             rest.split_whitespace().next().and_then(|a| a.parse().ok())
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while proxy.is_none() || admin.is_none() {
+        while admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 panic!(
@@ -154,11 +161,12 @@ impl Weir {
                 metrics = addr(a);
             }
         }
+        let admin = admin.expect("admin address");
         Weir {
             child,
-            proxy: proxy.expect("proxy address"),
+            proxy: proxy.unwrap_or(admin),
             proxies,
-            admin: admin.expect("admin address"),
+            admin,
             metrics,
             config_path: path,
             stderr,

@@ -198,5 +198,6 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> pb::RolloutStatus
         threshold: r.analysis.threshold,
         max_weight: r.analysis.max_weight,
         state_lost: s.state_lost.is_some(),
+        replicas: None,
     }
 }

@@ -14,10 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use weir_protos::control::control_server::ControlServer;
+use weir_protos::control::fleet_server::FleetServer;
 use weir_proxy::tls::ServerTls;
 
 use crate::auth::Authorizer;
 use crate::controller::Controller;
+use crate::fleet::FleetService;
 use service::Api;
 
 /// Time a client gets to finish its TLS handshake.
@@ -56,6 +58,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
+        .add_service(FleetServer::new(FleetService {
+            fleet: controller.fleet().clone(),
+            auth: auth.clone(),
+        }))
         .add_service(ControlServer::new(Api { controller, auth }));
     match tls {
         None => {

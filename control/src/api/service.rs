@@ -266,6 +266,14 @@ impl Control for Api {
         let result = self.controller.reset(&service).await;
         change.answer(&service, result)
     }
+
+    async fn list_replicas(
+        &self,
+        req: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasReply>, Status> {
+        self.auth.check(&req, "ListReplicas", Need::Read)?;
+        Ok(Response::new(self.controller.fleet().list()))
+    }
 }
 
 impl Api {

@@ -14,7 +14,7 @@ use prometheus::{IntCounterVec, Registry};
 use tonic::Status;
 
 pub use config::{control_from, ControlConfig, DEFAULT_CONTROL};
-use tokens::Tokens;
+use tokens::{Role, Tokens};
 
 /// What an RPC does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub enum Need {
     Read,
     /// Anything that can change traffic or a rollout.
     Change,
+    /// A proxy replica's stream: its routing out, its measurements in.
+    Replica,
 }
 
 /// Who called, as the log names them.
@@ -130,13 +132,21 @@ impl Authorizer {
                     "this weir takes no bearer tokens (control.tokenFile is not set); use a client certificate",
                 ));
             };
-            let (name, read_only) = tokens
+            let (name, role) = tokens
                 .find(token.trim().as_bytes())
                 .ok_or_else(|| unauthenticated("invalid bearer token"))?;
-            if read_only && need == Need::Change {
-                return Err(Status::permission_denied(format!(
-                    "token {name} may only read (status, list, watch)"
-                )));
+            match (role, need) {
+                (Role::Write, _) | (Role::Read, Need::Read) | (Role::Replica, Need::Replica) => {}
+                (Role::Read, _) => {
+                    return Err(Status::permission_denied(format!(
+                        "token {name} may only read (status, list, watch)"
+                    )))
+                }
+                (Role::Replica, _) => {
+                    return Err(Status::permission_denied(format!(
+                        "token {name} is a replica's: it may only open the fleet stream"
+                    )))
+                }
             }
             return Ok(Identity(format!("token {name}")));
         }

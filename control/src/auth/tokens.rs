@@ -1,5 +1,6 @@
 //! Bearer tokens from `control.tokenFile`: one a line as `name token`, `name token read`
-//! (read-only) or a bare `token`; `#` starts a comment. The file is re-read when it
+//! (read-only), `name token replica` (a proxy replica: only the fleet stream) or a bare
+//! `token`; `#` starts a comment. The file is re-read when it
 //! changes (checked at most once a second); a file that turns invalid keeps the tokens
 //! that were in force and says why. Tokens are compared in constant time and never
 //! printed.
@@ -13,11 +14,22 @@ use subtle::ConstantTimeEq;
 /// Shortest token accepted: anything shorter is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Write,
+    /// Status, list, watch.
+    Read,
+    /// A proxy replica: the fleet stream only (its routing and its measurements).
+    Replica,
+}
+
 /// One token: who it names, its secret and what it may do.
 pub struct Token {
     pub name: String,
     secret: Vec<u8>,
-    pub read_only: bool,
+    pub role: Role,
 }
 
 struct Loaded {
@@ -41,14 +53,15 @@ fn parse(text: &str) -> Result<Vec<Token>, String> {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (name, secret, read_only) = match fields.as_slice() {
-            [secret] => (format!("token-line-{n}"), *secret, false),
-            [name, secret] => (name.to_string(), *secret, false),
-            [name, secret, "read"] => (name.to_string(), *secret, true),
-            [name, secret, "write"] => (name.to_string(), *secret, false),
+        let (name, secret, role) = match fields.as_slice() {
+            [secret] => (format!("token-line-{n}"), *secret, Role::Write),
+            [name, secret] => (name.to_string(), *secret, Role::Write),
+            [name, secret, "read"] => (name.to_string(), *secret, Role::Read),
+            [name, secret, "replica"] => (name.to_string(), *secret, Role::Replica),
+            [name, secret, "write"] => (name.to_string(), *secret, Role::Write),
             _ => {
                 return Err(format!(
-                    "line {n}: expected `name token`, `name token read` or `token`"
+                    "line {n}: expected `name token`, `name token read`, `name token replica` or `token`"
                 ))
             }
         };
@@ -63,7 +76,7 @@ fn parse(text: &str) -> Result<Vec<Token>, String> {
         tokens.push(Token {
             name,
             secret: secret.as_bytes().to_vec(),
-            read_only,
+            role,
         });
     }
     Ok(tokens)
@@ -107,8 +120,8 @@ impl Tokens {
         })
     }
 
-    /// The token presented, if it is one: its name and whether it may only read.
-    pub fn find(&self, presented: &[u8]) -> Option<(String, bool)> {
+    /// The token presented, if it is one: its name and what it may do.
+    pub fn find(&self, presented: &[u8]) -> Option<(String, Role)> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if loaded.checked.elapsed() >= Duration::from_secs(1) {
             self.refresh(&mut loaded);
@@ -117,7 +130,7 @@ impl Tokens {
         let mut found = None;
         for t in &loaded.tokens {
             if bool::from(t.secret.as_slice().ct_eq(presented)) {
-                found = Some((t.name.clone(), t.read_only));
+                found = Some((t.name.clone(), t.role));
             }
         }
         found
@@ -160,7 +173,9 @@ mod tests {
             .expect("valid");
         assert_eq!(t.len(), 3);
         assert_eq!(t[0].name, "ci-pipeline");
-        assert!(t[1].read_only);
+        assert_eq!(t[1].role, Role::Read);
+        let r = parse("gateway 0123456789abcdef0123 replica").expect("valid");
+        assert_eq!(r[0].role, Role::Replica);
         assert_eq!(t[2].name, "token-line-4");
         let e = parse("ci short").err().unwrap_or_default();
         assert!(e.contains("line 1") && e.contains("shorter"), "{e}");

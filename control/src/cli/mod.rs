@@ -1,7 +1,8 @@
-//! The `weir` command line: `run`, `proxy`, `check`, `demo` and `ctl`.
+//! The `weir` command line: `run`, `proxy`, `control`, `check`, `demo` and `ctl`.
 
 mod ctl;
 mod demo;
+mod fleet;
 mod render;
 mod run;
 
@@ -39,8 +40,22 @@ pub enum Command {
         #[arg(short, long, default_value = "weir.yaml")]
         config: PathBuf,
     },
-    /// Run the data plane only.
+    /// Run the data plane only: the file's services, or, with a controller (--controller
+    /// or `controller:` in the file), a replica that takes all routing from it.
     Proxy {
+        /// Path to weir.yaml (a replica's: listeners, admin, limits, TLS, `controller:`).
+        #[arg(short, long, default_value = "weir.yaml")]
+        config: PathBuf,
+        /// The controller's control API (`host:port`, `http://...`, `https://...`).
+        #[arg(long, value_name = "ADDR")]
+        controller: Option<String>,
+        /// The replica's name (default: $POD_NAME, else the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run the controller alone: services, analyses and the control API; replicas
+    /// (`weir proxy --controller`) serve the traffic.
+    Control {
         /// Path to weir.yaml.
         #[arg(short, long, default_value = "weir.yaml")]
         config: PathBuf,
@@ -77,7 +92,12 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run::run(&config, true).await,
-            Command::Proxy { config } => run::run(&config, false).await,
+            Command::Proxy {
+                config,
+                controller,
+                name,
+            } => fleet::proxy(&config, controller.as_deref(), name.as_deref()).await,
+            Command::Control { config } => fleet::control(&config).await,
             Command::Check { config } => run::check(&config),
             Command::Demo(args) => demo::demo(args).await,
             Command::Ctl(args) => ctl::ctl(args).await,

@@ -5,15 +5,22 @@ use std::time::Duration;
 use weir_protos::control as pb;
 use weir_proxy::Window;
 
-/// The `kubectl get canary` table.
+/// The `kubectl get canary` table; with replicas, how many serve the current routing.
 pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "STATUS".into(),
-        "WEIGHT".into(),
-        "FAILEDCHECKS".into(),
-        "LASTTRANSITIONTIME".into(),
-    ]];
+    let fleet = rollouts.iter().any(|r| r.replicas.is_some());
+    let mut head: Vec<String> = [
+        "NAME",
+        "STATUS",
+        "WEIGHT",
+        "FAILEDCHECKS",
+        "LASTTRANSITIONTIME",
+    ]
+    .map(String::from)
+    .to_vec();
+    if fleet {
+        head.push("REPLICAS".into());
+    }
+    let mut rows = vec![head];
     for r in rollouts {
         let status = if r.state_lost {
             "StateLost (weir ctl reset)".to_string()
@@ -22,16 +29,67 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
         } else {
             r.phase.clone()
         };
-        rows.push([
+        let mut row = vec![
             r.service.clone(),
             status,
             r.canary_weight.to_string(),
             r.failed_checks.to_string(),
             r.last_transition_time.clone(),
+        ];
+        if fleet {
+            row.push(r.replicas.as_ref().map_or_else(String::new, replicas_cell));
+        }
+        rows.push(row);
+    }
+    columns(&rows)
+}
+
+/// `3/3 at generation 17`.
+fn replicas_cell(s: &pb::ReplicaSummary) -> String {
+    format!("{}/{} at generation {}", s.synced, s.live, s.generation)
+}
+
+/// `weir ctl replicas`: NAME, ADDRESS, GENERATION, STATE, LAST SEEN, REQ/S.
+pub fn replicas_table(reply: &pb::ListReplicasReply) -> String {
+    let mut rows = vec![[
+        "NAME",
+        "ADDRESS",
+        "GENERATION",
+        "STATE",
+        "LAST SEEN",
+        "REQ/S",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in &reply.replicas {
+        let state = match r.error.as_str() {
+            "" => r.state.clone(),
+            e => format!("{} ({e})", r.state),
+        };
+        rows.push(vec![
+            r.name.clone(),
+            r.address.clone(),
+            r.generation.to_string(),
+            state,
+            format!("{:.1}s ago", r.last_seen_ms as f64 / 1000.0),
+            format!("{:.1}", r.requests_per_second),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    let mut out = columns(&rows);
+    out.push_str(&format!("current generation: {}\n", reply.generation));
+    out
+}
+
+/// Rows as left-aligned columns three spaces apart.
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {

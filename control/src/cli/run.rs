@@ -15,7 +15,23 @@ use crate::config::WeirConfig;
 use crate::controller::Controller;
 
 /// `weir check -c FILE`: prints every error with its field path; exit code 1 when invalid.
+/// A file with `controller:` is checked as a replica's.
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    if crate::replica::is_replica_file(path) {
+        return Ok(match crate::replica::ReplicaConfig::load(path) {
+            Ok(_) => {
+                println!(
+                    "{}: ok (a replica: routing from its controller)",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: {errors}", path.display());
+                ExitCode::FAILURE
+            }
+        });
+    }
     match WeirConfig::load(path) {
         Ok(cfg) => {
             let services = &cfg.proxy.services;
@@ -64,7 +80,7 @@ pub(crate) fn listeners_changed(
 }
 
 /// Binds a listener, naming the config key in the error.
-async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+pub(super) async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({what})"))
@@ -77,7 +93,12 @@ pub(super) async fn until(mut stop: watch::Receiver<bool>) {
 
 /// Re-reads the file and every certificate on each SIGHUP: through the controller when
 /// there is one.
-fn reload_on_hup(mut hup: Signal, proxy: Proxy, controller: Option<Controller>, path: &Path) {
+pub(super) fn reload_on_hup(
+    mut hup: Signal,
+    proxy: Proxy,
+    controller: Option<Controller>,
+    path: &Path,
+) {
     let file = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -92,14 +113,14 @@ fn reload_on_hup(mut hup: Signal, proxy: Proxy, controller: Option<Controller>, 
 }
 
 /// The control API's listener, TLS and gatekeeper, ready to serve.
-struct ControlApi {
+pub(super) struct ControlApi {
     listener: TcpListener,
     tls: Option<std::sync::Arc<weir_proxy::tls::ServerTls>>,
     auth: std::sync::Arc<Authorizer>,
 }
 
 impl ControlApi {
-    async fn bind(cfg: &WeirConfig, proxy: &Proxy) -> anyhow::Result<ControlApi> {
+    pub(super) async fn bind(cfg: &WeirConfig, proxy: &Proxy) -> anyhow::Result<ControlApi> {
         let access = &cfg.control;
         let auth = Authorizer::new(access, proxy.families().registry())
             .map_err(|e| anyhow::anyhow!("control.tokenFile: {e}"))?;
@@ -123,6 +144,66 @@ impl ControlApi {
             auth: std::sync::Arc::new(auth),
         })
     }
+
+    /// Prints the address and serves the control API (and the fleet stream) until
+    /// `stopped`.
+    pub(super) fn serve_in(
+        self,
+        ctl: Controller,
+        tasks: &mut JoinSet<()>,
+        stopped: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        println!(
+            "weir: control listening on {} ({scheme})",
+            self.listener.local_addr()?
+        );
+        let stopped = stopped.clone();
+        tasks.spawn(async move {
+            let served = crate::api::serve(ctl, self.auth, self.tls, self.listener, until(stopped));
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The admin listener and the optional metrics listener.
+pub(super) struct AdminListeners {
+    admin: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+impl AdminListeners {
+    pub(super) async fn bind(cfg: &weir_proxy::ProxyConfig) -> anyhow::Result<AdminListeners> {
+        Ok(AdminListeners {
+            admin: bind(&cfg.admin, "admin").await?,
+            metrics: match &cfg.metrics {
+                Some(addr) => Some(bind(addr, "metrics").await?),
+                None => None,
+            },
+        })
+    }
+
+    /// Prints the addresses (admin last: scripts that wait for it know them all) and
+    /// serves both until `stopped`.
+    pub(super) fn serve_in(
+        self,
+        proxy: &Proxy,
+        tasks: &mut JoinSet<()>,
+        stopped: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if let Some(m) = self.metrics {
+            println!("weir: metrics listening on {}", m.local_addr()?);
+            let (p, stopped) = (proxy.clone(), stopped.clone());
+            tasks.spawn(async move { p.serve_metrics(m, until(stopped)).await });
+        }
+        println!("weir: admin listening on {}", self.admin.local_addr()?);
+        let (p, stopped, admin) = (proxy.clone(), stopped.clone(), self.admin);
+        tasks.spawn(async move { p.serve_admin(admin, until(stopped)).await });
+        Ok(())
+    }
 }
 
 /// `weir run -c FILE` (and `weir proxy`, with `controller: false`): serves until SIGTERM
@@ -144,11 +225,7 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         false => None,
     };
     let listeners = proxy.bind().await?;
-    let admin = bind(&cfg.proxy.admin, "admin").await?;
-    let metrics = match &cfg.proxy.metrics {
-        Some(addr) => Some(bind(addr, "metrics").await?),
-        None => None,
-    };
+    let admin = AdminListeners::bind(&cfg.proxy).await?;
     // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
     // reload, not kill the process.
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -163,43 +240,14 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     let mut tasks = JoinSet::new();
     let ctl = match controller {
         Some((ctl, control)) => {
-            // Before the admin line: scripts that wait for the admin line know them all.
-            let scheme = if control.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            println!(
-                "weir: control listening on {} ({scheme})",
-                control.listener.local_addr()?
-            );
-            let (api, stopped) = (ctl.clone(), stopped.clone());
-            tasks.spawn(async move {
-                let served = crate::api::serve(
-                    api,
-                    control.auth,
-                    control.tls,
-                    control.listener,
-                    until(stopped),
-                );
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "control API stopped");
-                }
-            });
+            control.serve_in(ctl.clone(), &mut tasks, &stopped)?;
             Some(ctl)
         }
         None => None,
     };
-    if let Some(m) = metrics {
-        println!("weir: metrics listening on {}", m.local_addr()?);
-        let (p, stopped) = (proxy.clone(), stopped.clone());
-        tasks.spawn(async move { p.serve_metrics(m, until(stopped)).await });
-    }
-    println!("weir: admin listening on {}", admin.local_addr()?);
+    admin.serve_in(&proxy, &mut tasks, &stopped)?;
     tracing::info!(services = cfg.proxy.services.len(), "weir started");
     reload_on_hup(hup, proxy.clone(), ctl, path);
-    let admin_proxy = proxy.clone();
-    tasks.spawn(async move { admin_proxy.serve_admin(admin, until(stopped)).await });
     proxy
         .serve_listeners(listeners, async move {
             tokio::select! {

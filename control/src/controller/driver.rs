@@ -42,7 +42,14 @@ impl Controller {
                 }
                 _ = handle.stop.notified() => return,
             }
+            let change = *self.shared.proxy.changes().borrow();
             let interval = self.tick(&handle).await;
+            if *self.shared.proxy.changes().borrow() != change && self.shared.fleet.has_replicas() {
+                // The next window starts once every live replica serves the new routing:
+                // what they served before has been reported by then.
+                self.shared.fleet.settle().await;
+                handle.rollout.lock().await.checkpoint();
+            }
             next = Instant::now() + interval;
         }
     }

@@ -21,6 +21,7 @@ pub use crate::notify::Notice;
 
 use crate::api::convert;
 use crate::config::{References, WeirConfig};
+use crate::fleet::Fleet;
 use crate::http_client::HttpPoster;
 use crate::machine::{Machine, Phase};
 use crate::metrics::Metrics;
@@ -66,6 +67,8 @@ struct RolloutHandle {
 
 struct Shared {
     proxy: Proxy,
+    /// The proxy replicas that serve this controller's routing.
+    fleet: Arc<Fleet>,
     state_path: Option<PathBuf>,
     refs: RwLock<References>,
     rollouts: RwLock<IndexMap<String, Arc<RolloutHandle>>>,
@@ -84,9 +87,30 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts the controller for every service with an analysis: restores the state
-    /// file, routes the proxy as the state says, and spawns one task per rollout.
+    /// Starts the controller beside the proxy that serves traffic (`weir run`); replicas
+    /// may still connect.
     pub fn start(proxy: Proxy, config: &WeirConfig) -> Result<Controller, StartError> {
+        Controller::launch(proxy, config, false)
+    }
+
+    /// Starts the controller alone (`weir control`): `proxy` serves no one, its routing
+    /// goes to the replicas, their measurements come back into it.
+    pub fn start_fleet(proxy: Proxy, config: &WeirConfig) -> Result<Controller, StartError> {
+        Controller::launch(proxy, config, true)
+    }
+
+    /// The replicas this controller routes.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.shared.fleet
+    }
+
+    /// Restores the state file, routes the proxy as the state says, spawns one task per
+    /// rollout, then starts publishing the routing to replicas.
+    fn launch(
+        proxy: Proxy,
+        config: &WeirConfig,
+        dedicated: bool,
+    ) -> Result<Controller, StartError> {
         let recovery = match &config.state {
             Some(p) => store::recover(p)?,
             None => store::Recovery::Intact(store::State::default()),
@@ -94,6 +118,7 @@ impl Controller {
         let poster = HttpPoster::new();
         let shared = Arc::new(Shared {
             metrics: Metrics::new(proxy.families().registry()),
+            fleet: Fleet::start(proxy.clone(), dedicated),
             proxy,
             state_path: config.state.clone(),
             refs: RwLock::new(config.refs.clone()),
@@ -252,7 +277,8 @@ impl Controller {
             primary_revision: r.primary.revision.as_deref(),
             canary_revision: r.canary_revision(),
         };
-        let status = convert::rollout_status(&view, &stats);
+        let mut status = convert::rollout_status(&view, &stats);
+        status.replicas = self.shared.fleet.summary();
         let m = &self.shared.metrics;
         let (name, ns) = (r.target.name.as_str(), r.target.namespace.as_str());
         m.state_lost

@@ -199,6 +199,15 @@ impl Families {
             .clone()
     }
 
+    /// Every version's measurements, by (service, version).
+    pub(crate) fn versions_now(&self) -> Vec<((String, String), VersionHandle)> {
+        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        versions
+            .iter()
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect()
+    }
+
     /// The measurements of a version, if it exists.
     pub(crate) fn handle(&self, service: &str, version: &str) -> Option<VersionHandle> {
         let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,6 +2,7 @@
 //! per exchange when it ends, exported as Prometheus families and read by the controller
 //! as snapshots and windows.
 
+mod delta;
 mod export;
 mod families;
 mod latency;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use prometheus::IntGauge;
 
+pub use delta::{DeltaCursor, DeltaError, MeasurementDelta};
 pub use families::{counter_vec, gauge_vec, histogram_vec, register, Families, ENVOY_BUCKETS_MS};
 pub(crate) use tally::Outcome;
 pub use version::{envoy_cluster_name, VersionMetrics};

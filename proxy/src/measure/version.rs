@@ -21,6 +21,8 @@ pub struct VersionMetrics {
     /// Envoy cluster name used in the Envoy families.
     pub(super) cluster: String,
     shards: Box<[Shard]>,
+    /// What other processes measured (a controller's replicas), added as they report.
+    remote: Shard,
 }
 
 /// Contour's cluster name: `<namespace>_<service>-<version>_<port>`.
@@ -45,7 +47,18 @@ impl VersionMetrics {
             shards: (0..crate::workers::slots())
                 .map(|_| Shard(Mutex::default()))
                 .collect(),
+            remote: Shard(Mutex::default()),
         }
+    }
+
+    /// Adds what another process measured (a replica's delta).
+    pub(super) fn merge(&self, delta: &Tally) {
+        let mut t = self.remote.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.add(delta, true);
+    }
+
+    fn all_shards(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.iter().chain(std::iter::once(&self.remote))
     }
 
     /// Records one finished exchange in this thread's share.
@@ -57,7 +70,7 @@ impl VersionMetrics {
     /// Every worker's share added up; the latency histogram only if asked for.
     pub(super) fn tally(&self, with_latency: bool) -> Tally {
         let mut out = Tally::default();
-        for shard in self.shards.iter() {
+        for shard in self.all_shards() {
             let t = shard.0.lock().unwrap_or_else(|p| p.into_inner());
             out.add(&t, with_latency);
         }
@@ -69,7 +82,7 @@ impl VersionMetrics {
     pub fn counts(&self) -> (u64, u64) {
         let mut total = 0;
         let mut errors = 0;
-        for shard in self.shards.iter() {
+        for shard in self.all_shards() {
             let t = shard.0.lock().unwrap_or_else(|p| p.into_inner());
             total += t.requests();
             errors += t.responses[4];

@@ -1,17 +1,15 @@
 //! `weir ctl`: the control API's command-line client.
 
-mod connect;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
 use weir_protos::control as pb;
 
-use super::render::{event_label, progress_line, table};
+use super::render::{event_label, progress_line, replicas_table, table};
+pub use crate::link::Access;
+use crate::link::{connect, grpc_error, Client, CtlError};
 use crate::machine::Phase;
-pub use connect::Access;
-use connect::{connect, grpc_error, Client, CtlError};
 
 /// Options shared by every `weir ctl` command.
 #[derive(clap::Args, Debug, Clone)]
@@ -30,6 +28,8 @@ pub enum CtlCommand {
         /// One service; all when omitted.
         service: Option<String>,
     },
+    /// The proxy replicas that take their routing from this controller.
+    Replicas,
     /// Live progress of one rollout: weight, per-version success rate and p99, events.
     Watch { service: String },
     /// Tell weir the service has a new canary revision.
@@ -117,6 +117,15 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
                 }
             };
             print!("{}", table(&rollouts));
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Replicas => {
+            let reply = client
+                .list_replicas(pb::ListReplicasRequest {})
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            print!("{}", replicas_table(&reply));
             return Ok(ExitCode::SUCCESS);
         }
         CtlCommand::Watch { service } => {
