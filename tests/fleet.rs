@@ -109,21 +109,7 @@ async fn wait_ready(w: &Weir, ready: bool) {
 }
 
 fn podinfo(primary: &Upstream, canary: &Upstream, analysis: &str) -> String {
-    format!(
-        r#"services:
-  - name: podinfo
-    namespace: test
-    hosts: ["*"]
-    port: 9898
-    versions:
-      primary: {{ endpoints: ["{p}"], revision: "1" }}
-      canary: {{ endpoints: ["{c}"], revision: "1" }}
-    analysis:
-{analysis}
-"#,
-        p = primary.endpoint(),
-        c = canary.endpoint(),
-    )
+    podinfo_services(&primary.endpoint(), &canary.endpoint(), analysis)
 }
 
 const SERVED: &str = "weir_requests_total";

@@ -14,21 +14,28 @@ use super::*;
 /// A service with an analysis; `canary` starts at the primary's endpoint and revision, so
 /// nothing rolls out until a test says so.
 pub fn config(primary: &Upstream, analysis: &str, extra: &str) -> String {
+    let p = primary.endpoint();
     format!(
-        r#"control: 127.0.0.1:0
-{extra}
-services:
+        "control: 127.0.0.1:0\n{extra}\n{}",
+        podinfo_services(&p, &p, analysis)
+    )
+}
+
+/// `services:` with podinfo (namespace test, every host, port 9898), its primary and canary
+/// at revision 1 on these endpoints, and `analysis` (indented six spaces).
+pub fn podinfo_services(primary: &str, canary: &str, analysis: &str) -> String {
+    format!(
+        r#"services:
   - name: podinfo
     namespace: test
     hosts: ["*"]
     port: 9898
     versions:
-      primary: {{ endpoints: ["{p}"], revision: "1" }}
-      canary: {{ endpoints: ["{p}"], revision: "1" }}
+      primary: {{ endpoints: ["{primary}"], revision: "1" }}
+      canary: {{ endpoints: ["{canary}"], revision: "1" }}
     analysis:
 {analysis}
-"#,
-        p = primary.endpoint(),
+"#
     )
 }
 

@@ -35,15 +35,23 @@ fn some_u64(n: u32) -> Option<u64> {
     (n != 0).then_some(u64::from(n))
 }
 
+/// Why a typed analysis message was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("analysis.alerts[{index}].type: {reason}")]
+pub struct UnknownAlertType {
+    index: usize,
+    reason: serde_json::Error,
+}
+
 /// The spec a typed message describes; an unknown alert provider type is refused.
-pub fn analysis_spec(t: &pb::AnalysisSpec) -> Result<AnalysisSpec, String> {
+pub fn analysis_spec(t: &pb::AnalysisSpec) -> Result<AnalysisSpec, UnknownAlertType> {
     let alerts = t
         .alerts
         .iter()
         .enumerate()
         .map(|(i, a)| {
             let kind: AlertKind = serde_json::from_value(serde_json::json!(a.r#type))
-                .map_err(|e| format!("analysis.alerts[{i}].type: {e}"))?;
+                .map_err(|reason| UnknownAlertType { index: i, reason })?;
             Ok(AlertSpec {
                 name: a.name.clone(),
                 severity: a.severity.clone(),
@@ -54,7 +62,7 @@ pub fn analysis_spec(t: &pb::AnalysisSpec) -> Result<AnalysisSpec, String> {
                 username: some_str(&a.username),
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, UnknownAlertType>>()?;
     Ok(AnalysisSpec {
         interval: some_str(&t.interval),
         threshold: some_num(t.threshold),

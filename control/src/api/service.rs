@@ -82,7 +82,8 @@ impl Control for Api {
                     .unwrap_or(v)
             }
             Some(pb::apply_spec_request::Spec::Typed(t)) => {
-                let spec = convert::analysis_spec(&t).map_err(Status::invalid_argument)?;
+                let spec = convert::analysis_spec(&t)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 serde_json::to_value(spec).map_err(|e| Status::internal(e.to_string()))?
             }
             None => return Err(Status::invalid_argument("spec must be set (text or typed)")),

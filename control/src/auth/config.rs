@@ -116,8 +116,8 @@ pub fn control_from(value: serde_json::Value, errors: &mut Vec<ConfigError>) -> 
         }
     }
     if let Some(path) = &cfg.token_file {
-        if let Err(m) = Tokens::read(path) {
-            errors.push(ConfigError::new(field("tokenFile"), m));
+        if let Err(e) = Tokens::read(path) {
+            errors.push(ConfigError::new(field("tokenFile"), e.to_string()));
         }
     }
     if let Some(a) = addr {

@@ -14,6 +14,7 @@ use prometheus::{IntCounterVec, Registry};
 use tonic::Status;
 
 pub use config::{control_from, ControlConfig, DEFAULT_CONTROL};
+pub use tokens::TokenFileError;
 use tokens::{Role, Tokens};
 
 /// What an RPC does.
@@ -63,7 +64,7 @@ fn sans_of(leaf: &rustls_pki_types::CertificateDer<'_>) -> Vec<String> {
 
 impl Authorizer {
     /// The gatekeeper of `cfg` (its token file is read now).
-    pub fn new(cfg: &ControlConfig, registry: &Registry) -> Result<Authorizer, String> {
+    pub fn new(cfg: &ControlConfig, registry: &Registry) -> Result<Authorizer, TokenFileError> {
         let tokens = cfg.token_file.as_deref().map(Tokens::open).transpose()?;
         Ok(Authorizer {
             tokens,

@@ -25,6 +25,31 @@ pub enum Role {
     Replica,
 }
 
+/// What is wrong with a token file's contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error("line {0}: expected `name token`, `name token read`, `name token replica` or `token`")]
+    Shape(usize),
+    #[error("line {line}: the token of {name} is shorter than {MIN_TOKEN_LEN} characters")]
+    Short { line: usize, name: String },
+    #[error("line {line}: {name} is named twice")]
+    Twice { line: usize, name: String },
+}
+
+/// Why a token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: LineError },
+}
+
 /// One token: who it names, its secret and what it may do.
 pub struct Token {
     pub name: String,
@@ -44,7 +69,7 @@ pub struct Tokens {
     loaded: Mutex<Loaded>,
 }
 
-fn parse(text: &str) -> Result<Vec<Token>, String> {
+fn parse(text: &str) -> Result<Vec<Token>, LineError> {
     let mut tokens: Vec<Token> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -59,19 +84,13 @@ fn parse(text: &str) -> Result<Vec<Token>, String> {
             [name, secret, "read"] => (name.to_string(), *secret, Role::Read),
             [name, secret, "replica"] => (name.to_string(), *secret, Role::Replica),
             [name, secret, "write"] => (name.to_string(), *secret, Role::Write),
-            _ => {
-                return Err(format!(
-                    "line {n}: expected `name token`, `name token read`, `name token replica` or `token`"
-                ))
-            }
+            _ => return Err(LineError::Shape(n)),
         };
         if secret.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "line {n}: the token of {name} is shorter than {MIN_TOKEN_LEN} characters"
-            ));
+            return Err(LineError::Short { line: n, name });
         }
         if tokens.iter().any(|t| t.name == name) {
-            return Err(format!("line {n}: {name} is named twice"));
+            return Err(LineError::Twice { line: n, name });
         }
         tokens.push(Token {
             name,
@@ -83,26 +102,32 @@ fn parse(text: &str) -> Result<Vec<Token>, String> {
 }
 
 /// The tokens of a token file's contents.
-fn decode(bytes: &[u8]) -> Result<Vec<Token>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+fn decode(bytes: &[u8]) -> Result<Vec<Token>, LineError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| LineError::NotText)?;
     parse(text)
 }
 
 /// A token file's contents and its tokens.
-fn load(path: &str) -> Result<(Vec<u8>, Vec<Token>), String> {
-    let contents = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let tokens = decode(&contents).map_err(|e| format!("{path}: {e}"))?;
+fn load(path: &str) -> Result<(Vec<u8>, Vec<Token>), TokenFileError> {
+    let contents = std::fs::read(path).map_err(|source| TokenFileError::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    let tokens = decode(&contents).map_err(|problem| TokenFileError::Invalid {
+        path: path.to_string(),
+        problem,
+    })?;
     Ok((contents, tokens))
 }
 
 impl Tokens {
     /// Reads and checks a token file.
-    pub fn read(path: &str) -> Result<Vec<Token>, String> {
+    pub fn read(path: &str) -> Result<Vec<Token>, TokenFileError> {
         load(path).map(|(_, tokens)| tokens)
     }
 
     /// Opens a token file for use.
-    pub fn open(path: &str) -> Result<Tokens, String> {
+    pub fn open(path: &str) -> Result<Tokens, TokenFileError> {
         let (contents, tokens) = load(path)?;
         if tokens.is_empty() {
             tracing::warn!(
@@ -177,11 +202,15 @@ mod tests {
         let r = parse("gateway 0123456789abcdef0123 replica").expect("valid");
         assert_eq!(r[0].role, Role::Replica);
         assert_eq!(t[2].name, "token-line-4");
-        let e = parse("ci short").err().unwrap_or_default();
+        let e = parse("ci short")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("line 1") && e.contains("shorter"), "{e}");
         assert!(!e.contains("short "), "the token must not be printed: {e}");
         let e = parse("a 0123456789abcdef0123 admin")
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("line 1"), "{e}");
     }

@@ -30,12 +30,8 @@ fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 /// model the replicas copy: its routing goes out to them, their measurements come back
 /// into it. SIGHUP reloads the file.
 pub async fn control(path: &Path) -> anyhow::Result<ExitCode> {
-    let cfg = match WeirConfig::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{}: {errors}", path.display());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(cfg) = run::reported(path, WeirConfig::load(path)) else {
+        return Ok(ExitCode::FAILURE);
     };
     let proxy = Proxy::new(cfg.proxy.clone())?;
     let ctl = Controller::start_fleet(proxy.clone(), &cfg)?;
@@ -70,12 +66,8 @@ pub async fn proxy(
     if controller.is_none() && !is_replica_file(path) {
         return run::run(path, false).await;
     }
-    let cfg = match ReplicaConfig::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{}: {errors}", path.display());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(cfg) = run::reported(path, ReplicaConfig::load(path)) else {
+        return Ok(ExitCode::FAILURE);
     };
     let Some(access) = cfg.access(controller) else {
         eprintln!(

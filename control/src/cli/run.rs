@@ -51,6 +51,17 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A loaded config, or None after printing every error in it with the file's name.
+pub(super) fn reported<T>(path: &Path, loaded: Result<T, weir_proxy::ConfigErrors>) -> Option<T> {
+    match loaded {
+        Ok(cfg) => Some(cfg),
+        Err(errors) => {
+            eprintln!("{}: {errors}", path.display());
+            None
+        }
+    }
+}
+
 /// Re-reads the file for the data plane alone (`weir proxy`, or no analysis).
 fn reload_proxy(proxy: &Proxy, path: &Path) -> Result<(), weir_proxy::ConfigErrors> {
     let result = WeirConfig::load(path).and_then(|cfg| {
@@ -209,12 +220,8 @@ impl AdminListeners {
 /// `weir run -c FILE` (and `weir proxy`, with `controller: false`): serves until SIGTERM
 /// or SIGINT, then drains; SIGHUP reloads the file.
 pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
-    let cfg = match WeirConfig::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{}: {errors}", path.display());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(cfg) = reported(path, WeirConfig::load(path)) else {
+        return Ok(ExitCode::FAILURE);
     };
     let proxy = Proxy::new(cfg.proxy.clone())?;
     let controller = match controller && !cfg.analyses.is_empty() {
