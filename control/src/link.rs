@@ -121,7 +121,12 @@ pub async fn channel(access: &Access) -> Result<(Channel, Bearer), CtlError> {
     };
     let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(Duration::from_secs(3));
+        .connect_timeout(Duration::from_secs(3))
+        // A replica's stream lives for days: pings find a controller that vanished
+        // without closing the connection, so the replica reconnects.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         tls = match &access.ca {

@@ -22,6 +22,9 @@ use crate::controller::Controller;
 use crate::fleet::FleetService;
 use service::Api;
 
+/// HTTP/2 pings on idle connections, and how long an answer may take.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// Time a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +58,9 @@ pub async fn serve(
         .build_v1alpha()?;
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
     let router = tonic::transport::Server::builder()
+        // Pings find a replica or client whose connection died without a FIN.
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

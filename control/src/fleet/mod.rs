@@ -3,8 +3,8 @@
 //! their measurements added to the controller's own, so checks read the exact sum.
 //!
 //! States: a connected replica is `synced` once it ACKed the current generation,
-//! `syncing` while it has had less than [`STALE_AFTER`] to do so, and `stale` after that
-//! or when it refused (NACKed) the push; `disconnected` once its stream ended (listed for
+//! `syncing` while it has had less than [`STALE_AFTER`] to do so, and `stale` after that,
+//! when it refused (NACKed) the push, or when nothing came from it for [`STALE_AFTER`]; `disconnected` once its stream ended (listed for
 //! [`FORGET_AFTER`]). A step counts as applied when every connected replica that is not
 //! stale has ACKed it; a stale replica's measurements are not merged (it serves other
 //! weights than the rollout is judging).
@@ -94,6 +94,11 @@ impl Entry {
     fn state(&self, now: Instant) -> ReplicaState {
         if !self.connected {
             return ReplicaState::Disconnected;
+        }
+        // A live replica reports at least every second: silence means a stream that no
+        // longer reaches it.
+        if now.duration_since(self.last_seen) >= STALE_AFTER {
+            return ReplicaState::Stale;
         }
         match self.pushed {
             _ if self.error.is_some() => ReplicaState::Stale,
