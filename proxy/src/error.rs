@@ -48,6 +48,8 @@ pub enum ErrorKind {
     ClientStalled,
     /// No service or rule matched the request.
     NoRoute,
+    /// The request's Host is missing in a way weir cannot route, ambiguous or unreadable.
+    BadHost,
     /// The request cannot be forwarded as it is (an invalid Host, say).
     BadRequest,
 }
@@ -88,6 +90,7 @@ impl ErrorKind {
             | ErrorKind::ClientTimeout
             | ErrorKind::ClientGone
             | ErrorKind::ClientStalled
+            | ErrorKind::BadHost
             | ErrorKind::BadRequest => Side::Client,
             ErrorKind::NoRoute => Side::Proxy,
         }
@@ -110,7 +113,9 @@ impl ErrorKind {
             | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout | ErrorKind::UpstreamIdle => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::ClientMalformed | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientMalformed | ErrorKind::BadHost | ErrorKind::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             // Nobody reads these: the client is gone. nginx's 499 names the case.
             ErrorKind::ClientGone | ErrorKind::ClientStalled => match StatusCode::from_u16(499) {
@@ -137,6 +142,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => "gone",
             ErrorKind::ClientStalled => "not_reading",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadHost => "bad_host",
             ErrorKind::BadRequest => "bad_request",
         }
     }
@@ -157,7 +163,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => "client went away",
             ErrorKind::ClientStalled => "client stopped reading",
             ErrorKind::NoRoute => "no route",
-            ErrorKind::BadRequest => "bad request",
+            ErrorKind::BadHost | ErrorKind::BadRequest => "bad request",
         }
     }
 

@@ -60,7 +60,7 @@ pub(crate) async fn handle(
         Err(why) => {
             state.backends.families.rejected_host.inc();
             let text = format!("weir: bad request: {why}\n");
-            return synthetic(StatusCode::BAD_REQUEST, text, "bad_host");
+            return synthetic(ErrorKind::BadHost, text);
         }
     };
     let table = state.table.load_full();
@@ -74,7 +74,7 @@ pub(crate) async fn handle(
                 "weir: no route for host {shown} path {}\n",
                 req.uri().path()
             );
-            return synthetic(StatusCode::NOT_FOUND, text, ErrorKind::NoRoute.label());
+            return synthetic(ErrorKind::NoRoute, text);
         }
     };
     let endpoint = decision.version.upstream.next_endpoint();
@@ -244,15 +244,14 @@ fn bad_request(why: String) -> ProxyError {
     ProxyError::new(ErrorKind::BadRequest, why)
 }
 
-/// weir's answer to a request it refused before forwarding it: the kind's status and
-/// `x-weir-error`, and the reason behind it in the body (no version is blamed, and
-/// nothing is counted: the exchange never started).
+/// weir's answer to a request it refused before forwarding it: the reason in the body
+/// (no version is blamed, and nothing is counted: the exchange never started).
 fn refuse(e: &ProxyError) -> Response<ResponseBody> {
-    let text = match &e.source {
-        Some(why) => format!("weir: {why}\n"),
-        None => format!("weir: {}\n", e.kind.message()),
-    };
-    synthetic(e.kind.status(), text, e.kind.label())
+    let why = e
+        .source
+        .as_ref()
+        .map_or(e.kind.message().to_string(), |w| w.to_string());
+    synthetic(e.kind, format!("weir: {why}\n"))
 }
 
 /// Phase 3: a copy to the shadow version when the rule mirrors this request.
@@ -337,7 +336,7 @@ fn answer_failure(
         d.service.name,
         d.version.name,
     );
-    synthetic(e.kind.status(), text, e.kind.label())
+    synthetic(e.kind, text)
 }
 
 /// True at most once a second (process-wide): failures with addresses reach the log
@@ -359,18 +358,14 @@ static X_WEIR_ERROR: header::HeaderName = header::HeaderName::from_static("x-wei
 
 /// A response weir makes itself: status, a one-line text body, and the reason in
 /// `x-weir-error` for machines.
-pub(crate) fn synthetic(
-    status: StatusCode,
-    text: String,
-    reason: &'static str,
-) -> Response<ResponseBody> {
+pub(crate) fn synthetic(kind: ErrorKind, text: String) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::synthetic(Bytes::from(text)));
-    *resp.status_mut() = status;
+    *resp.status_mut() = kind.status();
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(X_WEIR_ERROR.clone(), HeaderValue::from_static(reason));
+    headers.insert(X_WEIR_ERROR.clone(), HeaderValue::from_static(kind.label()));
     resp
 }

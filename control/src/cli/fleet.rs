@@ -9,22 +9,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_proxy::Proxy;
 
-use super::run::{self, AdminListeners, ControlApi};
+use super::run::{self, AdminListeners, ControlApi, OnHup};
 use crate::config::WeirConfig;
 use crate::controller::Controller;
-use crate::replica::{is_replica_file, replica_name, ReplicaConfig};
-
-/// Watches SIGTERM and SIGINT from now on; the future resolves at the first.
-fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-    })
-}
+use crate::replica::{is_replica_file, replica_name, Replica, ReplicaConfig};
 
 /// `weir control -c FILE`: the controller without a data-plane listener. Its proxy is the
 /// model the replicas copy: its routing goes out to them, their measurements come back
@@ -38,13 +26,13 @@ pub async fn control(path: &Path) -> anyhow::Result<ExitCode> {
     let api = ControlApi::bind(&cfg, &proxy).await?;
     let admin = AdminListeners::bind(&cfg.proxy).await?;
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let stopping = terminated()?;
+    let stopping = run::terminated()?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     api.serve_in(ctl.clone(), &mut tasks, &stopped)?;
     admin.serve_in(&proxy, &mut tasks, &stopped)?;
     proxy.watch_files();
-    run::reload_on_hup(hup, proxy.clone(), Some(ctl), path);
+    run::reload_on_hup(hup, proxy.clone(), OnHup::Controller(ctl), path);
     tracing::info!(
         services = cfg.proxy.services.len(),
         "weir controller started"
@@ -82,39 +70,21 @@ pub async fn proxy(
     };
     let proxy = Proxy::new(cfg.proxy.clone())?;
     let listeners = proxy.bind().await?;
-    let admin = AdminListeners::bind(&cfg.proxy).await?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let stopping = terminated()?;
-    let first = listeners.first().map(|l| l.local_addr()).transpose()?;
-    for l in &listeners {
-        let scheme = if l.is_tls() { "https" } else { "http" };
-        println!("weir: proxy listening on {} ({scheme})", l.local_addr()?);
-    }
-    let address = match (std::env::var("POD_IP"), first) {
-        (Ok(ip), Some(a)) => format!("{ip}:{}", a.port()),
-        (_, Some(a)) => a.to_string(),
+    let address = match (std::env::var("POD_IP"), listeners.first()) {
+        (Ok(ip), Some(l)) => format!("{ip}:{}", l.local_addr()?.port()),
+        (_, Some(l)) => l.local_addr()?.to_string(),
         (_, None) => String::new(),
     };
+    let replica = Replica::new(proxy.clone(), cfg.proxy.clone(), access, name, address);
+    let admin = AdminListeners::bind(&cfg.proxy).await?;
+    let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let stopping = run::terminated()?;
+    run::announce(&listeners)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     admin.serve_in(&proxy, &mut tasks, &stopped)?;
-    let replica = crate::replica::Replica {
-        proxy: proxy.clone(),
-        local: cfg.proxy.clone(),
-        access,
-        name,
-        address,
-    };
-    let link_stopped = stopped.clone();
-    tasks.spawn(replica.run(link_stopped));
-    // A replica's file holds no routing: SIGHUP re-reads certificates only.
-    let certs = proxy.clone();
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let p = certs.clone();
-            let _ = tokio::task::spawn_blocking(move || p.reload_tls()).await;
-        }
-    });
+    tasks.spawn(replica.run(stopped.clone()));
+    run::reload_on_hup(hup, proxy.clone(), OnHup::CertificatesOnly, path);
     tracing::info!("weir replica started");
     proxy.serve_listeners(listeners, stopping).await;
     let _ = stop.send(true);

@@ -102,20 +102,25 @@ pub(super) async fn until(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Re-reads the file and every certificate on each SIGHUP: through the controller when
-/// there is one.
-pub(super) fn reload_on_hup(
-    mut hup: Signal,
-    proxy: Proxy,
-    controller: Option<Controller>,
-    path: &Path,
-) {
+/// What a SIGHUP re-reads besides every certificate.
+pub(super) enum OnHup {
+    /// The whole file, through the controller.
+    Controller(Controller),
+    /// The file's services, for the data plane alone.
+    Services,
+    /// Nothing more: a replica's file holds no routing.
+    CertificatesOnly,
+}
+
+/// Re-reads every certificate on each SIGHUP, and the file as `what` says.
+pub(super) fn reload_on_hup(mut hup: Signal, proxy: Proxy, what: OnHup, path: &Path) {
     let file = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let _ = match &controller {
-                Some(ctl) => ctl.reload(&file).await,
-                None => reload_proxy(&proxy, &file),
+            let _ = match &what {
+                OnHup::Controller(ctl) => ctl.reload(&file).await,
+                OnHup::Services => reload_proxy(&proxy, &file),
+                OnHup::CertificatesOnly => Ok(()),
             };
             let p = proxy.clone();
             let _ = tokio::task::spawn_blocking(move || p.reload_tls()).await;
@@ -180,6 +185,28 @@ impl ControlApi {
     }
 }
 
+/// Watches SIGTERM and SIGINT from now on; the future resolves at the first.
+pub(super) fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+}
+
+/// Prints the proxy listeners' addresses (tests and scripts read these lines to learn the
+/// ports when the config says :0).
+pub(super) fn announce(listeners: &[weir_proxy::Listener]) -> anyhow::Result<()> {
+    for l in listeners {
+        let scheme = if l.is_tls() { "https" } else { "http" };
+        println!("weir: proxy listening on {} ({scheme})", l.local_addr()?);
+    }
+    Ok(())
+}
+
 /// The admin listener and the optional metrics listener.
 pub(super) struct AdminListeners {
     admin: TcpListener,
@@ -236,13 +263,8 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
     // reload, not kill the process.
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    // Tests and scripts read these lines to learn the ports when the config says :0.
-    for l in &listeners {
-        let scheme = if l.is_tls() { "https" } else { "http" };
-        println!("weir: proxy listening on {} ({scheme})", l.local_addr()?);
-    }
+    let stopping = terminated()?;
+    announce(&listeners)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let ctl = match controller {
@@ -254,15 +276,9 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     };
     admin.serve_in(&proxy, &mut tasks, &stopped)?;
     tracing::info!(services = cfg.proxy.services.len(), "weir started");
-    reload_on_hup(hup, proxy.clone(), ctl, path);
-    proxy
-        .serve_listeners(listeners, async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = int.recv() => tracing::info!("SIGINT: draining"),
-            }
-        })
-        .await;
+    let what = ctl.map_or(OnHup::Services, OnHup::Controller);
+    reload_on_hup(hup, proxy.clone(), what, path);
+    proxy.serve_listeners(listeners, stopping).await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("weir stopped");

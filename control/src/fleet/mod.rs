@@ -177,9 +177,6 @@ pub struct Fleet {
     metrics: FleetMetrics,
 }
 
-/// A replica as `ListReplicas` shows it.
-pub type ReplicaView = pb::Replica;
-
 impl Fleet {
     /// The fleet of `proxy`'s routing; publishes a generation on every change.
     pub fn start(proxy: Proxy, dedicated: bool) -> Arc<Fleet> {
@@ -251,31 +248,26 @@ impl Fleet {
     /// at or above ours (a restarted controller) lifts ours past it.
     fn connected(&self, hello: &pb::Hello) -> u64 {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        if hello.generation >= self.routing().generation {
-            let change = self.routing().change;
-            self.publish(change, hello.generation);
+        let routing = self.routing();
+        if hello.generation >= routing.generation {
+            self.publish(routing.change, hello.generation);
         }
         let now = Instant::now();
-        let mut entries = self.entries();
-        let e = entries.entry(hello.name.clone()).or_insert_with(|| Entry {
-            address: String::new(),
-            session,
-            connected: true,
-            acked: 0,
-            error: None,
-            pushed: None,
-            last_seen: now,
-            window: (now, 0),
-            rate: 0.0,
-        });
-        e.address = hello.address.clone();
-        e.session = session;
-        e.connected = true;
-        e.acked = hello.generation;
-        e.error = None;
-        e.pushed = None;
-        e.last_seen = now;
-        drop(entries);
+        // A reconnect replaces what was known of the replica's older stream.
+        self.entries().insert(
+            hello.name.clone(),
+            Entry {
+                address: hello.address.clone(),
+                session,
+                connected: true,
+                acked: hello.generation,
+                error: None,
+                pushed: None,
+                last_seen: now,
+                window: (now, 0),
+                rate: 0.0,
+            },
+        );
         self.housekeeping();
         session
     }
@@ -313,10 +305,23 @@ impl Fleet {
     }
 
     /// Adds a replica's measurements to the controller's, unless it is stale.
-    fn measured(&self, name: &str, session: u64, deltas: &[MeasurementDelta], bytes: usize) {
+    fn measured(&self, name: &str, session: u64, report: pb::Measurements, bytes: usize) {
         self.metrics
             .report_bytes
             .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+        let sent = report.versions.len();
+        let deltas: Vec<MeasurementDelta> = report
+            .versions
+            .into_iter()
+            .filter_map(wire::from_pb)
+            .collect();
+        if deltas.len() < sent {
+            let malformed = u64::try_from(sent - deltas.len()).unwrap_or(u64::MAX);
+            self.metrics
+                .dropped
+                .with_label_values(&["invalid"])
+                .inc_by(malformed);
+        }
         let requests: u64 = deltas.iter().map(MeasurementDelta::requests).sum();
         let now = Instant::now();
         let state = self.with(name, session, |e| {
@@ -332,7 +337,7 @@ impl Fleet {
             None => {}
             Some(ReplicaState::Stale) => self.metrics.dropped.with_label_values(&["stale"]).inc(),
             Some(_) => {
-                for d in deltas {
+                for d in &deltas {
                     if let Err(e) = self.proxy.merge_measurements(d) {
                         self.metrics.dropped.with_label_values(&["invalid"]).inc();
                         tracing::warn!(replica = name, service = %d.service, version = %d.version, error = %e, "replica measurements refused");

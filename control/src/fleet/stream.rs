@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weir_protos::control as pb;
 
-use super::{wire, Fleet};
+use super::Fleet;
 use crate::auth::{Authorizer, Need};
 
 /// The gRPC service replicas connect to.
@@ -82,9 +82,7 @@ impl pb::fleet_server::Fleet for FleetService {
                         fleet.applied(&name, session, &a)
                     }
                     Some(pb::replica_report::Report::Measurements(m)) => {
-                        let deltas: Vec<_> =
-                            m.versions.into_iter().filter_map(wire::from_pb).collect();
-                        fleet.measured(&name, session, &deltas, bytes);
+                        fleet.measured(&name, session, m, bytes)
                     }
                     Some(pb::replica_report::Report::Hello(_)) | None => {}
                 }

@@ -89,19 +89,14 @@ impl ReplicaConfig {
 
     /// How to reach the controller: `--controller` overrides the file's address.
     pub fn access(&self, address: Option<&str>) -> Option<Access> {
-        let link = self.controller.clone();
-        let address = address
+        let link = self.controller.as_ref();
+        let control = address
             .map(str::to_string)
-            .or_else(|| link.as_ref().map(|l| l.address.clone()))?;
-        let link = link.unwrap_or(ControllerLink {
-            address: address.clone(),
-            tls: None,
-            token_file: None,
-        });
-        let tls = link.tls.unwrap_or_default();
+            .or_else(|| link.map(|l| l.address.clone()))?;
+        let tls = link.and_then(|l| l.tls.clone()).unwrap_or_default();
         Some(Access {
-            control: address,
-            token_file: link.token_file,
+            control,
+            token_file: link.and_then(|l| l.token_file.clone()),
             ca: tls.ca,
             cert: tls.cert,
             key: tls.key,

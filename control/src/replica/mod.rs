@@ -44,13 +44,13 @@ enum SessionError {
 
 /// The replica's side of the stream.
 pub struct Replica {
-    pub proxy: Proxy,
+    proxy: Proxy,
     /// The replica's file (services always empty): each push is laid over it.
-    pub local: ProxyConfig,
-    pub access: Access,
-    pub name: String,
+    local: ProxyConfig,
+    access: Access,
+    name: String,
     /// Where it serves users, as the controller lists it.
-    pub address: String,
+    address: String,
 }
 
 /// What a replica carries from one session to the next.
@@ -61,9 +61,28 @@ struct Progress {
 }
 
 impl Replica {
+    /// The replica of `proxy` (built from `local`), named `name`, serving at `address`.
+    /// From here on its `/ready` answers 503 until the first routing is applied: make it
+    /// before anything serves, so no probe sees a replica without routing as ready.
+    pub fn new(
+        proxy: Proxy,
+        local: ProxyConfig,
+        access: Access,
+        name: String,
+        address: String,
+    ) -> Replica {
+        proxy.set_awaiting_routing(true);
+        Replica {
+            proxy,
+            local,
+            access,
+            name,
+            address,
+        }
+    }
+
     /// Talks to the controller until `stop` turns true, reconnecting as needed.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        self.proxy.set_awaiting_routing(true);
         let mut progress = Progress {
             applied: 0,
             cursor: DeltaCursor::default(),

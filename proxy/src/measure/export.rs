@@ -67,6 +67,14 @@ fn tallies(handles: &[VersionHandle]) -> (Vec<Series>, Vec<Cluster>) {
     (series, clusters)
 }
 
+/// A by-reason family: name, help, the kinds in label order, and their counts in a tally.
+type ReasonFamily = (
+    &'static str,
+    &'static str,
+    &'static [ErrorKind],
+    fn(&Tally) -> &[u64],
+);
+
 /// weir's own families: responses, upstream and client errors, request duration.
 fn weir_families(out: &mut String, series: &[Series]) {
     let name = "weir_requests_total";
@@ -81,33 +89,29 @@ fn weir_families(out: &mut String, series: &[Series]) {
         let values = CLASSES.iter().zip(s.tally.responses);
         by_label(out, name, "", "code_class", &after, values);
     }
-    let name = "weir_upstream_errors_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Requests weir answered itself because the upstream failed, by reason.",
-    );
-    for s in series {
-        let values = ErrorKind::UPSTREAM
-            .iter()
-            .map(|k| k.label())
-            .zip(s.tally.failures);
-        by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
-    }
-    let name = "weir_client_errors_total";
-    header(
-        out,
-        name,
-        "counter",
-        "Requests that failed by the client's doing (not counted against the version), by reason.",
-    );
-    for s in series {
-        let values = ErrorKind::CLIENT
-            .iter()
-            .map(|k| k.label())
-            .zip(s.tally.client_faults);
-        by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
+    let reasons: [ReasonFamily; 2] = [
+        (
+            "weir_upstream_errors_total",
+            "Requests weir answered itself because the upstream failed, by reason.",
+            &ErrorKind::UPSTREAM,
+            |t| &t.failures,
+        ),
+        (
+            "weir_client_errors_total",
+            "Requests that failed by the client's doing (not counted against the version), by reason.",
+            &ErrorKind::CLIENT,
+            |t| &t.client_faults,
+        ),
+    ];
+    for (name, help, kinds, counts) in reasons {
+        header(out, name, "counter", help);
+        for s in series {
+            let values = kinds
+                .iter()
+                .map(|k| k.label())
+                .zip(counts(&s.tally).iter().copied());
+            by_label(out, name, &s.mirrored, "reason", &s.service_version, values);
+        }
     }
     let le_seconds: Vec<String> = ENVOY_BUCKETS_MS
         .iter()
