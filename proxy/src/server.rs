@@ -403,10 +403,13 @@ impl Conn {
         let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
+        // Made once: a future per wake-up would take the watch's shared lock every time.
+        let mut stopped = pin!(self.stop.wait_for(|s| *s));
         loop {
             tokio::select! {
+                biased;
                 _ = conn.as_mut() => break,
-                _ = self.stop.wait_for(|s| *s), if !closing => {
+                _ = stopped.as_mut(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

@@ -1,13 +1,15 @@
 //! Upstreams: the endpoints of a version, used round robin, and how a request reaches one.
 //!
 //! HTTP/1.1 requests to an HTTP/1.1 version run on a pooled connection the request itself
-//! drives (`pool`); HTTP/2 versions, upgrades and CONNECT go through hyper's pooled client,
-//! one per worker, so each worker multiplexes over connections its own runtime drives (a
-//! busy HTTP/2 endpoint gets one connection per worker, and no request hops cores); mirror
-//! copies have a client of their own, so shadow work never shares a connection (or the
-//! runtime driving it) with users' requests.
+//! drives (`pool`); requests to an HTTP/2 version are streams on connections each worker
+//! keeps for itself (`multiplex`: its own runtime drives them, no request hops cores, and
+//! a busy endpoint gets another connection every 100 streams); upgrades and CONNECT go
+//! through hyper's pooled client, one per worker; mirror copies have a client of their
+//! own, so shadow work never shares a connection (or the runtime driving it) with users'
+//! requests.
 
 mod connect;
+mod multiplex;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,14 +20,39 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub(crate) use pool::Lease;
-
 use crate::body::RequestBody;
 use crate::config::VersionConfig;
 use crate::error::ProxyError;
 use crate::tls::{TlsWatch, UpstreamTls};
 use connect::EndpointConnector;
-use pool::Pool;
+use multiplex::{Multiplex, StreamGuard};
+use pool::{Held, Pool};
+
+/// What a response body holds until it is done: its HTTP/1.1 connection (driven from the
+/// body, back to the pool when complete), or its stream's place on an HTTP/2 connection.
+pub(crate) enum Lease {
+    Connection(Held),
+    Stream(StreamGuard),
+}
+
+impl Lease {
+    /// Makes progress on an HTTP/1.1 connection (the response body calls this before each
+    /// read); an HTTP/2 connection has a task of its own.
+    pub(crate) fn drive(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Lease::Connection(held) = self {
+            held.drive(cx);
+        }
+    }
+
+    /// The response is complete: an HTTP/1.1 connection goes back to the pool when it can
+    /// take another request (dropping a lease instead closes it).
+    pub(crate) fn release(self) {
+        match self {
+            Lease::Connection(held) => held.release(),
+            Lease::Stream(stream) => drop(stream),
+        }
+    }
+}
 
 type EndpointClient = Client<EndpointConnector, RequestBody>;
 
@@ -35,7 +62,9 @@ pub(crate) struct Endpoint {
     pub address: String,
     /// HTTP/1.1 connections driven by the request that holds them (none for HTTP/2).
     pool: Option<Arc<Pool>>,
-    /// HTTP/2, upgrades and CONNECT: hyper's pooled client, per worker (made at first use).
+    /// HTTP/2 connections, per worker (none for HTTP/1.1).
+    multiplex: Option<Arc<Multiplex>>,
+    /// Upgrades and CONNECT: hyper's pooled client, per worker (made at first use).
     clients: Box<[OnceLock<EndpointClient>]>,
     /// What the clients are made from.
     connector: EndpointConnector,
@@ -128,9 +157,13 @@ impl Upstream {
                             cfg.max_idle_per_endpoint,
                         )
                     });
+                    let multiplex = cfg
+                        .http2
+                        .then(|| Multiplex::new(connector.clone(), cfg.idle_timeout.0));
                     Ok(Endpoint {
                         address: address.clone(),
                         pool,
+                        multiplex,
                         clients: (0..crate::workers::slots())
                             .map(|_| OnceLock::new())
                             .collect(),
@@ -164,7 +197,7 @@ impl Upstream {
 pub(crate) enum Path {
     /// A pooled HTTP/1.1 connection the request drives: origin-form URI.
     Pooled,
-    /// hyper's client (HTTP/2, upgrades, CONNECT): absolute-form URI.
+    /// An HTTP/2 stream, or hyper's client (upgrades, CONNECT): absolute-form URI.
     Client,
 }
 
@@ -184,10 +217,14 @@ impl Endpoint {
         req: Request<RequestBody>,
         path: Path,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        if let Some(multiplex) = &self.multiplex {
+            let (resp, stream) = multiplex.send(req).await?;
+            return Ok((resp, Some(Lease::Stream(stream))));
+        }
         match (&self.pool, path) {
             (Some(pool), Path::Pooled) => {
-                let (resp, lease) = pool.send(req).await?;
-                Ok((resp, Some(lease)))
+                let (resp, held) = pool.send(req).await?;
+                Ok((resp, Some(Lease::Connection(held))))
             }
             _ => self
                 .client()

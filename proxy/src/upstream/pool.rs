@@ -170,12 +170,12 @@ impl Pool {
     }
 
     /// Sends a request on an idle or new connection and waits for the response head,
-    /// driving the connection meanwhile. The lease keeps the connection until the
+    /// driving the connection meanwhile. The connection stays held until the
     /// response body is done.
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    ) -> Result<(Response<Incoming>, Held), ProxyError> {
         let mut retried = false;
         loop {
             // A retry always dials: the pooled connections are as old as the one that failed.
@@ -186,18 +186,18 @@ impl Pool {
                 None => self.dial().await?,
             };
             let sent = conn.sender.try_send_request(req);
-            let mut lease = Lease {
+            let mut held = Held {
                 conn: Some(conn),
                 pool: self.clone(),
             };
             let mut sent = pin!(sent);
             let result = poll_fn(|cx| {
-                lease.drive(cx);
+                held.drive(cx);
                 sent.as_mut().poll(cx)
             })
             .await;
             match result {
-                Ok(resp) => return Ok((resp, lease)),
+                Ok(resp) => return Ok((resp, held)),
                 Err(mut e) => match e.take_message() {
                     // A reused connection closed before it took the request: once more
                     // on a new one.
@@ -213,12 +213,12 @@ impl Pool {
 }
 
 /// A connection held by one request until its response body is done.
-pub(crate) struct Lease {
+pub(crate) struct Held {
     conn: Option<Conn>,
     pool: Arc<Pool>,
 }
 
-impl Lease {
+impl Held {
     /// Makes progress on the connection (the response body calls this before each read).
     pub(crate) fn drive(&mut self, cx: &mut Context<'_>) {
         if let Some(c) = self.conn.as_mut() {
@@ -227,7 +227,7 @@ impl Lease {
     }
 
     /// The response is complete: the connection goes back to the pool when it can take
-    /// another request. Dropping a lease instead closes the connection.
+    /// another request. Dropping it instead closes the connection.
     pub(crate) fn release(mut self) {
         if let Some(conn) = self.conn.take() {
             self.pool.checkin(conn);

@@ -1,0 +1,301 @@
+//! HTTP/2 upstream connections, multiplexed: each worker keeps its own connections to an
+//! endpoint (registered with its runtime, so no stream hops cores) and opens another only
+//! when every one it has carries `STREAMS_PER_CONNECTION` streams. One dial at a time per
+//! worker and endpoint: requests that arrive meanwhile wait for it instead of dialling
+//! too, and share its failure if it fails.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
+use tower_service::Service;
+
+use super::connect::EndpointConnector;
+use crate::body::RequestBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::workers;
+
+/// Streams one connection carries before a busy worker opens another: nginx's default
+/// limit of concurrent streams (beyond a server's own limit, streams would queue in weir).
+const STREAMS_PER_CONNECTION: usize = 128;
+
+/// One HTTP/2 connection: its sender, and how many streams are open on it.
+struct Multiplexed {
+    sender: http2::SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+/// One worker's connections to the endpoint.
+#[derive(Default)]
+struct Slot {
+    conns: Vec<Multiplexed>,
+    /// A dial is under way.
+    dialing: bool,
+    /// Counts finished dials; with `failed`, tells a waiter how the one it waited for went.
+    dials: u64,
+    /// How the last dial failed (None: it worked, or its request went away first).
+    failed: Option<ErrorKind>,
+}
+
+/// The HTTP/2 connections of one endpoint, per worker.
+pub(crate) struct Multiplex {
+    connector: EndpointConnector,
+    idle_timeout: Duration,
+    slots: Box<[(Mutex<Slot>, Notify)]>,
+    sweeper: AtomicBool,
+}
+
+/// An open stream: holds its place on the connection until the response body is done.
+pub(crate) struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A dial under way: however it ends (done, failed, or its request gone), the slot is
+/// told and the waiters are woken.
+struct Dialing<'a> {
+    slot: &'a Mutex<Slot>,
+    notify: &'a Notify,
+    /// The new connection, when the dial worked.
+    sender: Option<http2::SendRequest<RequestBody>>,
+    /// How it failed (a dropped request's dial did not finish, and is no failure).
+    failure: Option<ErrorKind>,
+    /// The slot has been told.
+    told: bool,
+}
+
+impl Dialing<'_> {
+    /// Hands the slot the new connection (with one stream, the dialler's) and returns
+    /// that stream's counter.
+    fn finish(&mut self) -> Arc<AtomicUsize> {
+        let streams = Arc::new(AtomicUsize::new(1));
+        let mut s = Multiplex::lock(self.slot);
+        s.dialing = false;
+        s.dials += 1;
+        s.failed = self.failure;
+        if let Some(sender) = self.sender.take() {
+            s.conns.push(Multiplexed {
+                sender,
+                streams: streams.clone(),
+                last_used: Instant::now(),
+            });
+        }
+        drop(s);
+        self.notify.notify_waiters();
+        self.told = true;
+        streams
+    }
+}
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        if !self.told {
+            self.finish();
+        }
+    }
+}
+
+/// What checking out found: a connection with room, or the duty (or the wait) to dial.
+enum Found {
+    Conn(http2::SendRequest<RequestBody>, StreamGuard),
+    Dial,
+    Wait(u64),
+}
+
+impl Multiplex {
+    pub(crate) fn new(connector: EndpointConnector, idle_timeout: Duration) -> Arc<Multiplex> {
+        Arc::new(Multiplex {
+            connector,
+            idle_timeout,
+            slots: (0..workers::slots())
+                .map(|_| (Mutex::new(Slot::default()), Notify::new()))
+                .collect(),
+            sweeper: AtomicBool::new(false),
+        })
+    }
+
+    fn slot(&self) -> &(Mutex<Slot>, Notify) {
+        &self.slots[workers::slot(self.slots.len())]
+    }
+
+    fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+        slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first open connection with room (filling one connection before the next keeps
+    /// the frames of many streams in each write), else whether to dial or wait. While a
+    /// dial is under way, a full connection takes the stream rather than make it wait.
+    fn find(&self, slot: &mut Slot) -> Found {
+        slot.conns.retain(|c| !c.sender.is_closed());
+        let roomy = slot.conns.iter().position(|c| {
+            c.sender.is_ready() && c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
+        });
+        let chosen = match roomy {
+            Some(i) => Some(i),
+            None if slot.dialing => slot.conns.iter().position(|c| c.sender.is_ready()),
+            None => None,
+        };
+        if let Some(i) = chosen {
+            let c = &mut slot.conns[i];
+            c.streams.fetch_add(1, Ordering::Relaxed);
+            c.last_used = Instant::now();
+            return Found::Conn(c.sender.clone(), StreamGuard(c.streams.clone()));
+        }
+        if slot.dialing {
+            return Found::Wait(slot.dials);
+        }
+        slot.dialing = true;
+        Found::Dial
+    }
+
+    /// A connection for one more stream: an open one with room, or a new one.
+    async fn checkout(
+        self: &Arc<Self>,
+    ) -> Result<(http2::SendRequest<RequestBody>, StreamGuard), ProxyError> {
+        let (slot, notify) = self.slot();
+        loop {
+            let waited = {
+                let notified = notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                let found = {
+                    let mut s = Self::lock(slot);
+                    let found = self.find(&mut s);
+                    if matches!(found, Found::Wait(_)) {
+                        // Registered before the lock is let go: the dial's wake-up cannot
+                        // slip between the check and the wait.
+                        notified.as_mut().enable();
+                    }
+                    found
+                };
+                match found {
+                    Found::Conn(sender, guard) => return Ok((sender, guard)),
+                    Found::Dial => None,
+                    Found::Wait(dials) => {
+                        notified.await;
+                        Some(dials)
+                    }
+                }
+            };
+            match waited {
+                None => return self.dial_into(slot, notify).await,
+                Some(before) => {
+                    let s = Self::lock(slot);
+                    if let (true, Some(kind), true) =
+                        (s.dials > before, s.failed, s.conns.is_empty())
+                    {
+                        // The dial this request waited for failed: so does the request.
+                        return Err(ProxyError::new(
+                            kind,
+                            "the connection being opened to the endpoint failed",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dials (this caller holds the slot's dial), adds the connection, wakes the waiters.
+    async fn dial_into(
+        self: &Arc<Self>,
+        slot: &Mutex<Slot>,
+        notify: &Notify,
+    ) -> Result<(http2::SendRequest<RequestBody>, StreamGuard), ProxyError> {
+        let mut dialing = Dialing {
+            slot,
+            notify,
+            sender: None,
+            failure: None,
+            told: false,
+        };
+        let dialled = self.dial().await;
+        match &dialled {
+            Ok(sender) => dialing.sender = Some(sender.clone()),
+            Err(e) => dialing.failure = Some(e.kind),
+        }
+        let streams = dialing.finish();
+        let result = dialled.map(|sender| (sender, StreamGuard(streams)));
+        if result.is_ok()
+            && !self.sweeper.load(Ordering::Relaxed)
+            && !self.sweeper.swap(true, Ordering::Relaxed)
+        {
+            self.start_sweeper();
+        }
+        result
+    }
+
+    async fn dial(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let io = self
+            .connector
+            .clone()
+            .call(Uri::default())
+            .await
+            .map_err(|e| ProxyError::upstream(e, true))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::upstream(Box::new(e), false))?;
+        // The connection runs on this worker's runtime, beside the requests using it.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request on a stream of this worker's connections and waits for the
+    /// response head; the guard holds the stream's place until the body is done. A
+    /// request a connection refused before sending it (it was closing) is sent once more.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, StreamGuard), ProxyError> {
+        let mut retried = false;
+        loop {
+            let (mut sender, guard) = self.checkout().await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, guard)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if !retried => {
+                        req = r;
+                        retried = true;
+                    }
+                    _ => return Err(ProxyError::upstream(Box::new(e.into_error()), false)),
+                },
+            }
+        }
+    }
+
+    /// Closes connections without streams idle past the timeout.
+    fn start_sweeper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let this: Weak<Multiplex> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(this) = this.upgrade() else { return };
+                for (slot, _) in this.slots.iter() {
+                    let mut s = Self::lock(slot);
+                    s.conns.retain(|c| {
+                        c.streams.load(Ordering::Relaxed) > 0
+                            || c.last_used.elapsed() < this.idle_timeout
+                    });
+                }
+            }
+        });
+    }
+}
