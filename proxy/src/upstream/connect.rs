@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::error::TlsFailure;
+use crate::error::{ProxyError, TlsFailure};
 use crate::tls::UpstreamTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +61,17 @@ impl EndpointConnector {
             target,
             tls,
         })
+    }
+}
+
+impl EndpointConnector {
+    /// A connection to the endpoint (TCP, then TLS when configured) for weir's own
+    /// pools; a failure is a connect error.
+    pub(crate) async fn dial(&self) -> Result<TokioIo<Stream>, ProxyError> {
+        self.clone()
+            .call(Uri::default())
+            .await
+            .map_err(|e| ProxyError::upstream(e, true))
     }
 }
 

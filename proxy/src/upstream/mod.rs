@@ -11,6 +11,7 @@
 mod connect;
 mod multiplex;
 mod pool;
+mod sweeper;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

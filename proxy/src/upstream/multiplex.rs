@@ -5,15 +5,14 @@
 //! too, and share its failure if it fails.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
-use tower_service::Service;
 
 use super::connect::EndpointConnector;
 use crate::body::RequestBody;
@@ -223,22 +222,14 @@ impl Multiplex {
         }
         let streams = dialing.finish();
         let result = dialled.map(|sender| (sender, StreamGuard(streams)));
-        if result.is_ok()
-            && !self.sweeper.load(Ordering::Relaxed)
-            && !self.sweeper.swap(true, Ordering::Relaxed)
-        {
-            self.start_sweeper();
+        if result.is_ok() {
+            super::sweeper::start(&self.sweeper, self, self.idle_timeout, Multiplex::sweep);
         }
         result
     }
 
     async fn dial(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        let io = self
-            .connector
-            .clone()
-            .call(Uri::default())
-            .await
-            .map_err(|e| ProxyError::upstream(e, true))?;
+        let io = self.connector.dial().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -277,25 +268,11 @@ impl Multiplex {
     }
 
     /// Closes connections without streams idle past the timeout.
-    fn start_sweeper(self: &Arc<Self>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.sweeper.store(false, Ordering::Relaxed);
-            return;
-        };
-        let this: Weak<Multiplex> = Arc::downgrade(self);
-        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(this) = this.upgrade() else { return };
-                for (slot, _) in this.slots.iter() {
-                    let mut s = Self::lock(slot);
-                    s.conns.retain(|c| {
-                        c.streams.load(Ordering::Relaxed) > 0
-                            || c.last_used.elapsed() < this.idle_timeout
-                    });
-                }
-            }
-        });
+    fn sweep(&self) {
+        for (slot, _) in self.slots.iter() {
+            Self::lock(slot).conns.retain(|c| {
+                c.streams.load(Ordering::Relaxed) > 0 || c.last_used.elapsed() < self.idle_timeout
+            });
+        }
     }
 }

@@ -12,16 +12,15 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tower_service::Service;
 
 use super::connect::{EndpointConnector, Stream};
 use crate::body::RequestBody;
@@ -118,46 +117,27 @@ impl Pool {
             }
             idle.push(conn);
         }
-        if !self.sweeper.load(Ordering::Relaxed) && !self.sweeper.swap(true, Ordering::Relaxed) {
-            self.start_sweeper();
-        }
+        super::sweeper::start(&self.sweeper, self, self.idle_timeout, Pool::sweep);
     }
 
     /// Closes connections idle past the timeout, so a quiet endpoint holds no sockets.
-    fn start_sweeper(self: &Arc<Self>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.sweeper.store(false, Ordering::Relaxed);
-            return;
-        };
-        let pool: Weak<Pool> = Arc::downgrade(self);
-        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(pool) = pool.upgrade() else { return };
-                for stack in pool.idle.iter() {
-                    let stale: Vec<Conn> = {
-                        let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
-                        // Oldest first: connections are pushed as they come back.
-                        let keep = idle
-                            .iter()
-                            .position(|c| c.idle_since.elapsed() < pool.idle_timeout)
-                            .unwrap_or(idle.len());
-                        idle.drain(..keep).collect()
-                    };
-                    drop(stale);
-                }
-            }
-        });
+    fn sweep(&self) {
+        for stack in self.idle.iter() {
+            let stale: Vec<Conn> = {
+                let mut idle = stack.lock().unwrap_or_else(|p| p.into_inner());
+                // Oldest first: connections are pushed as they come back.
+                let keep = idle
+                    .iter()
+                    .position(|c| c.idle_since.elapsed() < self.idle_timeout)
+                    .unwrap_or(idle.len());
+                idle.drain(..keep).collect()
+            };
+            drop(stale);
+        }
     }
 
     async fn dial(&self) -> Result<Conn, ProxyError> {
-        let io = self
-            .connector
-            .clone()
-            .call(Uri::default())
-            .await
-            .map_err(|e| ProxyError::upstream(e, true))?;
+        let io = self.connector.dial().await?;
         let (sender, conn) = http1::handshake(io)
             .await
             .map_err(|e| ProxyError::upstream(Box::new(e), false))?;
