@@ -172,8 +172,8 @@ struct UpstreamRequest {
 
 /// Phase 2: the upstream request, with all header, Host and URI work done once: hop-by-hop
 /// and `x-weir-*` headers out, forwarding headers in; origin-form URI for a pooled
-/// HTTP/1.1 connection, absolute-form for hyper's client; exactly one `Host` (the one
-/// routed on) for HTTP/1.1, `:authority` for HTTP/2.
+/// HTTP/1.1 connection, absolute-form for an HTTP/2 stream and hyper's client; exactly one
+/// `Host` (the one routed on) for HTTP/1.1, `:authority` for HTTP/2.
 fn upstream_request(
     d: &Decision<'_>,
     endpoint: &Endpoint,
@@ -205,7 +205,7 @@ fn upstream_request(
                     .map_err(|e| bad_request(format!("invalid URI: {e}")))?;
             }
         }
-        Path::Client => {
+        Path::Multiplexed | Path::Client => {
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(host)
@@ -250,7 +250,7 @@ fn refuse(e: &ProxyError) -> Response<ResponseBody> {
     let why = e
         .source
         .as_ref()
-        .map_or(e.kind.message().to_string(), |w| w.to_string());
+        .map_or_else(|| e.kind.message().to_string(), |w| w.to_string());
     synthetic(e.kind, format!("weir: {why}\n"))
 }
 

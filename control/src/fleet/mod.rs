@@ -4,10 +4,10 @@
 //!
 //! States: a connected replica is `synced` once it ACKed the current generation,
 //! `syncing` while it has had less than [`STALE_AFTER`] to do so, and `stale` after that,
-//! when it refused (NACKed) the push, or when nothing came from it for [`STALE_AFTER`]; `disconnected` once its stream ended (listed for
-//! [`FORGET_AFTER`]). A step counts as applied when every connected replica that is not
-//! stale has ACKed it; a stale replica's measurements are not merged (it serves other
-//! weights than the rollout is judging).
+//! when it refused (NACKed) the push, or when nothing came from it for [`STALE_AFTER`];
+//! `disconnected` once its stream ended (listed for [`FORGET_AFTER`]). A step counts as
+//! applied when every connected replica that is not stale has ACKed it; a stale replica's
+//! measurements are not merged (it serves other weights than the rollout is judging).
 
 mod stream;
 pub mod wire;

@@ -57,14 +57,20 @@ impl Lease {
 
 type EndpointClient = Client<EndpointConnector, RequestBody>;
 
+/// An endpoint's own connections, as its version speaks.
+enum Connections {
+    /// HTTP/1.1 connections driven by the request that holds them.
+    Pooled(Arc<Pool>),
+    /// HTTP/2 connections, per worker.
+    Multiplexed(Arc<Multiplex>),
+}
+
 /// One endpoint of a version.
 pub(crate) struct Endpoint {
     /// `host:port`.
     pub address: String,
-    /// HTTP/1.1 connections driven by the request that holds them (none for HTTP/2).
-    pool: Option<Arc<Pool>>,
-    /// HTTP/2 connections, per worker (none for HTTP/1.1).
-    multiplex: Option<Arc<Multiplex>>,
+    /// Where its users' requests go.
+    connections: Connections,
     /// Upgrades and CONNECT: hyper's pooled client, per worker (made at first use).
     clients: Box<[OnceLock<EndpointClient>]>,
     /// What the clients are made from.
@@ -140,40 +146,39 @@ impl Upstream {
             max_idle: cfg.max_idle_per_endpoint,
             http2: cfg.http2,
         };
-        let endpoints =
-            cfg.endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, address)| {
-                    let connector =
-                        EndpointConnector::new(address, cfg.connect_timeout.0, tls.as_ref())
-                            .map_err(|message| BuildError {
-                                field: format!("endpoints[{i}]"),
-                                message,
-                            })?;
-                    let pool = (!cfg.http2).then(|| {
-                        Pool::new(
-                            connector.clone(),
-                            cfg.idle_timeout.0,
-                            cfg.max_idle_per_endpoint,
-                        )
-                    });
-                    let multiplex = cfg
-                        .http2
-                        .then(|| Multiplex::new(connector.clone(), cfg.idle_timeout.0));
-                    Ok(Endpoint {
-                        address: address.clone(),
-                        pool,
-                        multiplex,
-                        clients: (0..crate::workers::slots())
-                            .map(|_| OnceLock::new())
-                            .collect(),
-                        shadow: settings.client(&connector),
-                        connector,
-                        settings,
-                    })
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                let connector =
+                    EndpointConnector::new(address, cfg.connect_timeout.0, tls.as_ref()).map_err(
+                        |message| BuildError {
+                            field: format!("endpoints[{i}]"),
+                            message,
+                        },
+                    )?;
+                let connections = if cfg.http2 {
+                    Connections::Multiplexed(Multiplex::new(connector.clone(), cfg.idle_timeout.0))
+                } else {
+                    Connections::Pooled(Pool::new(
+                        connector.clone(),
+                        cfg.idle_timeout.0,
+                        cfg.max_idle_per_endpoint,
+                    ))
+                };
+                Ok(Endpoint {
+                    address: address.clone(),
+                    connections,
+                    clients: (0..crate::workers::slots())
+                        .map(|_| OnceLock::new())
+                        .collect(),
+                    shadow: settings.client(&connector),
+                    connector,
+                    settings,
                 })
-                .collect::<Result<Vec<_>, BuildError>>()?;
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
         Ok(Upstream {
             endpoints,
             next: AtomicUsize::new(0),
@@ -198,34 +203,37 @@ impl Upstream {
 pub(crate) enum Path {
     /// A pooled HTTP/1.1 connection the request drives: origin-form URI.
     Pooled,
-    /// An HTTP/2 stream, or hyper's client (upgrades, CONNECT): absolute-form URI.
+    /// A stream on one of the worker's HTTP/2 connections: absolute-form URI.
+    Multiplexed,
+    /// hyper's client (HTTP/1.1 upgrades, CONNECT): absolute-form URI.
     Client,
 }
 
 impl Endpoint {
     /// How a user's request gets here.
     pub(crate) fn path_for(&self, method: &http::Method, tunnel: bool) -> Path {
-        match &self.pool {
-            Some(_) if !tunnel && method != http::Method::CONNECT => Path::Pooled,
-            _ => Path::Client,
+        match &self.connections {
+            Connections::Multiplexed(_) => Path::Multiplexed,
+            Connections::Pooled(_) if !tunnel && method != http::Method::CONNECT => Path::Pooled,
+            Connections::Pooled(_) => Path::Client,
         }
     }
 
-    /// Forwards a user's request on `path`; the lease (pooled requests only) holds the
-    /// connection until the response body is done.
+    /// Forwards a user's request on `path`; the lease (not on hyper's client) holds the
+    /// connection, or the stream's place on it, until the response body is done.
     pub(crate) async fn forward(
         &self,
         req: Request<RequestBody>,
         path: Path,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
-        if let Some(multiplex) = &self.multiplex {
-            let (resp, stream) = multiplex.send(req).await?;
-            return Ok((resp, Some(Lease::Stream(stream))));
-        }
-        match (&self.pool, path) {
-            (Some(pool), Path::Pooled) => {
+        match (&self.connections, path) {
+            (Connections::Pooled(pool), Path::Pooled) => {
                 let (resp, held) = pool.send(req).await?;
                 Ok((resp, Some(Lease::Connection(held))))
+            }
+            (Connections::Multiplexed(multiplex), Path::Multiplexed) => {
+                let (resp, stream) = multiplex.send(req).await?;
+                Ok((resp, Some(Lease::Stream(stream))))
             }
             _ => self
                 .client()

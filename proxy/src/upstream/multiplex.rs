@@ -4,6 +4,7 @@
 //! worker and endpoint: requests that arrive meanwhile wait for it instead of dialling
 //! too, and share its failure if it fails.
 
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use super::connect::EndpointConnector;
@@ -64,24 +66,24 @@ impl Drop for StreamGuard {
 struct Dialing<'a> {
     slot: &'a Mutex<Slot>,
     notify: &'a Notify,
-    /// The new connection, when the dial worked.
-    sender: Option<http2::SendRequest<RequestBody>>,
-    /// How it failed (a dropped request's dial did not finish, and is no failure).
-    failure: Option<ErrorKind>,
     /// The slot has been told.
-    told: bool,
+    ended: bool,
 }
 
 impl Dialing<'_> {
-    /// Hands the slot the new connection (with one stream, the dialler's) and returns
-    /// that stream's counter.
-    fn finish(&mut self) -> Arc<AtomicUsize> {
+    /// Ends the dial: hands the slot the new connection (with one stream, the dialler's)
+    /// or records how it failed, wakes the waiters, and returns the stream's counter.
+    fn end(
+        &mut self,
+        sender: Option<http2::SendRequest<RequestBody>>,
+        failure: Option<ErrorKind>,
+    ) -> Arc<AtomicUsize> {
         let streams = Arc::new(AtomicUsize::new(1));
         let mut s = Multiplex::lock(self.slot);
         s.dialing = false;
         s.dials += 1;
-        s.failed = self.failure;
-        if let Some(sender) = self.sender.take() {
+        s.failed = failure;
+        if let Some(sender) = sender {
             s.conns.push(Multiplexed {
                 sender,
                 streams: streams.clone(),
@@ -90,16 +92,26 @@ impl Dialing<'_> {
         }
         drop(s);
         self.notify.notify_waiters();
-        self.told = true;
+        self.ended = true;
         streams
     }
 }
 
 impl Drop for Dialing<'_> {
+    /// A request dropped mid-dial: no connection and no failure, so a waiter dials anew.
     fn drop(&mut self) {
-        if !self.told {
-            self.finish();
+        if !self.ended {
+            self.end(None, None);
         }
+    }
+}
+
+impl Slot {
+    /// How the dial a waiter waited for (the one after `dials`) failed, when it did and
+    /// left no connection to use.
+    fn failed_since(&self, dials: u64) -> Option<ErrorKind> {
+        self.failed
+            .filter(|_| self.dials > dials && self.conns.is_empty())
     }
 }
 
@@ -131,9 +143,12 @@ impl Multiplex {
     }
 
     /// The first open connection with room (filling one connection before the next keeps
-    /// the frames of many streams in each write), else whether to dial or wait. While a
-    /// dial is under way, a full connection takes the stream rather than make it wait.
-    fn find(&self, slot: &mut Slot) -> Found {
+    /// the frames of many streams in each write), else whether to dial or wait; a waiter's
+    /// `notified` is registered before the lock is let go, so the dial's wake-up cannot
+    /// slip between the check and the wait. While a dial is under way, a full connection
+    /// takes the stream rather than make it wait.
+    fn find(&self, slot: &Mutex<Slot>, notified: Pin<&mut Notified<'_>>) -> Found {
+        let mut slot = Self::lock(slot);
         slot.conns.retain(|c| !c.sender.is_closed());
         let roomy = slot.conns.iter().position(|c| {
             c.sender.is_ready() && c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
@@ -150,6 +165,7 @@ impl Multiplex {
             return Found::Conn(c.sender.clone(), StreamGuard(c.streams.clone()));
         }
         if slot.dialing {
+            notified.enable();
             return Found::Wait(slot.dials);
         }
         slot.dialing = true;
@@ -162,42 +178,19 @@ impl Multiplex {
     ) -> Result<(http2::SendRequest<RequestBody>, StreamGuard), ProxyError> {
         let (slot, notify) = self.slot();
         loop {
-            let waited = {
-                let notified = notify.notified();
-                let mut notified = std::pin::pin!(notified);
-                let found = {
-                    let mut s = Self::lock(slot);
-                    let found = self.find(&mut s);
-                    if matches!(found, Found::Wait(_)) {
-                        // Registered before the lock is let go: the dial's wake-up cannot
-                        // slip between the check and the wait.
-                        notified.as_mut().enable();
-                    }
-                    found
-                };
-                match found {
-                    Found::Conn(sender, guard) => return Ok((sender, guard)),
-                    Found::Dial => None,
-                    Found::Wait(dials) => {
-                        notified.await;
-                        Some(dials)
-                    }
-                }
+            let mut notified = pin!(notify.notified());
+            let dials = match self.find(slot, notified.as_mut()) {
+                Found::Conn(sender, guard) => return Ok((sender, guard)),
+                Found::Dial => return self.dial_into(slot, notify).await,
+                Found::Wait(dials) => dials,
             };
-            match waited {
-                None => return self.dial_into(slot, notify).await,
-                Some(before) => {
-                    let s = Self::lock(slot);
-                    if let (true, Some(kind), true) =
-                        (s.dials > before, s.failed, s.conns.is_empty())
-                    {
-                        // The dial this request waited for failed: so does the request.
-                        return Err(ProxyError::new(
-                            kind,
-                            "the connection being opened to the endpoint failed",
-                        ));
-                    }
-                }
+            notified.await;
+            if let Some(kind) = Self::lock(slot).failed_since(dials) {
+                // The dial this request waited for failed: so does the request.
+                return Err(ProxyError::new(
+                    kind,
+                    "the connection being opened to the endpoint failed",
+                ));
             }
         }
     }
@@ -211,16 +204,13 @@ impl Multiplex {
         let mut dialing = Dialing {
             slot,
             notify,
-            sender: None,
-            failure: None,
-            told: false,
+            ended: false,
         };
         let dialled = self.dial().await;
-        match &dialled {
-            Ok(sender) => dialing.sender = Some(sender.clone()),
-            Err(e) => dialing.failure = Some(e.kind),
-        }
-        let streams = dialing.finish();
+        let streams = match &dialled {
+            Ok(sender) => dialing.end(Some(sender.clone()), None),
+            Err(e) => dialing.end(None, Some(e.kind)),
+        };
         let result = dialled.map(|sender| (sender, StreamGuard(streams)));
         if result.is_ok() {
             super::sweeper::start(&self.sweeper, self, self.idle_timeout, Multiplex::sweep);
