@@ -298,6 +298,7 @@ async fn manual_abort_promote_and_clear_refusals() {
             service: "podinfo".into(),
             canary_weight: 25,
             force: false,
+            weights: Default::default(),
         })
         .await
         .expect("set weight")

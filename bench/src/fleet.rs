@@ -300,6 +300,7 @@ async fn main() -> anyhow::Result<()> {
             service: format!("svc-{}", step % args.services),
             canary_weight: 2 + (step as u32 % 80),
             force: false,
+            weights: Default::default(),
         })
         .await?;
         let deadline = t0 + Duration::from_secs(30);

@@ -18,6 +18,8 @@ pub struct WeirConfig {
     pub proxy: ProxyConfig,
     /// The gRPC control API: address, TLS, credentials.
     pub control: ControlConfig,
+    /// The file has `control:`: the control API listens even with no analysis.
+    pub control_set: bool,
     /// The rollout state file.
     pub state: Option<PathBuf>,
     /// What analyses refer to: alert providers, metric templates, the metrics server.
@@ -59,6 +61,12 @@ pub struct AnalysisBlock {
 }
 
 impl WeirConfig {
+    /// True when `weir run` serves the control API: the file has `control:` or an
+    /// analysis (which the default loopback address serves).
+    pub fn serves_control(&self) -> bool {
+        self.control_set || !self.analyses.is_empty()
+    }
+
     /// Reads and validates a weir.yaml.
     pub fn load(path: &Path) -> Result<WeirConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path)
@@ -82,6 +90,7 @@ impl WeirConfig {
                 .unwrap_or(serde_json::Value::Null)
         };
         let control = take("control");
+        let control_set = !control.is_null();
         let state: Option<PathBuf> = decode(take("state"), "state", &mut errors).flatten();
         let alert_providers: Vec<AlertProviderConfig> =
             decode(take("alertProviders"), "alertProviders", &mut errors)
@@ -133,6 +142,7 @@ impl WeirConfig {
         Ok(WeirConfig {
             proxy,
             control,
+            control_set,
             state,
             refs,
             analyses,

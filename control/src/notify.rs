@@ -52,6 +52,18 @@ impl Notifier {
         let _ = self.notices.send(Notice::Status(Box::new(status)));
     }
 
+    /// An event about a service without an analysis: logged and streamed (there are no
+    /// webhooks to post it to).
+    pub fn plain_event(&self, service: &str, message: String) {
+        tracing::info!(service, "{message}");
+        let _ = self.notices.send(Notice::Event(pb::Event {
+            service: service.to_string(),
+            r#type: "Normal".into(),
+            message,
+            timestamp_ms: now_ms() as i64,
+        }));
+    }
+
     /// An event: logged, streamed, and posted to the analysis' event webhooks.
     pub fn event(&self, about: &About<'_>, warning: bool, message: String) {
         if warning {

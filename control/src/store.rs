@@ -28,6 +28,21 @@ pub struct State {
     /// Format version.
     pub version: u32,
     pub services: IndexMap<String, Saved>,
+    /// Services without an analysis whose split an operator set.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub statics: IndexMap<String, SavedStatic>,
+}
+
+/// A split an operator set on a service without an analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedStatic {
+    /// Each version's weight.
+    pub weights: IndexMap<String, u32>,
+    /// The service's routes and version names as weir.yaml had them then: a file that
+    /// edited them since wins over the operator's split.
+    pub file_routes: Vec<weir_proxy::config::RouteConfig>,
+    pub file_versions: Vec<String>,
 }
 
 /// One service's rollout.

@@ -52,6 +52,8 @@ pub enum ErrorKind {
     BadHost,
     /// The request cannot be forwarded as it is (an invalid Host, say).
     BadRequest,
+    /// The request asks to upgrade to a protocol its route does not allow.
+    UpgradeRefused,
 }
 
 impl ErrorKind {
@@ -91,7 +93,8 @@ impl ErrorKind {
             | ErrorKind::ClientGone
             | ErrorKind::ClientStalled
             | ErrorKind::BadHost
-            | ErrorKind::BadRequest => Side::Client,
+            | ErrorKind::BadRequest
+            | ErrorKind::UpgradeRefused => Side::Client,
             ErrorKind::NoRoute => Side::Proxy,
         }
     }
@@ -117,6 +120,8 @@ impl ErrorKind {
                 StatusCode::BAD_REQUEST
             }
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            // Envoy's answer to an upgrade its route does not allow.
+            ErrorKind::UpgradeRefused => StatusCode::FORBIDDEN,
             // Nobody reads these: the client is gone. nginx's 499 names the case.
             ErrorKind::ClientGone | ErrorKind::ClientStalled => match StatusCode::from_u16(499) {
                 Ok(s) => s,
@@ -144,6 +149,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadHost => "bad_host",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
         }
     }
 
@@ -164,6 +170,7 @@ impl ErrorKind {
             ErrorKind::ClientStalled => "client stopped reading",
             ErrorKind::NoRoute => "no route",
             ErrorKind::BadHost | ErrorKind::BadRequest => "bad request",
+            ErrorKind::UpgradeRefused => "upgrade not allowed",
         }
     }
 

@@ -11,7 +11,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version as H
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use std::sync::Arc;
 use crate::body::{Progress, RequestBody, ResponseBody, Stage};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::exchange::Exchange;
-use crate::headers::{add_forwarding, is_upgrade, routed_host, strip_hop_by_hop, strip_inbound};
+use crate::headers::{add_forwarding, routed_host, strip_hop_by_hop, strip_inbound, Upgrade};
 use crate::mirror::Shadow;
 use crate::route::{Decision, RequestView};
 use crate::state::ProxyState;
@@ -86,7 +85,12 @@ pub(crate) async fn handle(
     };
     let mut upstream = match upstream_request(&decision, endpoint, from, req, start) {
         Ok(u) => u,
-        Err(e) => return refuse(&e),
+        Err(e) => {
+            if e.kind == ErrorKind::UpgradeRefused {
+                state.backends.families.rejected_upgrade.inc();
+            }
+            return refuse(&e);
+        }
     };
     let mut exchange = Exchange::new(decision.version.metrics.users.clone(), start);
     mirror(&decision, &mut upstream, &mut exchange);
@@ -98,7 +102,7 @@ pub(crate) async fn handle(
     );
     let forwarded = tokio::select! {
         result = sent => result,
-        kind = timeouts.before_headers(progress.as_deref(), start) => Err(ProxyError::bare(kind)),
+        kind = timeouts.before_headers(progress.as_deref(), start, &state.upload) => Err(ProxyError::bare(kind)),
     };
     match forwarded {
         Ok((resp, lease)) => {
@@ -108,7 +112,8 @@ pub(crate) async fn handle(
                 exchange,
                 clock,
             };
-            downstream_response(resp, end, upstream.upgrade, decision.set_cookie)
+            let upgrade = upstream.upgrade.map(|client| (client, timeouts.idle));
+            downstream_response(resp, end, upgrade, decision.set_cookie)
         }
         Err(e) => answer_failure(blame(e, progress.as_deref()), exchange, &decision, endpoint),
     }
@@ -182,7 +187,26 @@ fn upstream_request(
     start: Instant,
 ) -> Result<UpstreamRequest, ProxyError> {
     let http2 = d.version.upstream.http2;
-    let tunnel = req.version() == HttpVersion::HTTP_11 && !http2 && is_upgrade(req.headers());
+    let asked = match req.version() == HttpVersion::HTTP_11 && !http2 {
+        true => crate::headers::upgrade(req.headers(), &d.rule.upgrades),
+        false => Upgrade::Plain,
+    };
+    let tunnel =
+        match asked {
+            Upgrade::Plain => false,
+            Upgrade::Tunnel => true,
+            Upgrade::Refused(protocol) => {
+                let allowed: Vec<&str> = d.rule.upgrades.iter().map(|u| &**u).collect();
+                return Err(ProxyError::new(
+                    ErrorKind::UpgradeRefused,
+                    format!(
+                    "upgrade to {protocol:?} is not allowed for service {} (its route allows: {})",
+                    d.service.name,
+                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") },
+                ),
+                ));
+            }
+        };
     let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     let path = endpoint.path_for(req.method(), tunnel);
     let (mut parts, body) = req.into_parts();
@@ -280,33 +304,24 @@ struct End {
 }
 
 /// Phase 5: the upstream's answer, as the client gets it; the exchange ends with its body.
+/// An upgrade the upstream accepted becomes a tunnel under the route's idle timeout.
 fn downstream_response(
     mut resp: Response<Incoming>,
     mut end: End,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<(OnUpgrade, std::time::Duration)>,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ResponseBody> {
     let status = resp.status();
     end.exchange.respond(status.as_u16());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if let (Some(client), true) = (client_upgrade, switching) {
-        tunnel(client, hyper::upgrade::on(&mut resp));
+    if let (Some((client, idle)), true) = (client_upgrade, switching) {
+        crate::tunnel::spawn(client, hyper::upgrade::on(&mut resp), idle);
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     if let Some(cookie) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     resp.map(|body| ResponseBody::upstream(body, end.lease, end.exchange, end.clock))
-}
-
-/// Copies bytes both ways once both sides of an upgrade are ready.
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        if let (Ok(c), Ok(u)) = (client.await, upstream.await) {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-        }
-    });
 }
 
 /// The request failed before a response: weir answers itself (400 or 408 for the

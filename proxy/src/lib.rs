@@ -26,6 +26,7 @@ mod split;
 mod state;
 mod timeouts;
 pub mod tls;
+mod tunnel;
 mod upstream;
 mod workers;
 

@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::policy::{self, TrafficPolicy};
 use crate::route::{build_service, RouteTable, Service};
+use crate::timeouts::UploadLimits;
 
 /// A set of changes applied at once: one validation, one build of the services they
 /// touch, one swap. Nothing changes when any part is invalid.
@@ -63,6 +64,8 @@ pub(crate) struct ProxyState {
     pub(crate) backends: Backends,
     pub(crate) draining: AtomicBool,
     pub(crate) limits: Limits,
+    /// How a client must send its request body (from `limits`).
+    pub(crate) upload: UploadLimits,
     /// Serialises changes so read-modify-write changes never interleave.
     desired: Mutex<Desired>,
     /// More of `/config`, from whoever drives the proxy (the controller's analyses).
@@ -87,6 +90,7 @@ impl ProxyState {
             backends,
             draining: AtomicBool::new(false),
             limits: config.limits.clone(),
+            upload: UploadLimits::new(&config.limits),
             desired: Mutex::new(Desired {
                 config,
                 policies: HashMap::new(),

@@ -1,7 +1,8 @@
 //! A request's clocks, as Envoy users know them: the route timeout runs from the end of
 //! the request body to the end of the response (`0s` turns it off), and the idle timeout
 //! cuts an exchange in which nothing moved for that long, blaming the side weir was
-//! waiting on.
+//! waiting on. Until the response begins, the listener's upload limits hold a client to
+//! finishing its request in time (`requestTimeout`) and at a least rate (`uploadMinRate`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,47 @@ use crate::error::ErrorKind;
 pub(crate) const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy's default stream idle timeout.
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The listener's limits on how a client sends its request body; they stop counting
+/// once the response begins (a streaming exchange, gRPC's say, is then under the idle
+/// timeout alone), as Envoy's `request_timeout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UploadLimits {
+    /// The whole request within this from its headers; None: no limit.
+    pub request: Option<Duration>,
+    /// After `grace`, at least this many bytes a second on average; 0: no floor.
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl UploadLimits {
+    pub(crate) fn new(l: &crate::config::Limits) -> UploadLimits {
+        UploadLimits {
+            request: (!l.request_timeout.0.is_zero()).then_some(l.request_timeout.0),
+            min_rate: l.upload_min_rate,
+            grace: l.upload_grace_period.0,
+        }
+    }
+
+    /// When a body that has come this far is too late: the sooner of the request timeout
+    /// and the moment its average rate falls under the floor (Apache's rule: the grace
+    /// period plus one second for every `min_rate` bytes received).
+    fn deadline(&self, p: &Progress) -> Option<Instant> {
+        let request = self.request.map(|r| p.start() + r);
+        let rate = (self.min_rate > 0).then(|| {
+            let earned = Duration::from_secs_f64(p.received() as f64 / self.min_rate as f64);
+            p.start() + self.grace + earned
+        });
+        match (request, rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// How often an overdue upload is looked at again while weir waits on the upstream to
+/// take its bytes (the client is not to blame for that wait).
+const OVERDUE_RECHECK: Duration = Duration::from_secs(1);
 
 /// A route's clocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +100,35 @@ impl Timeouts {
         &self,
         progress: Option<&Progress>,
         start: Instant,
+        upload: &UploadLimits,
     ) -> ErrorKind {
         loop {
             let changed = progress.map(Progress::on_change);
             let stage = progress.map_or(Stage::Ended(start), Progress::stage);
             let (at, kind) = self.next(stage, None);
-            // Streaming: the idle clock runs from the body's last move.
-            let at = at.unwrap_or_else(|| progress.map_or(start, Progress::last) + self.idle);
-            if Instant::now() >= at {
+            // Streaming: the idle clock runs from the body's last move, and the upload
+            // limits hold the client (only while weir waits on it: an upstream that does
+            // not take the bytes is not the client's doing, so an overdue upload is looked
+            // at again later).
+            let (at, kind) = match (at, progress) {
+                (Some(at), _) => (at, Some(kind)),
+                (None, p) => {
+                    let idle = p.map_or(start, Progress::last) + self.idle;
+                    match p.and_then(|p| upload.deadline(p)) {
+                        Some(late) if late < idle => match stage {
+                            Stage::Streaming {
+                                waiting_on_client: true,
+                            } => (late, Some(ErrorKind::ClientTimeout)),
+                            _ => {
+                                let again = late.max(Instant::now() + OVERDUE_RECHECK);
+                                (again.min(idle), (again >= idle).then_some(kind))
+                            }
+                        },
+                        _ => (idle, Some(kind)),
+                    }
+                }
+            };
+            if let (true, Some(kind)) = (Instant::now() >= at, kind) {
                 return kind;
             }
             match changed {

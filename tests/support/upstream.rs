@@ -31,7 +31,9 @@ pub struct Seen {
 /// `/upload` counts the request body; `/trailers` answers with trailers; `/reset` drops the
 /// connection; `/truncate/N` promises N bytes, sends 10 and closes; `/stall` sends its
 /// headers and then nothing; `/trickle/N` sends N bytes one a second; anything else answers
-/// 200 `<name>`. Every answer carries `x-served-by`.
+/// 200 `<name>`. Every answer carries `x-served-by`. An HTTP/1.1 upgrade request is
+/// accepted whatever its path (`101`): `h2c` switches the connection to HTTP/2 (as h2c
+/// servers do), any other protocol echoes the bytes it gets.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -137,12 +139,66 @@ impl Upstream {
     }
 }
 
+/// Accepts an upgrade: `101` with the protocol asked for, then HTTP/2 on the connection
+/// for `h2c`, an echo for anything else.
+fn accept_upgrade(req: &mut Request<Incoming>, name: &str) -> Option<Response<TestBody>> {
+    let protocol = req
+        .headers()
+        .get(http::header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .trim()
+        .to_string();
+    let upgrading = hyper::upgrade::on(req);
+    let (h2c, name) = (protocol.eq_ignore_ascii_case("h2c"), name.to_string());
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrading.await else {
+            return;
+        };
+        if h2c {
+            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let name = name.clone();
+                async move { Ok::<_, Infallible>(Response::new(full(format!("{name} over h2c")))) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(upgraded, svc)
+                .await;
+        } else {
+            let mut io = TokioIo::new(upgraded);
+            let (mut r, mut w) = tokio::io::split(&mut io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONNECTION, "upgrade".parse().ok()?);
+    headers.insert(http::header::UPGRADE, protocol.parse().ok()?);
+    Some(resp)
+}
+
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     behaviour: Behaviour,
 ) -> Result<Response<TestBody>, std::io::Error> {
+    if req.version() == http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE)
+    {
+        let seen_now = Seen {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body_len: 0,
+        };
+        if let Some(resp) = accept_upgrade(&mut req, &name) {
+            seen.lock().expect("lock").push(seen_now);
+            return Ok(resp);
+        }
+    }
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
     let mut body_len = 0usize;

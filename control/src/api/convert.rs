@@ -21,6 +21,9 @@ pub struct RolloutView<'a> {
     pub analysis: &'a Analysis,
     pub primary_revision: Option<&'a str>,
     pub canary_revision: Option<&'a str>,
+    pub primary_name: &'a str,
+    /// None until a rollout brings a canary.
+    pub canary_name: Option<&'a str>,
 }
 
 fn some_str(s: &str) -> Option<String> {
@@ -154,7 +157,8 @@ fn match_request(m: &pb::MatchRequest) -> MatchRequest {
     }
 }
 
-fn version_stats(w: &Window) -> pb::VersionStats {
+/// A version's traffic as the API shows it.
+pub fn version_stats(w: &Window) -> pb::VersionStats {
     pb::VersionStats {
         requests: w.requests(),
         success_rate: w.success_rate().unwrap_or(0.0),
@@ -207,5 +211,20 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> pb::RolloutStatus
         max_weight: r.analysis.max_weight,
         state_lost: s.state_lost.is_some(),
         replicas: None,
+        versions: std::iter::once((
+            r.primary_name,
+            100 - s.canary_weight.min(100),
+            r.primary_revision,
+        ))
+        .chain(
+            r.canary_name
+                .map(|c| (c, s.canary_weight.min(100), r.canary_revision)),
+        )
+        .map(|(name, weight, revision)| pb::VersionWeight {
+            name: name.to_string(),
+            weight,
+            revision: revision.unwrap_or_default().to_string(),
+        })
+        .collect(),
     }
 }

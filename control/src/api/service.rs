@@ -231,14 +231,22 @@ impl Control for Api {
         &self,
         req: Request<pb::SetWeightRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        self.op(req, "SetWeight", |r| {
-            let op = Op::SetWeight {
-                weight: r.canary_weight,
-                force: r.force,
-            };
-            (r.service, op)
-        })
-        .await
+        let change = self.change(&req, "SetWeight")?;
+        let r = req.into_inner();
+        need_service(&r.service)?;
+        // Versions in name order: the request's map has no order of its own.
+        let mut weights: Vec<(String, u32)> = r.weights.into_iter().collect();
+        weights.sort();
+        let result = self
+            .controller
+            .set_weight(
+                &r.service,
+                r.canary_weight,
+                weights.into_iter().collect(),
+                r.force,
+            )
+            .await;
+        change.answer(&r.service, result)
     }
 
     async fn approve(

@@ -14,6 +14,7 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
         "WEIGHT",
         "FAILEDCHECKS",
         "LASTTRANSITIONTIME",
+        "VERSIONS",
     ]
     .map(String::from)
     .to_vec();
@@ -35,6 +36,7 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
             r.canary_weight.to_string(),
             r.failed_checks.to_string(),
             r.last_transition_time.clone(),
+            versions_cell(&r.versions),
         ];
         if fleet {
             row.push(r.replicas.as_ref().map_or_else(String::new, replicas_cell));
@@ -42,6 +44,18 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
         rows.push(row);
     }
     columns(&rows)
+}
+
+/// `primary 80 (5.0.0), canary 20 (5.0.1)`: each version's weight and revision.
+fn versions_cell(versions: &[pb::VersionWeight]) -> String {
+    versions
+        .iter()
+        .map(|v| match v.revision.as_str() {
+            "" => format!("{} {}", v.name, v.weight),
+            rev => format!("{} {} ({rev})", v.name, v.weight),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `3/3 at generation 17`.
@@ -131,6 +145,15 @@ pub fn event_label(e: &pb::Event) -> &'static str {
 
 /// One live line of `weir ctl watch`.
 pub fn progress_line(s: &pb::RolloutStatus) -> String {
+    if s.phase == crate::controller::STATIC_PHASE {
+        return format!(
+            "{:<16} {}  primary {}  canary {}",
+            s.phase,
+            versions_cell(&s.versions),
+            stats(&s.primary),
+            stats(&s.canary)
+        );
+    }
     let bar = weight_bar(s.canary_weight, 20);
     let mut line = format!(
         "{:<16} [{bar}] {:>3}%  primary {}  canary {}  failed {}/{}",

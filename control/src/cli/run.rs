@@ -244,6 +244,20 @@ impl AdminListeners {
     }
 }
 
+/// Warns about what `weir proxy -c weir.yaml` (the data plane alone) does not act on.
+fn ignored_by_data_plane(cfg: &WeirConfig) {
+    if cfg.control_set {
+        tracing::warn!("control: ignored by `weir proxy` (the data plane alone serves no control API); use `weir run` for the proxy and its control API");
+    }
+    if !cfg.analyses.is_empty() {
+        let names: Vec<&str> = cfg.analyses.keys().map(String::as_str).collect();
+        tracing::warn!(services = %names.join(", "), "analysis: ignored by `weir proxy`: no controller runs here, so no rollout will start; use `weir run` or `weir control`");
+    }
+    if cfg.state.is_some() {
+        tracing::warn!("state: ignored by `weir proxy`: only a controller keeps rollout state");
+    }
+}
+
 /// `weir run -c FILE` (and `weir proxy`, with `controller: false`): serves until SIGTERM
 /// or SIGINT, then drains; SIGHUP reloads the file.
 pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
@@ -251,7 +265,10 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let proxy = Proxy::new(cfg.proxy.clone())?;
-    let controller = match controller && !cfg.analyses.is_empty() {
+    if !controller {
+        ignored_by_data_plane(&cfg);
+    }
+    let controller = match controller && cfg.serves_control() {
         true => Some((
             Controller::start(proxy.clone(), &cfg)?,
             ControlApi::bind(&cfg, &proxy).await?,

@@ -8,6 +8,7 @@ mod env;
 mod ops;
 mod reload;
 mod rollout;
+mod statics;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,7 @@ use weir_protos::control as pb;
 use weir_proxy::Proxy;
 
 pub use crate::notify::Notice;
+pub use statics::STATIC_PHASE;
 
 use crate::api::convert;
 use crate::config::{References, WeirConfig};
@@ -29,6 +31,7 @@ use crate::notify::{About, Notifier};
 use crate::store::{self, StoreError};
 use env::LiveEnv;
 use rollout::{Rollout, RolloutError};
+use statics::Static;
 
 /// Why a control request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +55,22 @@ pub enum StartError {
     Apply(weir_proxy::ConfigErrors),
 }
 
+/// Services without an analysis, staged for a start or a reload.
+struct StagedStatics {
+    statics: IndexMap<String, Static>,
+    order: Vec<String>,
+}
+
+impl StagedStatics {
+    /// Their splits added to `change`.
+    fn change(&self, mut change: weir_proxy::Change) -> weir_proxy::Change {
+        for (name, s) in &self.statics {
+            change = change.policy(name, s.policy());
+        }
+        change
+    }
+}
+
 /// One rollout, its published status and its task's signals.
 struct RolloutHandle {
     /// The service's namespace (for `flagger_canary_total`).
@@ -72,6 +91,10 @@ struct Shared {
     state_path: Option<PathBuf>,
     refs: RwLock<References>,
     rollouts: RwLock<IndexMap<String, Arc<RolloutHandle>>>,
+    /// The services without an analysis.
+    statics: RwLock<IndexMap<String, Arc<Mutex<Static>>>>,
+    /// Every service's name in the file's order (how lists show them).
+    order: RwLock<Vec<String>>,
     notifier: Notifier,
     metrics: Metrics,
     poster: HttpPoster,
@@ -123,6 +146,8 @@ impl Controller {
             state_path: config.state.clone(),
             refs: RwLock::new(config.refs.clone()),
             rollouts: RwLock::new(IndexMap::new()),
+            statics: RwLock::new(IndexMap::new()),
+            order: RwLock::new(Vec::new()),
             notifier: Notifier::new(poster.clone()),
             poster,
             saved: Mutex::new(None),
@@ -153,11 +178,14 @@ impl Controller {
             change = r.change(change);
             rollouts.push(r);
         }
+        let statics = controller.stage_statics(config, &saved.statics);
+        change = statics.change(change);
         controller
             .shared
             .proxy
             .commit(change)
             .map_err(StartError::Apply)?;
+        controller.install_statics(statics);
         for r in rollouts {
             controller.spawn(r);
         }
@@ -221,49 +249,146 @@ impl Controller {
         tokio::spawn(async move { me.drive(handle, resume).await });
     }
 
+    /// The rollout of a service with an analysis; a service without one is refused with
+    /// what can be done to it instead.
     fn handle(&self, service: &str) -> Result<Arc<RolloutHandle>, Refusal> {
-        self.shared
+        let found = self
+            .shared
             .rollouts
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(service)
+            .cloned();
+        match found {
+            Some(h) => Ok(h),
+            None if self.static_handle(service).is_ok() => Err(Refusal::Precondition(format!(
+                "{service} has no analysis, so no rollout: set its split with `weir ctl set-weight {service}`, or add an analysis to weir.yaml"
+            ))),
+            None => Err(self.unknown(service)),
+        }
+    }
+
+    /// A service without an analysis.
+    fn static_handle(&self, service: &str) -> Result<Arc<Mutex<Static>>, Refusal> {
+        self.shared
+            .statics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
             .cloned()
-            .ok_or_else(|| {
-                Refusal::NotFound(format!(
-                    "unknown service {service:?}: no service with an analysis has that name"
-                ))
-            })
+            .ok_or_else(|| self.unknown(service))
+    }
+
+    /// A refusal naming the services there are.
+    fn unknown(&self, service: &str) -> Refusal {
+        let order = self.shared.order.read().unwrap_or_else(|p| p.into_inner());
+        let known = match order.len() {
+            0 => "there are no services".to_string(),
+            1..=10 => format!("the services are {}", order.join(", ")),
+            n => format!("there are {n} services: weir ctl status lists them"),
+        };
+        Refusal::NotFound(format!("unknown service {service:?}: {known}"))
     }
 
     /// The status of one service.
     pub fn status(&self, service: &str) -> Result<pb::RolloutStatus, Refusal> {
+        if let Ok(s) = self.static_handle(service) {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(s.status(&self.shared.proxy));
+        }
         let handle = self.handle(service)?;
         let p = handle.published.lock().unwrap_or_else(|p| p.into_inner());
         Ok(p.0.clone())
     }
 
-    /// Every rollout's status.
+    /// Every service's status, in the file's order.
     pub fn list(&self) -> Vec<pb::RolloutStatus> {
-        let rollouts = self
+        let order = self
             .shared
-            .rollouts
+            .order
             .read()
-            .unwrap_or_else(|p| p.into_inner());
-        rollouts
-            .values()
-            .map(|h| {
-                h.published
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-                    .clone()
-            })
-            .collect()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        order.iter().filter_map(|s| self.status(s).ok()).collect()
     }
 
     /// Events and status changes as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.shared.notifier.subscribe()
+    }
+
+    /// `weir ctl set-weight`: the canary's weight during a rollout, or the split of a
+    /// service without an analysis (the canary's weight, or each version's).
+    pub async fn set_weight(
+        &self,
+        service: &str,
+        canary: u32,
+        weights: IndexMap<String, u32>,
+        force: bool,
+    ) -> Result<pb::RolloutStatus, Refusal> {
+        if self.static_handle(service).is_ok() {
+            return self.set_static_weights(service, canary, weights);
+        }
+        if !weights.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "{service} is under analysis: its rollout sets the split; give the canary's weight (--canary N)"
+            )));
+        }
+        let op = crate::machine::Op::SetWeight {
+            weight: canary,
+            force,
+        };
+        self.operate(service, op).await
+    }
+
+    /// The services without an analysis as `config` has them (an operator's split kept
+    /// unless the file edited it since: from `saved` at start, from the running ones on a
+    /// reload), with the policy each lays over its service. Installed by
+    /// [`Controller::install_statics`] once the proxy took the change.
+    fn stage_statics(
+        &self,
+        config: &WeirConfig,
+        saved: &IndexMap<String, store::SavedStatic>,
+    ) -> StagedStatics {
+        let running = self
+            .shared
+            .statics
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut statics = IndexMap::new();
+        for svc in &config.proxy.services {
+            if config.analyses.contains_key(&svc.name) {
+                continue;
+            }
+            let kept = running
+                .get(&svc.name)
+                .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).saved());
+            let s = Static::new(svc.clone(), kept.as_ref().or(saved.get(&svc.name)));
+            statics.insert(svc.name.clone(), s);
+        }
+        StagedStatics {
+            statics,
+            order: config
+                .proxy
+                .services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The staged services without an analysis, in force from now on.
+    fn install_statics(&self, staged: StagedStatics) {
+        *self
+            .shared
+            .statics
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = staged
+            .statics
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
+            .collect();
+        *self.shared.order.write().unwrap_or_else(|p| p.into_inner()) = staged.order;
     }
 
     /// Publishes a rollout's status: Flagger's metrics, the status read by the API, and a
@@ -276,6 +401,8 @@ impl Controller {
             analysis: &r.analysis,
             primary_revision: r.primary.revision.as_deref(),
             canary_revision: r.canary_revision(),
+            primary_name: &r.primary_name,
+            canary_name: r.canary.as_ref().map(|_| r.canary_name.as_str()),
         };
         let mut status = convert::rollout_status(&view, &stats);
         status.replicas = self.shared.fleet.summary();
@@ -383,6 +510,17 @@ impl Controller {
         {
             let p = h.published.lock().unwrap_or_else(|p| p.into_inner());
             state.services.insert(name.clone(), p.1.clone());
+        }
+        for (name, s) in self
+            .shared
+            .statics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(saved) = s.lock().unwrap_or_else(|p| p.into_inner()).saved() {
+                state.statics.insert(name.clone(), saved);
+            }
         }
         if saved.as_ref() == Some(&state) {
             return;

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use indexmap::IndexMap;
+
 use weir_proxy::config::ServiceConfig;
 use weir_proxy::{Change, ConfigErrors, TrafficPolicy};
 
@@ -63,7 +65,10 @@ impl Controller {
                 change = change.policy(name, None);
             }
         }
+        let statics = self.stage_statics(&cfg, &IndexMap::new());
+        change = statics.change(change);
         self.shared.proxy.commit(change)?;
+        self.install_statics(statics);
         *self.shared.refs.write().unwrap_or_else(|p| p.into_inner()) = cfg.refs.clone();
         for mut next in staged {
             if let Some((_, h, r)) = live.iter_mut().find(|l| l.0 == next.service) {

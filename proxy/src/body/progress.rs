@@ -25,6 +25,8 @@ pub(crate) struct Progress {
     state: AtomicU8,
     /// Milliseconds after `start` of the last frame (or of the end).
     last_ms: AtomicU64,
+    /// Bytes of the body received so far.
+    received: AtomicU64,
     changed: Notify,
 }
 
@@ -45,6 +47,7 @@ impl Progress {
             start,
             state: AtomicU8::new(WAITING_CLIENT),
             last_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -86,7 +89,20 @@ impl Progress {
         );
     }
 
-    pub(crate) fn moved(&self) {
+    /// When the request began (its headers were read).
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Bytes of the body received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+
+    /// `bytes` more of the body arrived and went on.
+    pub(crate) fn moved(&self, bytes: usize) {
+        self.received
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::AcqRel);
         self.last_ms.store(self.ms(), Ordering::Release);
         let _ = self.state.compare_exchange(
             WAITING_CLIENT,

@@ -115,7 +115,9 @@ impl Body for RequestBody {
             match &polled {
                 Poll::Pending => p.waiting_on_client(),
                 Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => p.ended(),
-                Poll::Ready(Some(Ok(_))) => p.moved(),
+                Poll::Ready(Some(Ok(frame))) => {
+                    p.moved(frame.data_ref().map_or(0, |d| d.len()));
+                }
                 Poll::Ready(None) => p.ended(),
                 Poll::Ready(Some(Err(e))) => p.failed(e),
             }

@@ -16,7 +16,7 @@ pub use decode::{decode, join, parse_document, ConfigError, ConfigErrors};
 pub use duration::Dur;
 pub use schema::{
     MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig, ServiceConfig,
-    SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig,
+    SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig, DEFAULT_UPGRADES,
 };
 pub use validate::{endpoint, match_config, socket_addr, string_match};
 
@@ -88,6 +88,15 @@ pub struct Limits {
     pub drain_timeout: Dur,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// The whole request must have arrived within this, counted from its headers (Envoy's
+    /// `request_timeout`); `0s`, the default, turns it off. Answered `408`.
+    pub request_timeout: Dur,
+    /// Least upload rate in bytes a second, averaged over the upload so far, once
+    /// `uploadGracePeriod` has passed (Apache's `mod_reqtimeout` `MinRate`); `0` turns it
+    /// off. Answered `408`.
+    pub upload_min_rate: u64,
+    /// How long an upload may take before `uploadMinRate` applies (Apache's `body=20`).
+    pub upload_grace_period: Dur,
 }
 
 impl Default for Limits {
@@ -99,6 +108,9 @@ impl Default for Limits {
             idle_timeout: Dur::secs(60),
             drain_timeout: Dur::secs(30),
             max_concurrent_streams: 1024,
+            request_timeout: Dur::secs(0),
+            upload_min_rate: 500,
+            upload_grace_period: Dur::secs(20),
         }
     }
 }

@@ -134,7 +134,14 @@ pub struct RouteConfig {
     /// stream idle timeout); blamed on the side weir was waiting on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
+    /// HTTP/1.1 upgrade protocols this rule lets through (Envoy's `upgrade_configs`);
+    /// default `[websocket]`. `h2c` is never forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrades: Option<Vec<String>>,
 }
+
+/// The upgrades a rule allows when it names none.
+pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
 
 /// Request conditions of a rule; all must hold.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]

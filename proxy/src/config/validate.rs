@@ -278,11 +278,33 @@ fn rule(svc: &ServiceConfig, route: &RouteConfig, rp: &str, err: &mut impl FnMut
             err(format!("{rp}.idleTimeout"), "must be greater than 0".into());
         }
     }
+    for (i, u) in route.upgrades.iter().flatten().enumerate() {
+        if let Some(why) = upgrade_problem(u) {
+            err(format!("{rp}.upgrades[{i}]"), why);
+        }
+    }
     if let Some(m) = &route.matches {
         for e in match_config(m, &format!("{rp}.match")) {
             err(e.path, e.message);
         }
     }
+}
+
+/// Why an `upgrades` entry cannot be allowed, if it cannot.
+fn upgrade_problem(u: &str) -> Option<String> {
+    if u.eq_ignore_ascii_case("h2c") {
+        return Some(
+            "h2c is never forwarded: weir speaks HTTP/2 to clients itself (h2c by prior knowledge, h2 over TLS)"
+                .into(),
+        );
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~/".contains(c);
+    if u.is_empty() || !u.chars().all(token) {
+        return Some(format!(
+            "{u:?} is not a protocol name (such as websocket or connect-udp)"
+        ));
+    }
+    None
 }
 
 /// The problems of a match condition, with paths under `mp`.

@@ -4,6 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Connection-specific headers that never cross a proxy (RFC 9110 §7.6.1), except
 /// `te: trailers`, which gRPC needs end to end, and an upgrade's own headers.
@@ -28,6 +29,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
+    // An h2c upgrade's settings are for the connection it would upgrade: never forwarded.
+    headers.remove(&HTTP2_SETTINGS);
     headers.remove(header::TRANSFER_ENCODING);
     if let Some(te) = headers.get(header::TE) {
         let trailers = te
@@ -46,7 +49,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// True for an HTTP/1.1 upgrade request (WebSocket and friends).
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -54,6 +57,49 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// What weir does with an HTTP/1.1 request's upgrade, under a rule that allows `allowed`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// Not an upgrade, or only `h2c` (a client trying HTTP/2 opportunistically): the
+    /// request goes on as plain HTTP/1.1 without its upgrade headers, as Envoy does.
+    Plain,
+    /// Every protocol asked for is allowed: the connection may become a tunnel.
+    Tunnel,
+    /// A protocol the rule does not allow (the first one named).
+    Refused(String),
+}
+
+/// Decides an upgrade: `h2c` is dropped from the list (never forwarded), what remains must
+/// all be in `allowed` (protocol names, compared without case or version).
+pub(crate) fn upgrade(headers: &HeaderMap, allowed: &[Box<str>]) -> Upgrade {
+    if !is_upgrade(headers) {
+        return Upgrade::Plain;
+    }
+    let mut asked = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| String::from_utf8_lossy(t).trim().to_string())
+        .filter(|t| !t.is_empty())
+        .filter(|t| !protocol_name(t).eq_ignore_ascii_case("h2c"))
+        .peekable();
+    if asked.peek().is_none() {
+        return Upgrade::Plain;
+    }
+    for t in asked {
+        let name = protocol_name(&t);
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return Upgrade::Refused(t);
+        }
+    }
+    Upgrade::Tunnel
+}
+
+/// `websocket` of `websocket/13`.
+fn protocol_name(token: &str) -> &str {
+    token.split_once('/').map_or(token, |(n, _)| n).trim()
 }
 
 #[cfg(test)]
@@ -86,6 +132,51 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty());
+    }
+
+    fn asking(connection: &'static str, upgrade: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+        h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+        h
+    }
+
+    #[test]
+    fn h2c_is_never_a_tunnel_and_unlisted_protocols_are_refused() {
+        let ws: Vec<Box<str>> = vec!["websocket".into()];
+        let both: Vec<Box<str>> = vec!["websocket".into(), "connect-udp".into()];
+        assert_eq!(
+            upgrade(&asking("Upgrade, HTTP2-Settings", "h2c"), &ws),
+            Upgrade::Plain
+        );
+        assert_eq!(upgrade(&asking("upgrade", "H2C"), &both), Upgrade::Plain);
+        assert_eq!(
+            upgrade(&asking("keep-alive, Upgrade", "WebSocket"), &ws),
+            Upgrade::Tunnel
+        );
+        assert_eq!(
+            upgrade(&asking("Upgrade", "h2c, websocket/13"), &ws),
+            Upgrade::Tunnel
+        );
+        assert_eq!(
+            upgrade(&asking("Upgrade", "connect-udp"), &ws),
+            Upgrade::Refused("connect-udp".into())
+        );
+        assert_eq!(
+            upgrade(&asking("Upgrade", "connect-udp"), &both),
+            Upgrade::Tunnel
+        );
+        assert_eq!(
+            upgrade(&asking("keep-alive", "websocket"), &ws),
+            Upgrade::Plain
+        );
+        let mut h = asking("Upgrade, HTTP2-Settings", "h2c");
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

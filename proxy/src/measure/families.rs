@@ -75,12 +75,20 @@ pub struct Families {
     /// `weir_rejected_requests_total{reason="host"}`: requests refused before routing
     /// because their Host was ambiguous or invalid.
     pub(crate) rejected_host: IntCounter,
+    /// `weir_rejected_requests_total{reason="upgrade"}`: upgrades a route does not allow.
+    pub(crate) rejected_upgrade: IntCounter,
 }
 
 impl Families {
     /// Creates and registers every family.
     pub fn new() -> Families {
         let r = Registry::new();
+        let rejected = counter_vec(
+            &r,
+            "weir_rejected_requests_total",
+            "Requests refused before they reached a version: host (400, conflicting Host headers, say), upgrade (403, a protocol the route does not allow).",
+            &["reason"],
+        );
         Families {
             mirror_skipped: counter_vec(
                 &r,
@@ -135,13 +143,8 @@ impl Families {
                 "Client TLS handshakes that failed or timed out, per listener.",
                 &["listener"],
             ),
-            rejected_host: counter_vec(
-                &r,
-                "weir_rejected_requests_total",
-                "Requests answered 400 before routing (conflicting Host headers, say), by reason.",
-                &["reason"],
-            )
-            .with_label_values(&["host"]),
+            rejected_host: rejected.with_label_values(&["host"]),
+            rejected_upgrade: rejected.with_label_values(&["upgrade"]),
             versions: Mutex::default(),
             registry: r,
         }

@@ -9,7 +9,7 @@ use http::HeaderName;
 use super::matcher::Matcher;
 use super::table::{weights, Rule, Service, StickyKey, Target, Version};
 use crate::backends::Backends;
-use crate::config::{ConfigError, RouteConfig, ServiceConfig};
+use crate::config::{ConfigError, RouteConfig, ServiceConfig, DEFAULT_UPGRADES};
 use crate::headers::affinity::{Affinity, CANARY};
 use crate::measure::{Comparison, MirrorSkip};
 use crate::mirror::MirrorRule;
@@ -152,5 +152,9 @@ fn rule(
             idle: route.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
         },
         mirror,
+        upgrades: match &route.upgrades {
+            Some(list) => list.iter().map(|u| u.to_ascii_lowercase().into()).collect(),
+            None => DEFAULT_UPGRADES.iter().map(|u| Box::from(*u)).collect(),
+        },
     })
 }

@@ -65,6 +65,8 @@ pub(crate) struct Rule {
     pub timeouts: Timeouts,
     /// Mirror settings.
     pub mirror: Option<MirrorRule>,
+    /// HTTP/1.1 upgrade protocols let through (lower case).
+    pub upgrades: Box<[Box<str>]>,
 }
 
 pub(super) enum Target {

@@ -58,12 +58,17 @@ pub enum CtlCommand {
     Resume { service: String },
     /// Analyse again the revision that was rolled back.
     Retry { service: String },
-    /// Set the canary's weight by hand.
+    /// Set the canary's weight by hand during a rollout, or the split of a service
+    /// without an analysis.
     SetWeight {
         service: String,
-        /// Canary weight, 0-100.
-        #[arg(long)]
-        canary: u32,
+        /// Canary weight, 0-100 (the primary gets the rest).
+        #[arg(long, required_unless_present = "weight", conflicts_with = "weight")]
+        canary: Option<u32>,
+        /// A version's weight, as VERSION=N (repeat for each version; a service without
+        /// an analysis only).
+        #[arg(long, value_parser = version_weight)]
+        weight: Vec<(String, u32)>,
         /// Allow a weight above the analysis' maxWeight.
         #[arg(long)]
         force: bool,
@@ -83,6 +88,18 @@ pub enum CtlCommand {
     /// After weir lost a service's rollout state (a corrupt state file): start it over
     /// from weir.yaml, primary only, and accept rollouts again.
     Reset { service: String },
+}
+
+/// `primary=80` as a version and its weight.
+fn version_weight(s: &str) -> Result<(String, u32), String> {
+    let (v, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected VERSION=WEIGHT, like canary=20"))?;
+    let w = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: the weight must be a whole number, like canary=20"))?;
+    Ok((v.trim().to_string(), w))
 }
 
 /// Runs a `weir ctl` command.
@@ -154,13 +171,15 @@ async fn run(args: CtlArgs) -> Result<ExitCode, CtlError> {
         CtlCommand::SetWeight {
             service,
             canary,
+            weight,
             force,
         } => {
             client
                 .set_weight(pb::SetWeightRequest {
                     service,
-                    canary_weight: canary,
+                    canary_weight: canary.unwrap_or(0),
                     force,
+                    weights: weight.into_iter().collect(),
                 })
                 .await
         }
