@@ -400,12 +400,16 @@ async fn weir_ctl_start_wait_exit_codes_and_status_table() {
             "STATUS",
             "WEIGHT",
             "FAILEDCHECKS",
-            "LASTTRANSITIONTIME"
+            "LASTTRANSITIONTIME",
+            "VERSIONS"
         ]
     );
-    let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let line = lines.next().unwrap_or("");
+    let row: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&row[..4], ["podinfo", "Failed", "0", "0"]);
     assert!(row[4].ends_with('Z'), "{row:?}");
+    // Which revision each version serves: the promoted 2 is the primary's now.
+    assert!(line.ends_with("primary 100 (2), canary 0 (3)"), "{line}");
     let (code, _, err) = ctl(&weir, &["status", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown service \"nope\""), "{err}");
