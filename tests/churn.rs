@@ -1,5 +1,6 @@
-//! The Rust API the controller uses: traffic policies (weights, an A/B segment, a mirror)
-//! replaced atomically while traffic flows, with no request lost or failed.
+//! The Rust API the controller uses: a service's routing snapshot with a traffic policy
+//! (weights, an A/B segment, a mirror) laid over it, replaced atomically while traffic
+//! flows, with no request lost or failed.
 
 mod support;
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::*;
-use weir_proxy::{MirrorPolicy, Proxy, ProxyConfig, Segment, SegmentTarget, TrafficPolicy};
+use weir_proxy::{
+    MirrorPolicy, Proxy, ProxyConfig, Segment, SegmentTarget, ServiceRouting, TrafficPolicy,
+};
 
 fn weights(primary: u32, canary: u32) -> TrafficPolicy {
     TrafficPolicy {
@@ -39,6 +42,12 @@ fn segmented(primary: u32, canary: u32) -> TrafficPolicy {
     }
 }
 
+/// `base` with `policy` laid over it, served as the next routing version.
+fn set(proxy: &Proxy, base: &ServiceRouting, policy: TrafficPolicy) -> Result<u64, String> {
+    let routing = base.with_policy(&policy).map_err(|e| e.to_string())?;
+    proxy.set_service(routing).map_err(|e| e.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_weights_every_10ms_under_load_fails_no_request() {
     let primary = Upstream::start("primary").await;
@@ -51,7 +60,9 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
             "      - split: { primary: 90, canary: 10 }"
         )
     );
-    let proxy = Proxy::new(ProxyConfig::parse(&yaml).expect("config")).expect("proxy");
+    let cfg = ProxyConfig::parse(&yaml).expect("config");
+    let base = ServiceRouting::from_config(&cfg.services[0]);
+    let proxy = Proxy::new(cfg).expect("proxy");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -105,14 +116,10 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
         && tokio::time::Instant::now() < deadline
     {
         let w = changes % 101;
-        proxy
-            .set_policy("podinfo", weights(100 - w, w))
-            .expect("valid weights");
+        set(&proxy, &base, weights(100 - w, w)).expect("valid weights");
         if changes.is_multiple_of(10) {
             // A segment routed first too, as the controller sets for A/B.
-            proxy
-                .set_policy("podinfo", segmented(100 - w, w))
-                .expect("valid segment");
+            set(&proxy, &base, segmented(100 - w, w)).expect("valid segment");
         }
         changes += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -134,23 +141,31 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     assert!(primary.count() > 0 && canary.count() > 0);
     assert_eq!(primary.count() + canary.count(), served);
 
-    // An invalid change is rejected and changes nothing.
-    let before = proxy.config();
+    // An invalid change is refused naming the service and its rule, and changes nothing.
+    let before = proxy.routing();
+    let err = set(&proxy, &base, segmented(0, 0)).expect_err("zero sum");
+    assert_eq!(
+        err,
+        "podinfo: rule 1: the weights sum to 0; at least one must be positive"
+    );
+    let clash = ServiceRouting {
+        name: "nope".into(),
+        ..base.clone()
+    };
     let err = proxy
-        .set_policy("podinfo", segmented(0, 0))
-        .expect_err("zero sum");
+        .set_service(clash)
+        .expect_err("host clash")
+        .to_string();
     assert!(
-        err.to_string()
-            .contains("services[0].routes[1].split: the weights sum to 0"),
+        err.contains("nope: the default service (no hosts, or *) is already served by podinfo"),
         "{err}"
     );
-    assert!(proxy.set_policy("nope", weights(1, 0)).is_err());
-    assert_eq!(proxy.config(), before);
+    assert_eq!(proxy.routing(), before);
 
     // Snapshots give windows: success rate and percentiles from the difference.
     let primary_version = proxy.version("podinfo", "primary").expect("primary");
     let s0 = primary_version.snapshot(false);
-    proxy.set_policy("podinfo", weights(1, 0)).expect("weights");
+    set(&proxy, &base, weights(1, 0)).expect("weights");
     for _ in 0..20 {
         let got = get(&format!("http://{addr}/"), &[]).await;
         assert_eq!(got.status, 200);
@@ -169,9 +184,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
         }),
         ..weights(100, 0)
     };
-    proxy
-        .set_policy("podinfo", mirrored)
-        .expect("weights and mirror");
+    set(&proxy, &base, mirrored).expect("weights and mirror");
     for _ in 0..10 {
         assert_eq!(
             get(&format!("http://{addr}/"), &[]).await.headers["x-served-by"],
@@ -183,9 +196,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
     })
     .await;
     assert_eq!(canary.last_seen().headers["x-weir-shadow"], "1");
-    proxy
-        .set_policy("podinfo", weights(100, 0))
-        .expect("mirror off");
+    set(&proxy, &base, weights(100, 0)).expect("mirror off");
     for _ in 0..10 {
         get(&format!("http://{addr}/"), &[]).await;
     }

@@ -363,20 +363,22 @@ mod scripted {
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::{Request, Response, Status, Streaming};
-    use weir_protos::control as pb;
+    use weir_protos::fleet as fb;
+
+    pub type Push = Result<fb::ControllerMessage, Status>;
 
     pub struct Scripted {
-        pub pushes: std::sync::Mutex<Option<mpsc::Receiver<Result<pb::RoutingPush, Status>>>>,
-        pub reports: mpsc::Sender<pb::ReplicaReport>,
+        pub pushes: std::sync::Mutex<Option<mpsc::Receiver<Push>>>,
+        pub reports: mpsc::Sender<fb::ReplicaReport>,
     }
 
     #[tonic::async_trait]
-    impl pb::fleet_server::Fleet for Scripted {
-        type SyncStream = ReceiverStream<Result<pb::RoutingPush, Status>>;
+    impl fb::fleet_server::Fleet for Scripted {
+        type SyncStream = ReceiverStream<Push>;
 
         async fn sync(
             &self,
-            req: Request<Streaming<pb::ReplicaReport>>,
+            req: Request<Streaming<fb::ReplicaReport>>,
         ) -> Result<Response<Self::SyncStream>, Status> {
             let mut inbound = req.into_inner();
             let reports = self.reports.clone();
@@ -392,23 +394,58 @@ mod scripted {
     }
 }
 
-fn routing(upstream: &Upstream, split: &str) -> String {
-    serde_json::json!([{
-        "name": "podinfo",
-        "hosts": ["*"],
-        "versions": { "primary": { "endpoints": [upstream.endpoint()] } },
-        "routes": [{ "split": serde_json::from_str::<serde_json::Value>(split).expect("split") }],
-    }])
-    .to_string()
+/// The whole routing at `version`: podinfo for every host, its primary at `upstream`,
+/// split as `weights` says.
+fn routing(version: u64, upstream: &Upstream, weights: &[(&str, u32)]) -> scripted::Push {
+    use weir_protos::fleet as fb;
+    let service = fb::ServiceRouting {
+        name: "podinfo".into(),
+        namespace: "default".into(),
+        port: 80,
+        versions: vec![fb::Version {
+            name: "primary".into(),
+            endpoints: vec![upstream.endpoint()],
+            connect_timeout_ns: 2_000_000_000,
+            idle_timeout_ns: 3_000_000_000,
+            max_idle_per_endpoint: 16,
+            ..fb::Version::default()
+        }],
+        rules: vec![fb::Rule {
+            target: Some(fb::rule::Target::Split(fb::Split {
+                weights: weights
+                    .iter()
+                    .map(|(v, w)| fb::Weight {
+                        version: v.to_string(),
+                        weight: *w,
+                    })
+                    .collect(),
+            })),
+            timeout_ns: 15_000_000_000,
+            idle_timeout_ns: 300_000_000_000,
+            ..fb::Rule::default()
+        }],
+        version,
+        ..fb::ServiceRouting::default()
+    };
+    Ok(fb::ControllerMessage {
+        message: Some(fb::controller_message::Message::Routing(fb::RoutingDelta {
+            version,
+            full: true,
+            services: vec![service],
+            removed: Vec::new(),
+        })),
+    })
 }
 
-async fn next_applied(reports: &mut tokio::sync::mpsc::Receiver<pb::ReplicaReport>) -> pb::Applied {
+async fn next_applied(
+    reports: &mut tokio::sync::mpsc::Receiver<weir_protos::fleet::ReplicaReport>,
+) -> weir_protos::fleet::Applied {
     loop {
         let r = tokio::time::timeout(Duration::from_secs(30), reports.recv())
             .await
             .expect("a report within 30 s")
             .expect("stream open");
-        if let Some(pb::replica_report::Report::Applied(a)) = r.report {
+        if let Some(weir_protos::fleet::replica_report::Report::Applied(a)) = r.report {
             return a;
         }
     }
@@ -429,7 +466,7 @@ async fn a_refused_push_changes_nothing() {
     };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(pb::fleet_server::FleetServer::new(svc))
+            .add_service(weir_protos::fleet::fleet_server::FleetServer::new(svc))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let dir = temp_dir("fleet-nack");
@@ -440,28 +477,24 @@ async fn a_refused_push_changes_nothing() {
         path,
     );
     wait_ready(&replica, false).await;
-    let good = pb::RoutingPush {
-        generation: 1,
-        services_json: routing(&upstream, r#"{"primary": 100}"#),
-    };
-    push.send(Ok(good)).await.expect("push");
+    push.send(routing(1, &upstream, &[("primary", 100)]))
+        .await
+        .expect("push");
     let a = next_applied(&mut reports).await;
-    assert_eq!((a.generation, a.error.as_str()), (1, ""));
+    assert_eq!((a.version, a.error.as_str()), (1, ""));
     wait_ready(&replica, true).await;
     assert_eq!(get(&replica.url("/"), &[]).await.status, 200);
-    let bad = pb::RoutingPush {
-        generation: 2,
-        services_json: routing(&upstream, r#"{"primary": 90, "ghost": 10}"#),
-    };
-    push.send(Ok(bad)).await.expect("push");
+    push.send(routing(2, &upstream, &[("primary", 90), ("ghost", 10)]))
+        .await
+        .expect("push");
     let a = next_applied(&mut reports).await;
-    assert_eq!(a.generation, 2);
+    assert_eq!(a.version, 2);
     assert!(
         a.error.contains("ghost"),
         "the NACK says what was wrong: {}",
         a.error
     );
-    // Still generation 1's routing: every request reaches the primary.
+    // Still version 1's routing: every request reaches the primary.
     for _ in 0..20 {
         assert_eq!(get(&replica.url("/"), &[]).await.status, 200);
     }

@@ -1,12 +1,14 @@
 //! weir-fleet: the controller (`weir control`, a real process) with many replicas, played
 //! by streams from this one process. Each stream is a replica as the controller sees it:
-//! Hello, an ACK for every push the moment it arrives, and every 250 ms a measurement
-//! report for each service's two versions (request counts by class and code, Envoy
-//! buckets and an hdrhistogram of realistic latencies, V2-serialized, as `weir proxy`
-//! sends). Rollouts run on every service; the bench steps one service's weight at a time
-//! with SetWeight and times the step from the call to the last replica's ACK. Prints one
-//! TSV line: replicas, services, steps, ACK p50/p99 ms, controller CPU (cores) and RSS,
-//! report bytes per replica per second.
+//! Hello, an ACK for every routing delta the moment it arrives, and every 250 ms a
+//! measurement report for the first `--report-services` services' two versions (request
+//! counts by class and code, Envoy buckets and an hdrhistogram of realistic latencies,
+//! V2-serialized, as `weir proxy` sends). Rollouts run on every service; the bench steps
+//! one service's weight at a time with SetWeight and times the step from the call to the
+//! last replica's ACK. Prints one TSV line: replicas, services, steps, ACK p50/p99 ms,
+//! controller CPU (cores) and RSS, report bytes per replica per second, routing bytes per
+//! replica per step, and the controller's CPU per step (over what it spends on reports
+//! alone in an equally long quiet phase before).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -25,7 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use weir_protos::control as pb;
 use weir_protos::control::control_client::ControlClient;
-use weir_protos::control::fleet_client::FleetClient;
+use weir_protos::fleet as fb;
+use weir_protos::fleet::fleet_client::FleetClient;
 
 #[derive(Parser)]
 struct Args {
@@ -42,6 +45,9 @@ struct Args {
     /// Requests per second each replica serves per service (shapes the reports).
     #[arg(long, default_value_t = 50)]
     rps: u64,
+    /// Services each replica reports measurements for (default: all).
+    #[arg(long)]
+    report_services: Option<usize>,
     /// A scratch directory for the controller's files.
     #[arg(long)]
     dir: String,
@@ -53,10 +59,12 @@ const BUCKETS_MS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// What the replicas saw: per replica, the newest generation pushed and when.
+/// What the replicas saw: per replica, the newest routing version pushed and when.
 struct Seen {
     pushes: Vec<Mutex<(u64, Option<Instant>)>>,
     report_bytes: AtomicU64,
+    /// Bytes of routing deltas received, all replicas together.
+    push_bytes: AtomicU64,
 }
 
 fn controller_config(args: &Args, control: &str) -> String {
@@ -70,7 +78,7 @@ fn controller_config(args: &Args, control: &str) -> String {
 }
 
 /// One report's delta for one version: `n` requests, ~1% 5xx, latencies around 20 ms.
-fn delta(service: &str, version: &str, n: u64, seed: u64) -> pb::VersionDelta {
+fn delta(service: &str, version: &str, n: u64, seed: u64) -> fb::VersionDelta {
     let mut h = Histogram::<u64>::new(2).expect("precision");
     let mut buckets = vec![0u64; BUCKETS_MS.len() + 1];
     let mut sum = 0;
@@ -93,7 +101,7 @@ fn delta(service: &str, version: &str, n: u64, seed: u64) -> pb::VersionDelta {
     if errors > 0 {
         codes.insert(503, errors);
     }
-    pb::VersionDelta {
+    fb::VersionDelta {
         service: service.into(),
         version: version.into(),
         mirrored: false,
@@ -115,55 +123,67 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn report(r: pb::replica_report::Report) -> pb::ReplicaReport {
-    pb::ReplicaReport { report: Some(r) }
+fn report(r: fb::replica_report::Report) -> fb::ReplicaReport {
+    fb::ReplicaReport { report: Some(r) }
 }
 
 /// One replica's stream, until the process ends.
 async fn replica(i: usize, url: String, args: Arc<Args>, seen: Arc<Seen>) -> anyhow::Result<()> {
     let channel = Channel::from_shared(url)?.connect().await?;
-    let mut client = FleetClient::new(channel);
+    let mut client = FleetClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(64);
-    tx.send(report(pb::replica_report::Report::Hello(pb::Hello {
+    tx.send(report(fb::replica_report::Report::Hello(fb::Hello {
         name: format!("replica-{i}"),
         address: format!("10.0.{}.{}:8080", i / 250, i % 250),
-        generation: 0,
+        version: 0,
+        incarnation: i as u64 + 1,
     })))
     .await?;
     let mut pushes = client.sync(ReceiverStream::new(rx)).await?.into_inner();
     let ack_tx = tx.clone();
     let ack_seen = seen.clone();
     tokio::spawn(async move {
-        while let Ok(Some(p)) = pushes.message().await {
+        while let Ok(Some(msg)) = pushes.message().await {
+            let Some(fb::controller_message::Message::Routing(delta)) = msg.message else {
+                continue;
+            };
             let at = Instant::now();
+            ack_seen
+                .push_bytes
+                .fetch_add(delta.encoded_len() as u64, Ordering::Relaxed);
             let _ = ack_tx
-                .send(report(pb::replica_report::Report::Applied(pb::Applied {
-                    generation: p.generation,
+                .send(report(fb::replica_report::Report::Applied(fb::Applied {
+                    version: delta.version,
                     error: String::new(),
                 })))
                 .await;
             if let Ok(mut s) = ack_seen.pushes[i].lock() {
-                *s = (p.generation, Some(at));
+                *s = (delta.version, Some(at));
             }
         }
     });
     let mut every = tokio::time::interval(Duration::from_millis(250));
     let mut tick = 0u64;
     let per_tick = args.rps / 4;
+    let reported = args
+        .report_services
+        .unwrap_or(args.services)
+        .min(args.services);
     loop {
         every.tick().await;
         tick += 1;
-        let mut versions = Vec::with_capacity(args.services * 2);
-        for s in 0..args.services {
+        let mut versions = Vec::with_capacity(reported * 2);
+        for s in 0..reported {
             let svc = format!("svc-{s}");
             let canary = per_tick / 10;
             let seed = (i as u64) << 32 | (s as u64) << 16 | tick;
             versions.push(delta(&svc, "primary", per_tick - canary, seed));
             versions.push(delta(&svc, "canary", canary, seed ^ 0xabcdef));
         }
-        let generation = seen.pushes[i].lock().map(|s| s.0).unwrap_or(0);
-        let m = report(pb::replica_report::Report::Measurements(pb::Measurements {
-            generation,
+        let version = seen.pushes[i].lock().map(|s| s.0).unwrap_or(0);
+        let m = report(fb::replica_report::Report::Measurements(fb::Measurements {
+            version,
+            seq: tick,
             versions,
         }));
         seen.report_bytes
@@ -250,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let seen = Arc::new(Seen {
         pushes: (0..args.replicas).map(|_| Mutex::new((0, None))).collect(),
         report_bytes: AtomicU64::new(0),
+        push_bytes: AtomicU64::new(0),
     });
     for i in 0..args.replicas {
         let (url, args, seen) = (url.clone(), args.clone(), seen.clone());
@@ -286,11 +307,16 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (cpu0, wall0, bytes0) = (
+    // A quiet phase as long as the stepping will be: what reports and the guard cost.
+    let quiet = Duration::from_millis(300) * args.steps as u32;
+    let (cpu_q, wall_q) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(quiet).await;
+    let quiet_cores = (cpu_seconds(pid) - cpu_q) / wall_q.elapsed().as_secs_f64();
+    let (cpu0, wall0, bytes0, push0) = (
         cpu_seconds(pid),
         Instant::now(),
         seen.report_bytes.load(Ordering::Relaxed),
+        seen.push_bytes.load(Ordering::Relaxed),
     );
     let mut times = Vec::with_capacity(args.steps);
     for step in 0..args.steps {
@@ -318,16 +344,21 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("step {step}: not every replica got the new generation in 30 s");
+                bail!("step {step}: not every replica got the new routing version in 30 s");
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wall = wall0.elapsed().as_secs_f64();
-    let cores = (cpu_seconds(pid) - cpu0) / wall;
+    let cpu = cpu_seconds(pid) - cpu0;
+    let cores = cpu / wall;
+    let per_step_ms = ((cpu - quiet_cores * wall) / args.steps as f64 * 1000.0).max(0.0);
     let bytes =
         (seen.report_bytes.load(Ordering::Relaxed) - bytes0) as f64 / wall / args.replicas as f64;
+    let push_bytes = (seen.push_bytes.load(Ordering::Relaxed) - push0) as f64
+        / args.steps as f64
+        / args.replicas as f64;
     let list = api
         .list_replicas(pb::ListReplicasRequest {})
         .await?
@@ -335,7 +366,7 @@ async fn main() -> anyhow::Result<()> {
     let synced = list.replicas.iter().filter(|r| r.state == "synced").count();
     times.sort_by(f64::total_cmp);
     println!(
-        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.3}\t{:.1}\t{:.1}\t{:.0}\t{}",
+        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.3}\t{:.1}\t{:.1}\t{:.0}\t{}\t{:.0}\t{:.3}",
         args.replicas,
         args.services,
         times.len(),
@@ -346,6 +377,8 @@ async fn main() -> anyhow::Result<()> {
         rss_mib(pid, "VmHWM:"),
         bytes,
         synced,
+        push_bytes,
+        per_step_ms,
     );
     Ok(())
 }

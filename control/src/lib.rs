@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod prometheus;
 pub mod replica;
+pub mod routes;
 pub mod spec;
 pub mod store;
 pub mod traffic;

@@ -27,6 +27,9 @@ pub enum StoreError {
 pub struct State {
     /// Format version.
     pub version: u32,
+    /// The last routing version published: the next run publishes above it.
+    #[serde(default)]
+    pub routing_version: u64,
     pub services: IndexMap<String, Saved>,
     /// Services without an analysis whose split an operator set.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]

@@ -7,9 +7,9 @@ use weir_proxy::{MirrorPolicy, Segment, SegmentTarget, TrafficPolicy};
 
 use crate::spec::{Analysis, MatchRequest, Strategy};
 
-/// Where a rollout routes: the canary's share, mirroring, and the A/B segment.
+/// How far a rollout exposes its canary: its share, mirroring, and the A/B segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Routing {
+pub struct Exposure {
     pub canary_weight: u32,
     pub mirror: bool,
     pub ab: bool,
@@ -23,10 +23,10 @@ pub struct Versions<'a> {
     pub canary: Option<&'a str>,
 }
 
-/// The policy for a rollout routed as `routing`: the A/B matches go to the canary while
+/// The policy for a rollout exposed as `routing`: the A/B matches go to the canary while
 /// they route; a canary analysis with `match` ramps inside the matched segment only;
 /// otherwise the service's weighted rules carry the canary's weight (and the mirror).
-pub fn policy(analysis: &Analysis, v: Versions<'_>, routing: Routing) -> TrafficPolicy {
+pub fn policy(analysis: &Analysis, v: Versions<'_>, routing: Exposure) -> TrafficPolicy {
     let Some(canary) = v.canary else {
         return TrafficPolicy {
             weights: Some([(v.primary.to_string(), 100)].into_iter().collect()),
@@ -130,7 +130,7 @@ mod tests {
         let p = policy(
             &a,
             V,
-            Routing {
+            Exposure {
                 canary_weight: 20,
                 mirror: false,
                 ab: false,
@@ -142,7 +142,7 @@ mod tests {
         let p = policy(
             &a,
             V,
-            Routing {
+            Exposure {
                 canary_weight: 0,
                 mirror: true,
                 ab: false,
@@ -159,7 +159,7 @@ mod tests {
         let p = policy(
             &ab,
             V,
-            Routing {
+            Exposure {
                 canary_weight: 0,
                 mirror: false,
                 ab: true,
@@ -174,7 +174,7 @@ mod tests {
         let p = policy(
             &ramp,
             V,
-            Routing {
+            Exposure {
                 canary_weight: 30,
                 mirror: false,
                 ab: false,
@@ -202,7 +202,7 @@ mod primary_only {
             primary: "primary",
             canary: None,
         };
-        let routing = Routing {
+        let routing = Exposure {
             canary_weight: 30,
             mirror: true,
             ab: false,

@@ -13,6 +13,13 @@ pub mod control {
     tonic::include_proto!("weir.control.v1");
 }
 
-/// The control API as an encoded `FileDescriptorSet`, for server reflection.
+/// The stream between a controller and its proxy replicas: typed routing deltas out,
+/// measurements back.
+pub mod fleet {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("weir.fleet.v2");
+}
+
+/// The control API (and the fleet stream) as an encoded `FileDescriptorSet`, for server reflection.
 pub const CONTROL_FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/weir_control_descriptor.bin"));

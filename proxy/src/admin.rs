@@ -50,7 +50,7 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
                     };
                     // The version as the service was last built (its revision too: the
                     // upstream is kept across changes that leave its connections alone).
-                    let cfg = svc.config.versions.get(&v.name);
+                    let cfg = svc.routing.versions.get(&v.name);
                     serde_json::json!({
                         "name": v.name,
                         "weight": w,
@@ -64,9 +64,20 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
             serde_json::json!({ "name": svc.name, "versions": versions })
         })
         .collect();
-    let mut config = serde_json::to_value(state.config()).unwrap_or_default();
+    let mut config = serde_json::to_value(state.listeners()).unwrap_or_default();
+    if let Some(c) = config.as_object_mut() {
+        c.remove("services");
+    }
     crate::redact::json(&mut config);
-    let mut out = serde_json::json!({ "services": services, "config": config });
+    let routing = state.routing();
+    let snapshots: Vec<serde_json::Value> = routing
+        .services
+        .values()
+        .map(|s| serde_json::to_value(&**s).unwrap_or_default())
+        .collect();
+    let mut routing = serde_json::json!({ "version": routing.version, "services": snapshots });
+    crate::redact::json(&mut routing);
+    let mut out = serde_json::json!({ "services": services, "config": config, "routing": routing });
     if let Some(describe) = state.describe() {
         let mut more = describe();
         crate::redact::json(&mut more);

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use crate::config::{ServiceConfig, VersionConfig};
+use crate::config::VersionConfig;
 use crate::headers::affinity::Tokens;
 use crate::measure::{Families, VersionHandle};
+use crate::routing::ServiceRouting;
 use crate::tls::TlsWatch;
 use crate::upstream::{BuildError, Upstream};
 
@@ -47,7 +48,7 @@ impl Backends {
     /// connection settings are unchanged, the measurements as long as the version exists.
     pub(crate) fn version(
         &self,
-        svc: &ServiceConfig,
+        svc: &ServiceRouting,
         name: &str,
         cfg: &VersionConfig,
     ) -> Result<(Arc<Upstream>, VersionHandle), BuildError> {
@@ -87,7 +88,7 @@ impl Backends {
     }
 
     /// Forgets the versions and services that are gone, and their metric series.
-    pub(crate) fn retain<'a>(&self, live: impl Iterator<Item = &'a ServiceConfig>) {
+    pub(crate) fn retain<'a>(&self, live: impl Iterator<Item = &'a ServiceRouting>) {
         let mut names: HashMap<&str, Vec<&str>> = HashMap::new();
         for svc in live {
             names

@@ -2,9 +2,9 @@
 //! weight or by header/cookie match, mirrors to shadow versions, and measures each
 //! version itself.
 //!
-//! [`Proxy`] is the handle the binary and the controller use: serve, change traffic
-//! ([`TrafficPolicy`] per service, versions, a whole new config; each change atomic) and
-//! read measurements ([`VersionHandle`]). Everything else is private to the crate.
+//! [`Proxy`] is the handle the binary and the controller use: serve, change traffic (a
+//! [`RoutingDelta`] of [`ServiceRouting`] snapshots, each change atomic) and read
+//! measurements ([`VersionHandle`]). Everything else is private to the crate.
 #![forbid(unsafe_code)]
 
 mod activity;
@@ -18,9 +18,9 @@ mod handler;
 mod headers;
 mod measure;
 mod mirror;
-mod policy;
 pub mod redact;
 mod route;
+pub mod routing;
 mod server;
 mod split;
 mod state;
@@ -42,9 +42,11 @@ pub use measure::{
     counter_vec, envoy_cluster_name, gauge_vec, histogram_vec, register, DeltaCursor, DeltaError,
     Families, MeasurementDelta, VersionHandle, VersionSnapshot, Window, ENVOY_BUCKETS_MS,
 };
-pub use policy::{MirrorPolicy, Segment, SegmentTarget, TrafficPolicy};
+pub use routing::{
+    MirrorPolicy, Routing, RoutingDelta, RoutingError, RoutingErrors, Segment, SegmentTarget,
+    ServiceRouting, TrafficPolicy,
+};
 pub use server::{BindError, Listener};
-pub use state::Change;
 
 use state::ProxyState;
 
@@ -62,35 +64,47 @@ impl Proxy {
         })
     }
 
-    /// The effective config: the services as they route now (policies laid over them).
-    pub fn config(&self) -> ProxyConfig {
-        self.state.config()
+    /// The listeners' part of the config (its services are the routing's).
+    pub fn listeners(&self) -> ProxyConfig {
+        self.state.listeners()
     }
 
-    /// Applies a change atomically; on error nothing changes.
-    pub fn commit(&self, change: Change) -> Result<(), ConfigErrors> {
-        self.state.commit(change)
+    /// The routing being served: every service's snapshot and the routing version.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.state.routing()
     }
 
-    /// Replaces the services (a reloaded file) atomically; policies of services that
-    /// remain are kept. Listener addresses and limits only take effect on restart.
-    pub fn apply(&self, config: ProxyConfig) -> Result<(), ConfigErrors> {
-        self.commit(Change::new().config(config))
+    /// Applies a routing delta atomically; on error nothing changes.
+    pub fn commit(&self, delta: RoutingDelta) -> Result<(), RoutingErrors> {
+        self.state.commit(delta)
     }
 
-    /// Sets a service's traffic policy; only that service is rebuilt.
-    pub fn set_policy(&self, service: &str, policy: TrafficPolicy) -> Result<(), ConfigErrors> {
-        self.commit(Change::new().policy(service, Some(policy)))
+    /// Replaces one service's routing (or adds it) as the next routing version.
+    pub fn set_service(&self, service: ServiceRouting) -> Result<u64, RoutingErrors> {
+        let version = self.routing().version + 1;
+        let delta = RoutingDelta {
+            version,
+            full: false,
+            services: vec![Arc::new(ServiceRouting { version, ..service })],
+            removed: Vec::new(),
+        };
+        self.commit(delta).map(|()| version)
     }
 
-    /// Sets one version of a service (its endpoints, revision and settings).
-    pub fn set_version(
-        &self,
-        service: &str,
-        version: &str,
-        settings: config::VersionConfig,
-    ) -> Result<(), ConfigErrors> {
-        self.commit(Change::new().version(service, version, settings))
+    /// Takes a reloaded file's listener part: its trusted proxies now; listener addresses,
+    /// TLS and limits only on restart (what `/config` shows follows the file).
+    pub fn set_listeners(&self, config: &ProxyConfig) {
+        self.state.set_listeners(config);
+    }
+
+    /// Serves a reloaded file (no controller): its services replace the routing, its
+    /// trusted proxies take effect; listener addresses, TLS and limits only on restart.
+    pub fn apply(&self, config: ProxyConfig) -> Result<(), RoutingErrors> {
+        let version = self.routing().version + 1;
+        let routing = state::compiled(&config, version);
+        self.commit(routing.delta_from(None))?;
+        self.state.set_listeners(&config);
+        Ok(())
     }
 
     /// The measurements of one version, valid while the version exists.
@@ -109,12 +123,6 @@ impl Proxy {
         self.families().merge(delta)
     }
 
-    /// Wakes on every change applied (the value counts them): what a controller watches
-    /// to push routing to its replicas.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.state.changes()
-    }
-
     /// A replica that has no routing from its controller yet answers `/ready` with 503
     /// until this is turned off.
     pub fn set_awaiting_routing(&self, waiting: bool) {
@@ -130,7 +138,8 @@ impl Proxy {
 
     /// Counts and logs the outcome of a reload (`weir_config_reloads_total`,
     /// `weir_config_reload_failures_total`, one error line per problem).
-    pub fn record_reload(&self, path: &Path, result: &Result<(), ConfigErrors>) {
+    /// `result` holds every problem of a rejected reload.
+    pub fn record_reload(&self, path: &Path, result: &Result<(), Vec<String>>) {
         let families = self.families();
         match result {
             Ok(()) => {
@@ -139,10 +148,10 @@ impl Proxy {
             }
             Err(errors) => {
                 families.reload_failures.inc();
-                for e in &errors.0 {
+                for e in errors {
                     tracing::error!(path = %path.display(), error = %e, "config reload rejected");
                 }
-                tracing::error!(path = %path.display(), errors = errors.0.len(), "config reload rejected; keeping the running config");
+                tracing::error!(path = %path.display(), errors = errors.len(), "config reload rejected; keeping the running config");
             }
         }
     }
@@ -160,7 +169,7 @@ impl Proxy {
     /// Binds the proxy listeners of the config (`listen`, then `listeners`), reading their
     /// certificates; they are watched for changes from here on.
     pub async fn bind(&self) -> Result<Vec<Listener>, BindError> {
-        let cfg = self.state.config();
+        let cfg = self.state.listeners();
         let mut out = vec![Listener::bind("listen", &cfg.listen, cfg.tls.as_ref()).await?];
         for (i, l) in cfg.listeners.iter().enumerate() {
             let field = format!("listeners[{i}]");

@@ -1,6 +1,7 @@
 //! The proxy's state: the route table read by every request, the backends that outlive
-//! it, and the desired configuration (the file's services, the versions set since, the
-//! controller's policies) from which a change builds the next table.
+//! it, the routing it was built from, and the listeners' part of the config. A routing
+//! delta is checked and built whole before it replaces anything: nothing changes when
+//! any part of it is refused, and a delta that changes one service rebuilds only that one.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -9,54 +10,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::backends::Backends;
-use crate::config::{
-    validate, ConfigError, ConfigErrors, Limits, ProxyConfig, ServiceConfig, VersionConfig,
-};
-use crate::policy::{self, TrafficPolicy};
+use crate::config::{validate, ConfigErrors, Limits, ProxyConfig};
 use crate::route::{build_service, RouteTable, Service};
+use crate::routing::{Routing, RoutingDelta, RoutingError, RoutingErrors, ServiceRouting};
 use crate::timeouts::UploadLimits;
-
-/// A set of changes applied at once: one validation, one build of the services they
-/// touch, one swap. Nothing changes when any part is invalid.
-#[derive(Debug, Clone, Default)]
-pub struct Change {
-    config: Option<ProxyConfig>,
-    versions: Vec<(String, String, VersionConfig)>,
-    policies: Vec<(String, Option<TrafficPolicy>)>,
-}
-
-impl Change {
-    /// An empty change.
-    pub fn new() -> Change {
-        Change::default()
-    }
-
-    /// Replaces the services (a reloaded file); the policies of services that remain are
-    /// kept. Listener addresses and limits only take effect on restart.
-    pub fn config(mut self, config: ProxyConfig) -> Change {
-        self.config = Some(config);
-        self
-    }
-
-    /// Sets one version of a service (its endpoints, revision and settings).
-    pub fn version(mut self, service: &str, version: &str, settings: VersionConfig) -> Change {
-        self.versions
-            .push((service.to_string(), version.to_string(), settings));
-        self
-    }
-
-    /// Sets (or with None, clears) a service's traffic policy.
-    pub fn policy(mut self, service: &str, policy: Option<TrafficPolicy>) -> Change {
-        self.policies.push((service.to_string(), policy));
-        self
-    }
-}
-
-/// What the table is built from.
-struct Desired {
-    config: ProxyConfig,
-    policies: HashMap<String, TrafficPolicy>,
-}
 
 /// Shared state behind a `Proxy` handle.
 pub(crate) struct ProxyState {
@@ -66,12 +23,12 @@ pub(crate) struct ProxyState {
     pub(crate) limits: Limits,
     /// How a client must send its request body (from `limits`).
     pub(crate) upload: UploadLimits,
-    /// Serialises changes so read-modify-write changes never interleave.
-    desired: Mutex<Desired>,
+    /// The routing the table was built from; its lock orders commits.
+    routing: Mutex<Arc<Routing>>,
+    /// The listeners' part of the config (its services are the routing's).
+    listeners: Mutex<ProxyConfig>,
     /// More of `/config`, from whoever drives the proxy (the controller's analyses).
     describe: Mutex<Option<Describe>>,
-    /// Counts the changes applied (each successful commit adds one); watchers wake on it.
-    generation: tokio::sync::watch::Sender<u64>,
     /// A replica waiting for its first routing from a controller: `/ready` answers 503.
     pub(crate) awaiting_routing: AtomicBool,
 }
@@ -80,10 +37,13 @@ pub(crate) struct ProxyState {
 pub(crate) type Describe = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl ProxyState {
+    /// The proxy of a (validated) config: its services compile into the first routing.
     pub(crate) fn new(config: ProxyConfig) -> Result<ProxyState, ConfigErrors> {
         ConfigErrors::check(validate::config(&config))?;
         let backends = Backends::default();
-        let services = build_all(&config.services, None, &backends)?;
+        let routing = compiled(&config, 0);
+        let services = build_all(&routing, None, &backends)
+            .map_err(|e| ConfigErrors::one("services", e.to_string()))?;
         let table = RouteTable::new(services, &config.trusted_proxies);
         Ok(ProxyState {
             table: ArcSwap::from_pointee(table),
@@ -91,19 +51,14 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             limits: config.limits.clone(),
             upload: UploadLimits::new(&config.limits),
-            desired: Mutex::new(Desired {
-                config,
-                policies: HashMap::new(),
+            routing: Mutex::new(Arc::new(routing)),
+            listeners: Mutex::new(ProxyConfig {
+                services: Vec::new(),
+                ..config
             }),
             describe: Mutex::new(None),
-            generation: tokio::sync::watch::Sender::new(0),
             awaiting_routing: AtomicBool::new(false),
         })
-    }
-
-    /// Wakes on every change applied; the value counts them.
-    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.generation.subscribe()
     }
 
     /// Sets what `/config` shows besides the proxy's own config.
@@ -118,228 +73,167 @@ impl ProxyState {
             .clone()
     }
 
-    /// The effective config: the file's services as they route now.
-    pub(crate) fn config(&self) -> ProxyConfig {
-        let desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
-        let table = self.table.load();
-        ProxyConfig {
-            services: table.services.iter().map(|s| s.config.clone()).collect(),
-            ..desired.config.clone_listeners()
-        }
+    /// The routing being served.
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Applies a change atomically.
-    pub(crate) fn commit(&self, change: Change) -> Result<(), ConfigErrors> {
-        let mut desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+    /// The listeners' part of the config (no services).
+    pub(crate) fn listeners(&self) -> ProxyConfig {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a reloaded file's listener part: the trusted proxies now, the rest (which
+    /// needs a restart) only as what `/config` shows.
+    pub(crate) fn set_listeners(&self, config: &ProxyConfig) {
+        let _order = self.routing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.table.load_full();
-        let result = match change.config {
-            Some(config) => self.replace(
-                &mut desired,
-                &current,
-                config,
-                change.versions,
-                change.policies,
-            ),
-            None => self.edit(&mut desired, &current, change.versions, change.policies),
-        };
-        if result.is_ok() {
-            // Under the lock: watchers see changes in the order they were applied.
-            self.generation.send_modify(|g| *g += 1);
-        }
-        result
-    }
-
-    /// A new set of services: everything is validated, services whose effective config
-    /// is unchanged keep their built form.
-    fn replace(
-        &self,
-        desired: &mut Desired,
-        current: &RouteTable,
-        mut config: ProxyConfig,
-        versions: Vec<(String, String, VersionConfig)>,
-        edits: Vec<(String, Option<TrafficPolicy>)>,
-    ) -> Result<(), ConfigErrors> {
-        let mut policies: HashMap<String, TrafficPolicy> = desired
-            .policies
-            .iter()
-            .filter(|(s, _)| config.service(s).is_some())
-            .map(|(s, p)| (s.clone(), p.clone()))
-            .collect();
-        for (service, version, settings) in versions {
-            find(&mut config.services, &service)?
-                .1
-                .versions
-                .insert(version, settings);
-        }
-        for (service, policy) in edits {
-            find(&mut config.services, &service)?;
-            match policy {
-                Some(p) => policies.insert(service, p),
-                None => policies.remove(&service),
-            };
-        }
-        let mut check = config.clone();
-        for svc in &mut check.services {
-            if let Some(p) = policies.get(&svc.name) {
-                *svc = policy::effective(svc, p);
-            }
-        }
-        ConfigErrors::check(validate::config(&check))?;
-        let services = build_all(&check.services, Some(current), &self.backends)?;
-        let table = RouteTable::new(services, &config.trusted_proxies);
-        self.table.store(Arc::new(table));
-        self.backends.retain(check.services.iter());
-        *desired = Desired { config, policies };
-        Ok(())
-    }
-
-    /// Versions and policies of some services: only those are validated and rebuilt.
-    fn edit(
-        &self,
-        desired: &mut Desired,
-        current: &RouteTable,
-        versions: Vec<(String, String, VersionConfig)>,
-        edits: Vec<(String, Option<TrafficPolicy>)>,
-    ) -> Result<(), ConfigErrors> {
-        let mut bases: HashMap<String, (usize, ServiceConfig)> = HashMap::new();
-        let mut policies: HashMap<String, Option<TrafficPolicy>> = HashMap::new();
-        for (service, version, settings) in versions {
-            base(&desired.config, current, &mut bases, &service)?
-                .1
-                .versions
-                .insert(version, settings);
-        }
-        for (service, policy) in edits {
-            base(&desired.config, current, &mut bases, &service)?;
-            policies.insert(service, policy);
-        }
-        let mut errors = Vec::new();
-        let mut built = Vec::new();
-        for (name, (i, svc)) in &bases {
-            let policy = match policies.get(name) {
-                Some(p) => p.as_ref(),
-                None => desired.policies.get(name),
-            };
-            let effective = match policy {
-                Some(p) => policy::effective(svc, p),
-                None => svc.clone(),
-            };
-            let p = format!("services[{i}]");
-            let before = errors.len();
-            validate::service(&effective, &p, &mut errors);
-            if errors.len() > before {
-                continue;
-            }
-            match build_service(&effective, &p, &self.backends) {
-                Ok(s) => built.push((*i, Arc::new(s))),
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        if !errors.is_empty() {
-            errors.sort_by(|a, b| a.path.cmp(&b.path));
-            return Err(ConfigErrors(errors));
-        }
-        let mut services = current.services.clone();
-        for (i, s) in built {
-            s.publish_weights();
-            services = services.with(i, s);
-        }
         self.table.store(Arc::new(RouteTable {
-            services,
+            services: current.services.clone(),
             hosts: current.hosts.clone(),
-            trusted: current.trusted.clone(),
+            trusted: Arc::new(crate::headers::TrustedProxies::parse(
+                &config.trusted_proxies,
+            )),
         }));
-        for (name, (i, svc)) in bases {
-            desired.config.services[i] = svc;
-            match policies.remove(&name) {
-                Some(Some(p)) => {
-                    desired.policies.insert(name, p);
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = ProxyConfig {
+            services: Vec::new(),
+            ..config.clone()
+        };
+    }
+
+    /// Applies a routing delta atomically: every changed service is checked and built
+    /// first, and nothing changes when any is refused.
+    pub(crate) fn commit(&self, delta: RoutingDelta) -> Result<(), RoutingErrors> {
+        let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+        let next = routing.applied(&delta);
+        let mut errors: Vec<RoutingError> = delta
+            .services
+            .iter()
+            .filter_map(|s| s.check().err())
+            .collect();
+        let reshaped = delta.full
+            || !delta.removed.is_empty()
+            || delta.services.iter().any(|s| {
+                routing.services.get(&s.name).is_none_or(|old| {
+                    old.hosts != s.hosts || !old.versions.keys().eq(s.versions.keys())
+                })
+            });
+        if reshaped {
+            errors.extend(host_clashes(&next));
+        }
+        RoutingErrors::check(errors)?;
+        let current = self.table.load_full();
+        let table = if reshaped {
+            let services = build_all(&next, Some(&current), &self.backends)?;
+            RouteTable {
+                hosts: Arc::new(crate::route::HostIndex::new(&services)),
+                services: crate::route::ServiceList::new(services),
+                trusted: current.trusted.clone(),
+            }
+        } else {
+            let mut services = current.services.clone();
+            let mut errors = Vec::new();
+            for s in &delta.services {
+                let Some(i) = current.services.position(&s.name) else {
+                    continue;
+                };
+                match build_service(s, &self.backends) {
+                    Ok(built) => services = services.with(i, Arc::new(built)),
+                    Err(mut e) => errors.append(&mut e),
                 }
-                Some(None) => {
-                    desired.policies.remove(&name);
-                }
-                None => {}
+            }
+            RoutingErrors::check(errors)?;
+            RouteTable {
+                services,
+                hosts: current.hosts.clone(),
+                trusted: current.trusted.clone(),
+            }
+        };
+        for s in &delta.services {
+            if let Some(built) = table.service(&s.name) {
+                built.publish_weights();
             }
         }
+        self.table.store(Arc::new(table));
+        if reshaped {
+            self.backends.retain(next.services.values().map(|s| &**s));
+        }
+        *routing = Arc::new(next);
         Ok(())
     }
 }
 
-impl ProxyConfig {
-    /// The listener part, without services.
-    fn clone_listeners(&self) -> ProxyConfig {
-        ProxyConfig {
-            listen: self.listen.clone(),
-            tls: self.tls.clone(),
-            listeners: self.listeners.clone(),
-            admin: self.admin.clone(),
-            metrics: self.metrics.clone(),
-            trusted_proxies: self.trusted_proxies.clone(),
-            limits: self.limits.clone(),
-            services: Vec::new(),
+/// The services of a (validated) config compiled into a routing at `version`.
+pub(crate) fn compiled(config: &ProxyConfig, version: u64) -> Routing {
+    Routing {
+        version,
+        services: config
+            .services
+            .iter()
+            .map(|svc| {
+                let mut s = ServiceRouting::from_config(svc);
+                s.version = version;
+                (s.name.clone(), Arc::new(s))
+            })
+            .collect(),
+    }
+}
+
+/// Hosts claimed by two services, and a second default service.
+fn host_clashes(routing: &Routing) -> Vec<RoutingError> {
+    let mut errors = Vec::new();
+    let mut owners: HashMap<String, &str> = HashMap::new();
+    for s in routing.services.values() {
+        let hosts: Vec<String> = if s.hosts.is_empty() {
+            vec!["*".into()]
+        } else {
+            s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+        };
+        for h in hosts {
+            if let Some(other) = owners.insert(h.clone(), &s.name) {
+                let what = if h == "*" {
+                    "the default service (no hosts, or *)".to_string()
+                } else {
+                    format!("host {h:?}")
+                };
+                errors.push(RoutingError::new(
+                    &s.name,
+                    format!("{what} is already served by {other}"),
+                ));
+            }
         }
     }
+    errors
 }
 
-fn unknown(service: &str) -> ConfigErrors {
-    ConfigErrors::one("services", format!("unknown service {service:?}"))
-}
-
-fn find<'c>(
-    services: &'c mut [ServiceConfig],
-    name: &str,
-) -> Result<(usize, &'c mut ServiceConfig), ConfigErrors> {
-    services
-        .iter_mut()
-        .enumerate()
-        .find(|(_, s)| s.name == name)
-        .ok_or_else(|| unknown(name))
-}
-
-/// The working copy of one service's base config in an edit.
-fn base<'b>(
-    config: &ProxyConfig,
-    current: &RouteTable,
-    bases: &'b mut HashMap<String, (usize, ServiceConfig)>,
-    name: &str,
-) -> Result<(usize, &'b mut ServiceConfig), ConfigErrors> {
-    if !bases.contains_key(name) {
-        // The table's services are the file's, in the file's order.
-        let i = current
-            .services
-            .position(name)
-            .filter(|i| config.services.get(*i).is_some_and(|s| s.name == name))
-            .ok_or_else(|| unknown(name))?;
-        bases.insert(name.to_string(), (i, config.services[i].clone()));
-    }
-    let (i, svc) = bases.get_mut(name).expect("inserted above");
-    Ok((*i, svc))
-}
-
-/// Builds every service; one whose effective config equals its built form in `current`
-/// is kept as it is.
-/// Builds every service from its effective config (policies already laid over it),
-/// keeping the current table's service where nothing changed.
+/// Builds every service of `routing`; one whose snapshot is unchanged in `current` is
+/// kept as it is.
 fn build_all(
-    effective: &[ServiceConfig],
+    routing: &Routing,
     current: Option<&RouteTable>,
     backends: &Backends,
-) -> Result<Vec<Arc<Service>>, ConfigErrors> {
-    let mut errors: Vec<ConfigError> = Vec::new();
-    let mut out = Vec::with_capacity(effective.len());
-    for (i, svc) in effective.iter().enumerate() {
+) -> Result<Vec<Arc<Service>>, RoutingErrors> {
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(routing.services.len());
+    for svc in routing.services.values() {
         let kept = current
             .and_then(|t| t.service(&svc.name))
-            .filter(|s| s.config == *svc);
+            .filter(|s| Arc::ptr_eq(&s.routing, svc) || s.routing == *svc);
         if let Some(s) = kept {
             out.push(s.clone());
             continue;
         }
-        match build_service(svc, &format!("services[{i}]"), backends) {
+        match build_service(svc, backends) {
             Ok(s) => out.push(Arc::new(s)),
             Err(mut e) => errors.append(&mut e),
         }
     }
-    ConfigErrors::check(errors)?;
+    RoutingErrors::check(errors)?;
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! nginx from the system as a real peer: started with a config of its own under a temp
-//! directory, on a free loopback port, stopped when dropped.
+//! directory, on a free loopback port, stopped when dropped. It runs as one process
+//! (`master_process off`): killing it leaves no worker behind.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,7 +29,7 @@ impl Nginx {
         let server = server.replace("{port}", &port.to_string());
         let d = dir.display();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\

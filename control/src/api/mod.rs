@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use weir_protos::control::control_server::ControlServer;
-use weir_protos::control::fleet_server::FleetServer;
+use weir_protos::fleet::fleet_server::FleetServer;
 use weir_proxy::tls::ServerTls;
 
 use crate::auth::Authorizer;

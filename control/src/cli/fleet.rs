@@ -75,7 +75,7 @@ pub async fn proxy(
         (_, Some(l)) => l.local_addr()?.to_string(),
         (_, None) => String::new(),
     };
-    let replica = Replica::new(proxy.clone(), cfg.proxy.clone(), access, name, address);
+    let replica = Replica::new(proxy.clone(), access, name, address);
     let admin = AdminListeners::bind(&cfg.proxy).await?;
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let stopping = run::terminated()?;

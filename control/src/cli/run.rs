@@ -62,17 +62,19 @@ pub(super) fn reported<T>(path: &Path, loaded: Result<T, weir_proxy::ConfigError
     }
 }
 
-/// Re-reads the file for the data plane alone (`weir proxy`, or no analysis).
-fn reload_proxy(proxy: &Proxy, path: &Path) -> Result<(), weir_proxy::ConfigErrors> {
-    let result = WeirConfig::load(path).and_then(|cfg| {
-        let old = proxy.config();
-        if listeners_changed(&old, &cfg.proxy) {
-            tracing::warn!(
-                "listener, TLS block, admin, metrics and limits changes take effect on restart"
-            );
+/// Re-reads the file for the data plane alone (`weir proxy`, or no control API).
+fn reload_proxy(proxy: &Proxy, path: &Path) -> Result<(), Vec<String>> {
+    let result = match WeirConfig::load(path) {
+        Ok(cfg) => {
+            if listeners_changed(&proxy.listeners(), &cfg.proxy) {
+                tracing::warn!(
+                    "listener, TLS block, admin, metrics and limits changes take effect on restart"
+                );
+            }
+            proxy.apply(cfg.proxy).map_err(|e| e.lines())
         }
-        proxy.apply(cfg.proxy)
-    });
+        Err(e) => Err(e.lines()),
+    };
     proxy.record_reload(path, &result);
     result
 }

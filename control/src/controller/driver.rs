@@ -11,7 +11,8 @@ use crate::clock::now_ms;
 use crate::controller::rollout::Rollout;
 use crate::machine::{Action, Input, Phase};
 use crate::spec::{BuiltinMetric, MetricKind};
-use crate::traffic::Routing;
+use crate::traffic::Exposure;
+use weir_proxy::RoutingErrors;
 
 /// How often the fast-fail guard looks at the counters (cheap: a few atomic loads).
 pub const GUARD_EVERY: Duration = Duration::from_millis(100);
@@ -42,12 +43,13 @@ impl Controller {
                 }
                 _ = handle.stop.notified() => return,
             }
-            let change = *self.shared.proxy.changes().borrow();
+            let before = self.shared.routes.current().version;
             let interval = self.tick(&handle).await;
-            if *self.shared.proxy.changes().borrow() != change && self.shared.fleet.has_replicas() {
+            let after = self.shared.routes.current().version;
+            if after != before && self.shared.fleet.has_replicas() {
                 // The next window starts once every live replica serves the new routing:
                 // what they served before has been reported by then.
-                self.shared.fleet.settle().await;
+                self.shared.fleet.settle(after).await;
                 handle.rollout.lock().await.checkpoint();
             }
             next = Instant::now() + interval;
@@ -123,12 +125,16 @@ impl Controller {
                     mirror,
                     ab,
                 } => {
-                    let policy = r.policy_for(Routing {
+                    let exposure = Exposure {
                         canary_weight,
                         mirror,
                         ab,
-                    });
-                    if let Err(e) = shared.proxy.set_policy(&r.service, policy) {
+                    };
+                    let routed = r
+                        .routing_at(exposure)
+                        .map_err(RoutingErrors::from)
+                        .and_then(|s| shared.routes.commit(vec![s], &[]));
+                    if let Err(e) = routed {
                         tracing::error!(service = %r.service, error = %e, "cannot route the rollout's weights");
                     }
                 }
@@ -137,11 +143,7 @@ impl Controller {
                         continue;
                     };
                     r.primary = canary;
-                    let result =
-                        shared
-                            .proxy
-                            .set_version(&r.service, &r.primary_name, r.primary.clone());
-                    if let Err(e) = result {
+                    if let Err(e) = self.route(r) {
                         tracing::error!(service = %r.service, error = %e, "cannot promote the canary");
                     }
                 }

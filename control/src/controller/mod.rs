@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use indexmap::IndexMap;
 use tokio::sync::{broadcast, Notify};
 use weir_protos::control as pb;
-use weir_proxy::Proxy;
+use weir_proxy::{Proxy, RoutingErrors, ServiceRouting};
 
 pub use crate::notify::Notice;
 pub use statics::STATIC_PHASE;
@@ -28,6 +28,7 @@ use crate::http_client::HttpPoster;
 use crate::machine::{Machine, Phase};
 use crate::metrics::Metrics;
 use crate::notify::{About, Notifier};
+use crate::routes::Routes;
 use crate::store::{self, StoreError};
 use env::LiveEnv;
 use rollout::{Rollout, RolloutError};
@@ -51,8 +52,8 @@ pub enum StartError {
     State(#[from] StoreError),
     #[error(transparent)]
     Rollout(#[from] RolloutError),
-    #[error("cannot apply the saved rollout state: {0}")]
-    Apply(weir_proxy::ConfigErrors),
+    #[error("cannot route the services as the saved rollout state says: {0}")]
+    Apply(#[from] RoutingErrors),
 }
 
 /// Services without an analysis, staged for a start or a reload.
@@ -62,12 +63,12 @@ struct StagedStatics {
 }
 
 impl StagedStatics {
-    /// Their splits added to `change`.
-    fn change(&self, mut change: weir_proxy::Change) -> weir_proxy::Change {
-        for (name, s) in &self.statics {
-            change = change.policy(name, s.policy());
-        }
-        change
+    /// Their routing, each with its operator's split laid over.
+    fn routings(&self) -> Result<Vec<ServiceRouting>, RoutingErrors> {
+        self.statics
+            .values()
+            .map(|s| s.routing().map_err(RoutingErrors::from))
+            .collect()
     }
 }
 
@@ -86,6 +87,8 @@ struct RolloutHandle {
 
 struct Shared {
     proxy: Proxy,
+    /// The routing every data plane serves.
+    routes: Arc<Routes>,
     /// The proxy replicas that serve this controller's routing.
     fleet: Arc<Fleet>,
     state_path: Option<PathBuf>,
@@ -139,9 +142,11 @@ impl Controller {
             None => store::Recovery::Intact(store::State::default()),
         };
         let poster = HttpPoster::new();
+        let routes = Arc::new(Routes::new(proxy.clone(), 0));
         let shared = Arc::new(Shared {
             metrics: Metrics::new(proxy.families().registry()),
-            fleet: Fleet::start(proxy.clone(), dedicated),
+            fleet: Fleet::start(routes.clone(), proxy.clone(), dedicated),
+            routes,
             proxy,
             state_path: config.state.clone(),
             refs: RwLock::new(config.refs.clone()),
@@ -162,8 +167,9 @@ impl Controller {
                 None => serde_json::Value::Null,
             });
         let (saved, lost) = controller.recovered(recovery);
+        controller.shared.routes.lift(saved.routing_version);
         let mut rollouts = Vec::new();
-        let mut change = weir_proxy::Change::new();
+        let mut services = Vec::new();
         for (name, block) in &config.analyses {
             let Some(svc) = config.proxy.service(name) else {
                 continue;
@@ -175,16 +181,12 @@ impl Controller {
             if let Some(why) = &lost {
                 r.lose_state(why);
             }
-            change = r.change(change);
+            services.push(r.routing().map_err(RoutingErrors::from)?);
             rollouts.push(r);
         }
         let statics = controller.stage_statics(config, &saved.statics);
-        change = statics.change(change);
-        controller
-            .shared
-            .proxy
-            .commit(change)
-            .map_err(StartError::Apply)?;
+        services.extend(statics.routings()?);
+        controller.shared.routes.commit(services, &[])?;
         controller.install_statics(statics);
         for r in rollouts {
             controller.spawn(r);
@@ -499,6 +501,7 @@ impl Controller {
         let mut saved = self.shared.saved.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = store::State {
             version: 1,
+            routing_version: self.shared.routes.current().version,
             ..store::State::default()
         };
         for (name, h) in self
@@ -531,6 +534,13 @@ impl Controller {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the rollout state")
             }
         }
+    }
+
+    /// Publishes a rollout's routing as it stands, to the controller's proxy and every
+    /// data plane; the routing version in force.
+    fn route(&self, r: &Rollout) -> Result<u64, RoutingErrors> {
+        let routing = r.routing().map_err(RoutingErrors::from)?;
+        self.shared.routes.commit(vec![routing], &[])
     }
 
     /// Publishes and persists after a change; the status as published.

@@ -35,7 +35,8 @@ impl Controller {
             )));
         }
         // A first canary reaches its endpoints the way the primary does (HTTP/2, TLS,
-        // timeouts).
+        // timeouts); the rollout routes it from its start (weight 0 until the analysis
+        // moves it).
         let mut canary = r.canary.clone().unwrap_or_else(|| VersionConfig {
             endpoints: Vec::new(),
             revision: None,
@@ -51,28 +52,15 @@ impl Controller {
             )));
         }
         let first = r.canary.is_none();
-        self.shared
-            .proxy
-            .set_version(service, &r.canary_name, canary.clone())
-            .map_err(|e| {
-                Refusal::Invalid(
-                    e.0.iter()
-                        .map(|e| {
-                            let field = e.path.split_once("].").map_or("", |(_, f)| f);
-                            format!("{service}: {field}: {}", e.message)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?;
-        r.canary = Some(canary);
+        let previous = r.canary.replace(canary);
+        if let Err(e) = self.route(&r) {
+            r.canary = previous;
+            return Err(Refusal::Invalid(format!("StartRollout refused: {e}")));
+        }
         if first {
-            // The canary version exists from now on: route it (at weight 0) and measure it.
+            // The canary version exists from now on: measure it.
             let canary = self.shared.proxy.version(service, &r.canary_name);
             r.measurements.attach_canary(canary);
-            if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
-                tracing::error!(service, error = %e, "cannot route the new canary");
-            }
         }
         let status = self.after_change(&handle, &r);
         drop(r);
@@ -98,9 +86,9 @@ impl Controller {
             std::mem::replace(&mut r.analysis, analysis),
             r.applied_spec.replace(value),
         );
-        if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
+        if let Err(e) = self.route(&r) {
             (r.analysis, r.applied_spec) = previous;
-            return Err(Refusal::Invalid(e.joined()));
+            return Err(Refusal::Invalid(format!("ApplySpec refused: {e}")));
         }
         let status = self.after_change(&handle, &r);
         drop(r);
@@ -146,7 +134,7 @@ impl Controller {
             last_transition_ms: now_ms(),
             ..crate::machine::Status::default()
         };
-        if let Err(e) = self.shared.proxy.set_policy(service, r.policy()) {
+        if let Err(e) = self.route(&r) {
             tracing::error!(service, error = %e, "cannot route the reset rollout");
         }
         let status = self.after_change(&handle, &r);

@@ -8,25 +8,25 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use weir_proxy::config::ServiceConfig;
-use weir_proxy::{Change, ConfigErrors, TrafficPolicy};
+use weir_proxy::{RoutingErrors, ServiceRouting, TrafficPolicy};
 
 use super::rollout::{effective_version, Rollout};
 use super::{Controller, RolloutHandle};
 use crate::config::{AnalysisBlock, WeirConfig};
-use crate::traffic::{self, Routing, Versions};
+use crate::traffic::{self, Exposure, Versions};
 
 impl Controller {
-    /// Re-reads weir.yaml; counts and logs the outcome.
-    pub async fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
+    /// Re-reads weir.yaml; counts and logs the outcome (every problem, on failure).
+    pub async fn reload(&self, path: &Path) -> Result<(), Vec<String>> {
         let result = match WeirConfig::load(path) {
-            Ok(cfg) => self.reload_config(cfg).await,
-            Err(e) => Err(e),
+            Ok(cfg) => self.reload_config(cfg).await.map_err(|e| e.lines()),
+            Err(e) => Err(e.lines()),
         };
         self.shared.proxy.record_reload(path, &result);
         result
     }
 
-    async fn reload_config(&self, cfg: WeirConfig) -> Result<(), ConfigErrors> {
+    async fn reload_config(&self, cfg: WeirConfig) -> Result<(), RoutingErrors> {
         let handles: Vec<_> = self
             .shared
             .rollouts
@@ -42,32 +42,34 @@ impl Controller {
         // Stage every change on copies; commit only if the proxy accepts the result.
         let mut staged: Vec<Rollout> = Vec::new();
         let mut fresh = Vec::new();
-        let mut change = Change::new().config(cfg.proxy.clone());
+        let mut services: Vec<ServiceRouting> = Vec::new();
         for (name, block) in &cfg.analyses {
             let Some(svc) = cfg.proxy.service(name) else {
                 continue;
             };
             let current = live.iter().find(|l| l.0 == *name);
             let Some(mut next) = current.and_then(|l| l.2.staged(&self.shared.proxy)) else {
-                if let Some(policy) = initial_policy(svc, block) {
-                    change = change.policy(name, Some(policy));
-                }
+                services.push(initial_routing(svc, block)?);
                 fresh.push(name.clone());
                 continue;
             };
             follow_file(&mut next, svc, block);
-            change = next.change(change);
+            services.push(next.routing()?);
             staged.push(next);
         }
-        for (name, _, _) in &live {
-            // A service whose analysis is gone routes as its file says again.
-            if !cfg.analyses.contains_key(name) && cfg.proxy.service(name).is_some() {
-                change = change.policy(name, None);
-            }
-        }
         let statics = self.stage_statics(&cfg, &IndexMap::new());
-        change = statics.change(change);
-        self.shared.proxy.commit(change)?;
+        services.extend(statics.routings()?);
+        let removed: Vec<String> = self
+            .shared
+            .routes
+            .current()
+            .services
+            .keys()
+            .filter(|name| cfg.proxy.service(name).is_none())
+            .cloned()
+            .collect();
+        self.shared.routes.commit(services, &removed)?;
+        self.shared.proxy.set_listeners(&cfg.proxy);
         self.install_statics(statics);
         *self.shared.refs.write().unwrap_or_else(|p| p.into_inner()) = cfg.refs.clone();
         for mut next in staged {
@@ -119,6 +121,7 @@ impl Controller {
 /// A kept rollout after the file changed: the file's analysis when it was edited (or none
 /// was set over the API), the file's version entries when they were edited.
 fn follow_file(next: &mut Rollout, svc: &ServiceConfig, block: &AnalysisBlock) {
+    next.file = svc.clone();
     if next.written != block.written || next.applied_spec.is_none() {
         next.analysis = block.analysis.clone();
         next.applied_spec = None;
@@ -133,17 +136,25 @@ fn follow_file(next: &mut Rollout, svc: &ServiceConfig, block: &AnalysisBlock) {
     next.file_canary = fc;
 }
 
-/// A new rollout's traffic: all to the primary.
-fn initial_policy(svc: &ServiceConfig, block: &AnalysisBlock) -> Option<TrafficPolicy> {
+/// A new rollout's routing: all traffic to the primary.
+fn initial_routing(
+    svc: &ServiceConfig,
+    block: &AnalysisBlock,
+) -> Result<ServiceRouting, RoutingErrors> {
+    let base = ServiceRouting::from_config(svc);
     let mut names = svc.versions.keys();
+    let Some(primary) = names.next() else {
+        return Ok(base);
+    };
     let v = Versions {
-        primary: names.next()?,
+        primary,
         canary: names.next().map(String::as_str),
     };
-    let routing = Routing {
+    let exposure = Exposure {
         canary_weight: 0,
         mirror: false,
         ab: false,
     };
-    Some(traffic::policy(&block.analysis, v, routing))
+    let policy: TrafficPolicy = traffic::policy(&block.analysis, v, exposure);
+    Ok(base.with_policy(&policy)?)
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weir_proxy::config::{ServiceConfig, VersionConfig};
-use weir_proxy::{Proxy, TrafficPolicy};
+use weir_proxy::{Proxy, RoutingError, ServiceRouting, TrafficPolicy};
 
 use crate::clock::now_ms;
 use crate::config::{AnalysisBlock, References};
@@ -13,7 +13,7 @@ use crate::machine::{Phase, Status, Target};
 use crate::measurements::Measurements;
 use crate::spec::{self, Analysis, DEFAULT_METRIC_INTERVAL};
 use crate::store;
-use crate::traffic::{self, Routing, Versions};
+use crate::traffic::{self, Exposure, Versions};
 
 /// The canary's name in a service that declares only its primary.
 pub const DEFAULT_CANARY: &str = "canary";
@@ -21,6 +21,8 @@ pub const DEFAULT_CANARY: &str = "canary";
 /// One service's rollout.
 pub(crate) struct Rollout {
     pub service: String,
+    /// The service as weir.yaml last said (its routes, hosts and settings).
+    pub file: ServiceConfig,
     pub target: Target,
     pub analysis: Analysis,
     /// The analysis block as the file has it (a reload compares it to tell an edit).
@@ -72,6 +74,7 @@ impl Rollout {
         };
         Ok(Rollout {
             service: svc.name.clone(),
+            file: svc.clone(),
             target: Target {
                 name: svc.name.clone(),
                 namespace: svc.namespace.clone(),
@@ -156,32 +159,45 @@ impl Rollout {
         self.canary.as_ref()?.revision.as_deref()
     }
 
-    /// The proxy change that routes this rollout: its versions as they run and its policy.
-    pub fn change(&self, change: weir_proxy::Change) -> weir_proxy::Change {
-        let mut change = change.version(&self.service, &self.primary_name, self.primary.clone());
-        if let Some(c) = &self.canary {
-            change = change.version(&self.service, &self.canary_name, c.clone());
-        }
-        change.policy(&self.service, Some(self.policy()))
+    /// The service as it routes now: the file's entry with the versions as they run,
+    /// the rollout's traffic laid over it.
+    pub fn routing(&self) -> Result<ServiceRouting, RoutingError> {
+        self.routing_at(self.exposure())
     }
 
-    /// The rollout's traffic as its status routes it now.
-    pub fn policy(&self) -> TrafficPolicy {
+    /// The service routed as `exposure` says.
+    pub fn routing_at(&self, exposure: Exposure) -> Result<ServiceRouting, RoutingError> {
+        let mut svc = self.file.clone();
+        svc.versions
+            .insert(self.primary_name.clone(), self.primary.clone());
+        match &self.canary {
+            Some(c) => {
+                svc.versions.insert(self.canary_name.clone(), c.clone());
+            }
+            None => {
+                svc.versions.shift_remove(&self.canary_name);
+            }
+        }
+        ServiceRouting::from_config(&svc).with_policy(&self.policy_for(exposure))
+    }
+
+    /// How far the status exposes the canary now.
+    pub fn exposure(&self) -> Exposure {
         let s = &self.status;
-        self.policy_for(Routing {
+        Exposure {
             canary_weight: s.canary_weight,
             mirror: s.mirrored,
             ab: s.ab_routed,
-        })
+        }
     }
 
-    /// The rollout's traffic routed as `routing`.
-    pub fn policy_for(&self, routing: Routing) -> TrafficPolicy {
+    /// The rollout's traffic exposed as `exposure`.
+    fn policy_for(&self, exposure: Exposure) -> TrafficPolicy {
         let versions = Versions {
             primary: &self.primary_name,
             canary: self.canary.as_ref().map(|_| self.canary_name.as_str()),
         };
-        traffic::policy(&self.analysis, versions, routing)
+        traffic::policy(&self.analysis, versions, exposure)
     }
 
     /// How long checkpoints are kept: the longest metric window plus one interval.
@@ -211,6 +227,7 @@ impl Rollout {
     pub fn staged(&self, proxy: &Proxy) -> Option<Rollout> {
         Some(Rollout {
             service: self.service.clone(),
+            file: self.file.clone(),
             target: self.target.clone(),
             analysis: self.analysis.clone(),
             written: self.written.clone(),

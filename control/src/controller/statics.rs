@@ -8,12 +8,13 @@
 use indexmap::IndexMap;
 use weir_protos::control as pb;
 use weir_proxy::config::ServiceConfig;
-use weir_proxy::{Proxy, TrafficPolicy};
+use weir_proxy::{Proxy, RoutingError, ServiceRouting, TrafficPolicy};
 
 use super::{Controller, Refusal};
 use crate::api::convert::version_stats;
 use crate::clock::{now_ms, rfc3339};
 use crate::store::SavedStatic;
+use weir_proxy::RoutingErrors;
 
 /// The phase a service without an analysis shows.
 pub const STATIC_PHASE: &str = "Static";
@@ -52,12 +53,17 @@ impl Static {
         })
     }
 
-    /// The operator's split laid over the service's weighted rules (None: the file's).
-    pub fn policy(&self) -> Option<TrafficPolicy> {
-        Some(TrafficPolicy {
-            weights: Some(self.weights.clone()?),
-            ..TrafficPolicy::default()
-        })
+    /// The service as it routes: the file's, with the operator's split (if any) on its
+    /// weighted rules.
+    pub fn routing(&self) -> Result<ServiceRouting, RoutingError> {
+        let base = ServiceRouting::from_config(&self.file);
+        match &self.weights {
+            Some(w) => base.with_policy(&TrafficPolicy {
+                weights: Some(w.clone()),
+                ..TrafficPolicy::default()
+            }),
+            None => Ok(base),
+        }
     }
 
     /// The split as it serves: the operator's, else the file's first split rule, else
@@ -208,15 +214,15 @@ impl Controller {
         let handle = self.static_handle(service)?;
         let mut s = handle.lock().unwrap_or_else(|p| p.into_inner());
         let split = s.asked(canary, weights)?;
-        let policy = TrafficPolicy {
-            weights: Some(split.clone()),
-            ..TrafficPolicy::default()
-        };
-        self.shared
-            .proxy
-            .set_policy(service, policy)
-            .map_err(|e| Refusal::Invalid(format!("{service}: {}", e.joined())))?;
-        s.weights = Some(split);
+        let before = s.weights.replace(split);
+        let routed = s
+            .routing()
+            .map_err(RoutingErrors::from)
+            .and_then(|r| self.shared.routes.commit(vec![r], &[]));
+        if let Err(e) = routed {
+            s.weights = before;
+            return Err(Refusal::Invalid(format!("SetWeight refused: {e}")));
+        }
         s.last_transition_ms = now_ms();
         s.last_event = format!(
             "Split of {}.{} set to {}",

@@ -1,8 +1,8 @@
-//! The controller's proxy replicas (`weir proxy --controller`): the routing they should
-//! serve (a generation per change of the controller's proxy), what each has ACKed, and
-//! their measurements added to the controller's own, so checks read the exact sum.
+//! The controller's proxy replicas (`weir proxy --controller`): what each has ACKed of the
+//! controller's routing, and their measurements added to the controller's own, each
+//! report once, so checks read the exact sum.
 //!
-//! States: a connected replica is `synced` once it ACKed the current generation,
+//! States: a connected replica is `synced` once it ACKed the current routing version,
 //! `syncing` while it has had less than [`STALE_AFTER`] to do so, and `stale` after that,
 //! when it refused (NACKed) the push, or when nothing came from it for [`STALE_AFTER`];
 //! `disconnected` once its stream ended (listed for [`FORGET_AFTER`]). A step counts as
@@ -21,29 +21,20 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use weir_protos::control as pb;
+use weir_protos::fleet as fb;
 use weir_proxy::{MeasurementDelta, Proxy};
+
+use crate::routes::Routes;
 
 pub use stream::FleetService;
 
-/// A replica that has not ACKed the current generation this long after it was pushed is
+/// A replica that has not ACKed the current routing version this long after it was pushed is
 /// stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// A disconnected replica is listed this long, then forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Requests per second are counted over windows this long.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-
-/// The routing replicas should serve.
-#[derive(Debug)]
-pub struct Routing {
-    /// Counts the routings published (monotonic, also across controller restarts: a
-    /// replica reporting a higher one lifts it).
-    pub generation: u64,
-    /// The proxy change this routing reflects ([`Proxy::changes`]).
-    pub change: u64,
-    /// The effective services as JSON.
-    pub services_json: Arc<str>,
-}
 
 /// How a replica stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +68,16 @@ struct Entry {
     address: String,
     /// The stream it talks on now (a reconnect replaces the older one).
     session: u64,
+    /// The replica process's own number: its reports are numbered within it.
+    incarnation: u64,
+    /// The last report taken (applied, or dropped for a counted reason).
+    taken: u64,
     connected: bool,
-    /// The last generation it ACKed.
+    /// The last routing version it ACKed.
     acked: u64,
     /// Why it refused the last push.
     error: Option<String>,
-    /// The generation pushed to it last and when.
+    /// The routing version pushed to it last and when.
     pushed: Option<(u64, Instant)>,
     last_seen: Instant,
     /// Requests in the current rate window, and the last full window's rate.
@@ -102,7 +97,7 @@ impl Entry {
         }
         match self.pushed {
             _ if self.error.is_some() => ReplicaState::Stale,
-            Some((generation, _)) if self.acked >= generation => ReplicaState::Synced,
+            Some((version, _)) if self.acked >= version => ReplicaState::Synced,
             Some((_, at)) if now.duration_since(at) < STALE_AFTER => ReplicaState::Syncing,
             None => ReplicaState::Syncing,
             Some(_) => ReplicaState::Stale,
@@ -112,8 +107,9 @@ impl Entry {
 
 struct FleetMetrics {
     replicas: IntGaugeVec,
-    generation: IntGauge,
+    version: IntGauge,
     pushes: IntCounter,
+    push_bytes: IntCounter,
     nacks: IntCounter,
     report_bytes: IntCounter,
     dropped: IntCounterVec,
@@ -140,13 +136,17 @@ impl FleetMetrics {
                 "Proxy replicas by state (synced, syncing, stale, disconnected).",
                 &["state"],
             ),
-            generation: gauge(
-                "weir_control_generation",
-                "The routing generation replicas should serve.",
+            version: gauge(
+                "weir_control_routing_version",
+                "The routing version data planes should serve; it grows with every change.",
             ),
             pushes: counter(
                 "weir_control_pushes_total",
-                "Routing generations pushed to replicas.",
+                "Routing deltas pushed to replicas.",
+            ),
+            push_bytes: counter(
+                "weir_control_push_bytes_total",
+                "Bytes of routing deltas pushed to replicas (protobuf, as encoded).",
             ),
             nacks: counter(
                 "weir_control_nacks_total",
@@ -159,7 +159,7 @@ impl FleetMetrics {
             dropped: weir_proxy::counter_vec(
                 registry,
                 "weir_control_measurements_dropped_total",
-                "Replica measurements not merged: from a stale replica, or malformed.",
+                "Replica measurement reports not merged: from a stale replica, malformed, or a report sent again that was already taken.",
                 &["reason"],
             ),
         }
@@ -168,40 +168,28 @@ impl FleetMetrics {
 
 /// The replicas of one controller.
 pub struct Fleet {
+    routes: Arc<Routes>,
     proxy: Proxy,
-    routing: watch::Sender<Arc<Routing>>,
     replicas: Mutex<BTreeMap<String, Entry>>,
     sessions: AtomicU64,
     /// `weir control`: status always shows the replicas, even none.
     dedicated: bool,
     metrics: FleetMetrics,
+    /// Wakes whoever waits for ACKs ([`Fleet::settle`]) when a replica's standing changes.
+    standing: watch::Sender<()>,
 }
 
 impl Fleet {
-    /// The fleet of `proxy`'s routing; publishes a generation on every change.
-    pub fn start(proxy: Proxy, dedicated: bool) -> Arc<Fleet> {
-        let first = Routing {
-            generation: 1,
-            change: *proxy.changes().borrow(),
-            services_json: services_json(&proxy),
-        };
+    /// The fleet serving `routes`; replicas' measurements go into `proxy`'s.
+    pub fn start(routes: Arc<Routes>, proxy: Proxy, dedicated: bool) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet {
             metrics: FleetMetrics::new(proxy.families().registry()),
+            routes,
             proxy,
-            routing: watch::Sender::new(Arc::new(first)),
             replicas: Mutex::new(BTreeMap::new()),
             sessions: AtomicU64::new(0),
             dedicated,
-        });
-        fleet.metrics.generation.set(1);
-        let weak = Arc::downgrade(&fleet);
-        let mut changes = fleet.proxy.changes();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let change = *changes.borrow_and_update();
-                let Some(fleet) = weak.upgrade() else { return };
-                fleet.publish(change, 0);
-            }
+            standing: watch::Sender::new(()),
         });
         let weak = Arc::downgrade(&fleet);
         tokio::spawn(async move {
@@ -215,52 +203,41 @@ impl Fleet {
         fleet
     }
 
-    /// Publishes the proxy's routing as a new generation (above `at_least`).
-    fn publish(&self, change: u64, at_least: u64) {
-        let services_json = services_json(&self.proxy);
-        self.routing.send_modify(|r| {
-            let generation = r.generation.max(at_least) + 1;
-            *r = Arc::new(Routing {
-                generation,
-                change: change.max(r.change),
-                services_json,
-            });
-        });
-        self.metrics
-            .generation
-            .set(i64::try_from(self.routing.borrow().generation).unwrap_or(i64::MAX));
+    /// The routing replicas should serve now, and its changes.
+    fn subscribe(&self) -> watch::Receiver<Arc<weir_proxy::Routing>> {
+        self.routes.subscribe()
     }
 
-    /// The routing replicas should serve now.
-    pub fn routing(&self) -> Arc<Routing> {
-        self.routing.borrow().clone()
-    }
-
-    fn subscribe(&self) -> watch::Receiver<Arc<Routing>> {
-        self.routing.subscribe()
+    /// The routing version replicas should serve.
+    fn version(&self) -> u64 {
+        self.routes.current().version
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.replicas.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A replica opened a stream: returns its session. A replica serving a generation
-    /// at or above ours (a restarted controller) lifts ours past it.
-    fn connected(&self, hello: &pb::Hello) -> u64 {
+    /// A replica opened a stream: returns its session. A replica serving a version at or
+    /// above ours (a restarted controller) lifts ours past it. A reconnect of the same
+    /// replica process keeps what was taken of its reports.
+    fn connected(&self, hello: &fb::Hello) -> u64 {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        let routing = self.routing();
-        if hello.generation >= routing.generation {
-            self.publish(routing.change, hello.generation);
-        }
+        self.routes.lift(hello.version);
         let now = Instant::now();
-        // A reconnect replaces what was known of the replica's older stream.
-        self.entries().insert(
+        let mut entries = self.entries();
+        let taken = entries
+            .get(&hello.name)
+            .filter(|e| e.incarnation == hello.incarnation)
+            .map_or(0, |e| e.taken);
+        entries.insert(
             hello.name.clone(),
             Entry {
                 address: hello.address.clone(),
                 session,
+                incarnation: hello.incarnation,
+                taken,
                 connected: true,
-                acked: hello.generation,
+                acked: hello.version,
                 error: None,
                 pushed: None,
                 last_seen: now,
@@ -268,6 +245,7 @@ impl Fleet {
                 rate: 0.0,
             },
         );
+        drop(entries);
         self.housekeeping();
         session
     }
@@ -280,40 +258,62 @@ impl Fleet {
         Some(f(e))
     }
 
-    fn pushed(&self, name: &str, session: u64, generation: u64) {
+    fn pushed(&self, name: &str, session: u64, version: u64, bytes: usize) {
         self.metrics.pushes.inc();
+        self.metrics
+            .push_bytes
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
         self.with(name, session, |e| {
-            e.pushed = Some((generation, Instant::now()));
+            e.pushed = Some((version, Instant::now()));
             e.error = None;
         });
     }
 
-    fn applied(&self, name: &str, session: u64, a: &pb::Applied) {
+    fn applied(&self, name: &str, session: u64, a: &fb::Applied) {
         if !a.error.is_empty() {
             self.metrics.nacks.inc();
-            tracing::error!(replica = name, generation = a.generation, error = %a.error, "replica refused the routing; it keeps serving its previous routing");
+            tracing::error!(replica = name, version = a.version, error = %a.error, "replica refused the routing; it keeps serving its previous routing");
         }
         self.with(name, session, |e| {
             if a.error.is_empty() {
-                e.acked = e.acked.max(a.generation);
+                e.acked = e.acked.max(a.version);
                 e.error = None;
             } else {
                 e.error = Some(a.error.clone());
             }
         });
         self.housekeeping();
+        self.standing.send_replace(());
     }
 
-    /// Adds a replica's measurements to the controller's, unless it is stale.
-    fn measured(&self, name: &str, session: u64, report: pb::Measurements, bytes: usize) {
+    /// Takes a replica's report: added to the controller's measurements unless the replica
+    /// is stale, once (a report sent again after a reconnect is skipped). Returns the
+    /// number of the last report taken, for the replica to forget.
+    fn measured(
+        &self,
+        name: &str,
+        session: u64,
+        report: fb::Measurements,
+        bytes: usize,
+    ) -> Option<u64> {
         self.metrics
             .report_bytes
             .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+        let seq = report.seq;
+        let fresh = self.with(name, session, |e| {
+            let fresh = seq > e.taken;
+            e.taken = e.taken.max(seq);
+            fresh
+        })?;
+        if !fresh {
+            self.metrics.dropped.with_label_values(&["duplicate"]).inc();
+            return Some(seq);
+        }
         let sent = report.versions.len();
         let deltas: Vec<MeasurementDelta> = report
             .versions
             .into_iter()
-            .filter_map(wire::from_pb)
+            .filter_map(wire::delta_from_pb)
             .collect();
         if deltas.len() < sent {
             let malformed = u64::try_from(sent - deltas.len()).unwrap_or(u64::MAX);
@@ -334,7 +334,7 @@ impl Fleet {
             e.state(now)
         });
         match state {
-            None => {}
+            None => return None,
             Some(ReplicaState::Stale) => self.metrics.dropped.with_label_values(&["stale"]).inc(),
             Some(_) => {
                 for d in &deltas {
@@ -345,11 +345,13 @@ impl Fleet {
                 }
             }
         }
+        Some(seq)
     }
 
     fn disconnected(&self, name: &str, session: u64) {
         self.with(name, session, |e| e.connected = false);
         self.housekeeping();
+        self.standing.send_replace(());
     }
 
     /// Forgets long-gone replicas and refreshes the replica gauges.
@@ -372,6 +374,9 @@ impl Fleet {
                 .with_label_values(&[state.label()])
                 .set(n);
         }
+        self.metrics
+            .version
+            .set(i64::try_from(self.version()).unwrap_or(i64::MAX));
     }
 
     /// True while some replica is connected.
@@ -379,28 +384,28 @@ impl Fleet {
         self.entries().values().any(|e| e.connected)
     }
 
-    /// True when every connected replica that is not stale serves the routing of proxy
-    /// change `change` (or later).
-    pub fn applied_everywhere(&self, change: u64) -> bool {
-        let routing = self.routing();
-        if routing.change < change {
-            return false;
-        }
+    /// True when every connected replica that is not stale serves routing version
+    /// `version` (or later).
+    pub fn applied_everywhere(&self, version: u64) -> bool {
         let now = Instant::now();
         self.entries().values().all(|e| match e.state(now) {
-            ReplicaState::Synced => e.acked >= routing.generation,
+            ReplicaState::Synced => e.acked >= version,
             ReplicaState::Syncing => false,
             ReplicaState::Stale | ReplicaState::Disconnected => true,
         })
     }
 
-    /// Waits until the proxy's latest change is served by every live replica (those that
-    /// do not ACK within [`STALE_AFTER`] turn stale and stop holding it up).
-    pub async fn settle(&self) {
-        let change = *self.proxy.changes().borrow();
+    /// Waits until routing version `version` is served by every live replica: woken by
+    /// their ACKs, never polling; those that do not ACK within [`STALE_AFTER`] turn stale
+    /// and stop holding it up.
+    pub async fn settle(&self, version: u64) {
         let deadline = Instant::now() + STALE_AFTER + Duration::from_secs(1);
-        while !self.applied_everywhere(change) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut standing = self.standing.subscribe();
+        while !self.applied_everywhere(version) {
+            match tokio::time::timeout_at(deadline, standing.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
         }
     }
 
@@ -422,39 +427,28 @@ impl Fleet {
             })
             .collect();
         pb::ListReplicasReply {
-            generation: self.routing().generation,
+            generation: self.version(),
             replicas,
         }
     }
 
-    /// `replicas: 3/3 at generation 17` for status; None when weir serves alone.
+    /// `replicas: 3/3 at version 17` for status; None when weir serves alone.
     pub fn summary(&self) -> Option<pb::ReplicaSummary> {
         let now = Instant::now();
         let entries = self.entries();
         if entries.is_empty() && !self.dedicated {
             return None;
         }
-        let generation = self.routing().generation;
+        let version = self.version();
         let live = entries.values().filter(|e| e.connected).count();
         let synced = entries
             .values()
-            .filter(|e| e.state(now) == ReplicaState::Synced && e.acked >= generation)
+            .filter(|e| e.state(now) == ReplicaState::Synced && e.acked >= version)
             .count();
         Some(pb::ReplicaSummary {
             synced: u32::try_from(synced).unwrap_or(u32::MAX),
             live: u32::try_from(live).unwrap_or(u32::MAX),
-            generation,
+            generation: version,
         })
-    }
-}
-
-/// The proxy's effective services as JSON.
-fn services_json(proxy: &Proxy) -> Arc<str> {
-    match serde_json::to_string(&proxy.config().services) {
-        Ok(s) => s.into(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode the routing");
-            "[]".into()
-        }
     }
 }

@@ -1,5 +1,6 @@
-//! The `Fleet.Sync` stream, controller side: a replica says Hello, gets the current
-//! routing and every later generation, and reports ACKs, NACKs and measurements.
+//! The `Fleet.Sync` stream, controller side: a replica says Hello, gets the whole routing,
+//! then the services that changed at every new version; it ACKs or NACKs each version and
+//! reports its measurements, and hears which reports were taken.
 
 use std::sync::Arc;
 
@@ -7,9 +8,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use weir_protos::control as pb;
+use weir_protos::fleet as fb;
 
-use super::Fleet;
+use super::{wire, Fleet};
 use crate::auth::{Authorizer, Need};
 
 /// The gRPC service replicas connect to.
@@ -18,21 +19,25 @@ pub struct FleetService {
     pub auth: Arc<Authorizer>,
 }
 
-type Pushes = ReceiverStream<Result<pb::RoutingPush, Status>>;
+type Pushes = ReceiverStream<Result<fb::ControllerMessage, Status>>;
+
+fn message(m: fb::controller_message::Message) -> Result<fb::ControllerMessage, Status> {
+    Ok(fb::ControllerMessage { message: Some(m) })
+}
 
 #[tonic::async_trait]
-impl pb::fleet_server::Fleet for FleetService {
+impl fb::fleet_server::Fleet for FleetService {
     type SyncStream = Pushes;
 
     async fn sync(
         &self,
-        req: Request<Streaming<pb::ReplicaReport>>,
+        req: Request<Streaming<fb::ReplicaReport>>,
     ) -> Result<Response<Pushes>, Status> {
         self.auth.check(&req, "Sync", Need::Replica)?;
         let mut reports = req.into_inner();
         let hello = match reports.message().await? {
-            Some(pb::ReplicaReport {
-                report: Some(pb::replica_report::Report::Hello(h)),
+            Some(fb::ReplicaReport {
+                report: Some(fb::replica_report::Report::Hello(h)),
             }) if !h.name.is_empty() => h,
             _ => {
                 return Err(Status::invalid_argument(
@@ -43,24 +48,25 @@ impl pb::fleet_server::Fleet for FleetService {
         let fleet = self.fleet.clone();
         let session = fleet.connected(&hello);
         let name = hello.name.clone();
-        tracing::info!(replica = %name, address = %hello.address, generation = hello.generation, "replica connected");
-        let (tx, rx) = mpsc::channel(4);
-        // Pushes: the current routing now, then each new generation (a replica that
-        // falls behind gets the latest, never a queue of old ones).
-        let push_fleet = fleet.clone();
-        let push_name = name.clone();
+        tracing::info!(replica = %name, address = %hello.address, version = hello.version, "replica connected");
+        let (tx, rx) = mpsc::channel(16);
+        // The whole routing first, then at each new version what changed since what this
+        // replica was sent (a replica that falls behind gets one delta to the newest).
+        let (push_fleet, push_name, push_tx) = (fleet.clone(), name.clone(), tx.clone());
         let push = tokio::spawn(async move {
             let mut routing = push_fleet.subscribe();
+            let mut sent: Option<Arc<weir_proxy::Routing>> = None;
             loop {
-                let r = routing.borrow_and_update().clone();
-                let msg = pb::RoutingPush {
-                    generation: r.generation,
-                    services_json: r.services_json.to_string(),
-                };
-                if tx.send(Ok(msg)).await.is_err() {
+                let now = routing.borrow_and_update().clone();
+                let delta = now.delta_from(sent.as_deref());
+                let msg = wire::routing_to_pb(&delta);
+                let bytes = msg.encoded_len();
+                let routed = message(fb::controller_message::Message::Routing(msg));
+                if push_tx.send(routed).await.is_err() {
                     return;
                 }
-                push_fleet.pushed(&push_name, session, r.generation);
+                push_fleet.pushed(&push_name, session, now.version, bytes);
+                sent = Some(now);
                 if routing.changed().await.is_err() {
                     return;
                 }
@@ -78,13 +84,18 @@ impl pb::fleet_server::Fleet for FleetService {
                 };
                 let bytes = report.encoded_len();
                 match report.report {
-                    Some(pb::replica_report::Report::Applied(a)) => {
+                    Some(fb::replica_report::Report::Applied(a)) => {
                         fleet.applied(&name, session, &a)
                     }
-                    Some(pb::replica_report::Report::Measurements(m)) => {
-                        fleet.measured(&name, session, m, bytes)
+                    Some(fb::replica_report::Report::Measurements(m)) => {
+                        if let Some(seq) = fleet.measured(&name, session, m, bytes) {
+                            let taken = fb::controller_message::Message::ReportsTaken(seq);
+                            if tx.send(message(taken)).await.is_err() {
+                                break;
+                            }
+                        }
                     }
-                    Some(pb::replica_report::Report::Hello(_)) | None => {}
+                    Some(fb::replica_report::Report::Hello(_)) | None => {}
                 }
             }
             push.abort();

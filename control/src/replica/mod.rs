@@ -1,20 +1,22 @@
 //! A proxy replica (`weir proxy --controller`): its file holds only listeners, admin,
 //! limits and TLS plus how to reach the controller; all routing comes over one stream it
-//! opens to the controller. It applies each pushed generation (ACK) or keeps what it had
-//! and says why (NACK), and reports its measurements every [`REPORT_EVERY`]. When the
-//! controller is gone it keeps serving the last routing it had and reconnects with
-//! backoff and jitter; `/ready` answers 503 until the first routing arrived.
+//! opens to the controller, as the services that changed. It applies each routing version
+//! (ACK) or keeps what it had and says why (NACK), and reports its measurements every
+//! [`REPORT_EVERY`], keeping each report until the controller says it took it, so a
+//! broken stream loses none. When the controller is gone it keeps serving the last
+//! routing it had and reconnects with backoff and jitter; `/ready` answers 503 until the
+//! first routing arrived.
 
 mod config;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use weir_protos::control as pb;
-use weir_protos::control::fleet_client::FleetClient;
-use weir_proxy::config::ServiceConfig;
-use weir_proxy::{DeltaCursor, Proxy, ProxyConfig};
+use weir_protos::fleet as fb;
+use weir_protos::fleet::fleet_client::FleetClient;
+use weir_proxy::{DeltaCursor, Proxy};
 
 pub use config::{is_replica_file, replica_name, ControllerLink, ReplicaConfig};
 
@@ -26,6 +28,9 @@ pub const REPORT_EVERY: Duration = Duration::from_millis(250);
 /// With nothing measured, a report still goes out this often (the controller's "last
 /// seen").
 const HEARTBEAT_EVERY: u32 = 4;
+/// Reports kept for sending again at most (ten minutes of them); past that the oldest is
+/// dropped, and the log says so.
+const MAX_UNTAKEN: usize = 2400;
 /// Reconnect backoff: from this ...
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// ... doubling up to this.
@@ -45,8 +50,6 @@ enum SessionError {
 /// The replica's side of the stream.
 pub struct Replica {
     proxy: Proxy,
-    /// The replica's file (services always empty): each push is laid over it.
-    local: ProxyConfig,
     access: Access,
     name: String,
     /// Where it serves users, as the controller lists it.
@@ -55,26 +58,26 @@ pub struct Replica {
 
 /// What a replica carries from one session to the next.
 struct Progress {
-    /// The generation it serves (0: none yet).
+    /// The routing version it serves (0: none yet).
     applied: u64,
     cursor: DeltaCursor,
+    /// This process's number: its reports are numbered within it.
+    incarnation: u64,
+    /// The last report's number.
+    seq: u64,
+    /// Reports sent that the controller has not said it took, oldest first: sent again on
+    /// the next stream.
+    untaken: VecDeque<fb::Measurements>,
 }
 
 impl Replica {
     /// The replica of `proxy` (built from `local`), named `name`, serving at `address`.
     /// From here on its `/ready` answers 503 until the first routing is applied: make it
     /// before anything serves, so no probe sees a replica without routing as ready.
-    pub fn new(
-        proxy: Proxy,
-        local: ProxyConfig,
-        access: Access,
-        name: String,
-        address: String,
-    ) -> Replica {
+    pub fn new(proxy: Proxy, access: Access, name: String, address: String) -> Replica {
         proxy.set_awaiting_routing(true);
         Replica {
             proxy,
-            local,
             access,
             name,
             address,
@@ -86,6 +89,9 @@ impl Replica {
         let mut progress = Progress {
             applied: 0,
             cursor: DeltaCursor::default(),
+            incarnation: incarnation(&self.name),
+            seq: 0,
+            untaken: VecDeque::new(),
         };
         let mut failures = 0u32;
         loop {
@@ -115,25 +121,42 @@ impl Replica {
         let (channel, bearer) = link::channel(&self.access).await?;
         let mut client = FleetClient::with_interceptor(channel, bearer);
         let (tx, rx) = mpsc::channel(16);
-        let hello = pb::replica_report::Report::Hello(pb::Hello {
+        let hello = fb::replica_report::Report::Hello(fb::Hello {
             name: self.name.clone(),
             address: self.address.clone(),
-            generation: progress.applied,
+            version: progress.applied,
+            incarnation: progress.incarnation,
         });
         let _ = tx.send(report(hello)).await;
+        // What the last stream did not see taken goes again, in order.
+        for m in &progress.untaken {
+            let _ = tx
+                .send(report(fb::replica_report::Report::Measurements(m.clone())))
+                .await;
+        }
         let mut pushes = client.sync(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(controller = %self.access.control, name = %self.name, "connected to the controller");
         let mut every = tokio::time::interval(REPORT_EVERY);
         let mut ticks = 0u32;
         loop {
             tokio::select! {
-                push = pushes.message() => {
-                    let push = push?.ok_or(SessionError::Closed)?;
-                    // What was served under the old generation goes first.
-                    self.report(progress, &tx, true).await;
-                    let applied = self.apply(progress, &push);
-                    if tx.send(report(applied)).await.is_err() {
-                        return Err(SessionError::Closed);
+                msg = pushes.message() => {
+                    let msg = msg?.ok_or(SessionError::Closed)?;
+                    match msg.message {
+                        Some(fb::controller_message::Message::Routing(delta)) => {
+                            // What was served under the old version goes first.
+                            self.report(progress, &tx, true).await;
+                            let applied = self.apply(progress, delta);
+                            if tx.send(report(applied)).await.is_err() {
+                                return Err(SessionError::Closed);
+                            }
+                        }
+                        Some(fb::controller_message::Message::ReportsTaken(seq)) => {
+                            while progress.untaken.front().is_some_and(|m| m.seq <= seq) {
+                                progress.untaken.pop_front();
+                            }
+                        }
+                        None => {}
                     }
                 }
                 _ = every.tick() => {
@@ -149,56 +172,65 @@ impl Replica {
         }
     }
 
-    /// Sends what was measured since the last report (an empty one too when `always`).
+    /// Sends what was measured since the last report (an empty one too when `always`),
+    /// keeping it until the controller says it took it.
     async fn report(
         &self,
         progress: &mut Progress,
-        tx: &mpsc::Sender<pb::ReplicaReport>,
+        tx: &mpsc::Sender<fb::ReplicaReport>,
         always: bool,
     ) {
-        let versions: Vec<pb::VersionDelta> = self
+        let versions: Vec<fb::VersionDelta> = self
             .proxy
             .measurement_deltas(&mut progress.cursor)
             .into_iter()
-            .map(wire::to_pb)
+            .map(wire::delta_to_pb)
             .collect();
         if versions.is_empty() && !always {
             return;
         }
-        let m = pb::Measurements {
-            generation: progress.applied,
+        progress.seq += 1;
+        let m = fb::Measurements {
+            version: progress.applied,
+            seq: progress.seq,
             versions,
         };
+        if progress.untaken.len() >= MAX_UNTAKEN {
+            progress.untaken.pop_front();
+            tracing::warn!(
+                kept = MAX_UNTAKEN,
+                "the controller has not taken this replica's reports for long: the oldest is dropped"
+            );
+        }
+        progress.untaken.push_back(m.clone());
         let _ = tx
-            .send(report(pb::replica_report::Report::Measurements(m)))
+            .send(report(fb::replica_report::Report::Measurements(m)))
             .await;
     }
 
-    /// Applies a pushed routing: ACK, or NACK with the reason (nothing changes).
-    fn apply(&self, progress: &mut Progress, push: &pb::RoutingPush) -> pb::replica_report::Report {
-        let result = serde_json::from_str::<Vec<ServiceConfig>>(&push.services_json)
-            .map_err(|e| format!("the routing is not a list of services: {e}"))
-            .and_then(|services| {
-                let mut config = self.local.clone();
-                config.services = services;
-                self.proxy.apply(config).map_err(|e| e.to_string())
-            });
+    /// Applies a routing delta: ACK, or NACK with the reason (nothing changes).
+    fn apply(
+        &self,
+        progress: &mut Progress,
+        delta: fb::RoutingDelta,
+    ) -> fb::replica_report::Report {
+        let version = delta.version;
+        let result = wire::routing_from_pb(delta)
+            .map_err(|e| format!("the routing is malformed: {e}"))
+            .and_then(|d| self.proxy.commit(d).map_err(|e| e.to_string()));
         let error = match result {
             Ok(()) => {
-                progress.applied = push.generation;
+                progress.applied = version;
                 self.proxy.set_awaiting_routing(false);
-                tracing::info!(generation = push.generation, "routing applied");
+                tracing::info!(version, "routing applied");
                 String::new()
             }
             Err(e) => {
-                tracing::error!(generation = push.generation, error = %e, "routing refused; keeping the previous routing");
+                tracing::error!(version, error = %e, "routing refused; keeping the previous routing");
                 e
             }
         };
-        pb::replica_report::Report::Applied(pb::Applied {
-            generation: push.generation,
-            error,
-        })
+        fb::replica_report::Report::Applied(fb::Applied { version, error })
     }
 }
 
@@ -207,8 +239,18 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn report(r: pb::replica_report::Report) -> pb::ReplicaReport {
-    pb::ReplicaReport { report: Some(r) }
+fn report(r: fb::replica_report::Report) -> fb::ReplicaReport {
+    fb::ReplicaReport { report: Some(r) }
+}
+
+/// A number for this replica process, different at each start.
+fn incarnation(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((
+        name,
+        std::time::SystemTime::now(),
+        std::process::id(),
+    ))
 }
 
 /// The wait before reconnect attempt `n` (1, 2, ...): exponential, capped, and spread

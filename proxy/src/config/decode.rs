@@ -56,6 +56,11 @@ impl ConfigErrors {
         ConfigErrors(vec![ConfigError::new(path, message)])
     }
 
+    /// Each problem as a line.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+
     /// Ok when there is no error.
     pub fn check(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
         if errors.is_empty() {

@@ -1,6 +1,8 @@
-//! Building one service of the route table from its (validated) config: versions with
+//! Building one service of the route table from its routing snapshot: versions with
 //! their long-lived backends, rules with matchers, split tables and mirrors resolved,
-//! stickiness and session affinity.
+//! stickiness and session affinity. A snapshot that passed its own check can still fail
+//! here (a regex that does not compile, an endpoint that is not an address, a TLS file
+//! that does not load): each such problem names the service and where in it.
 
 use std::sync::Arc;
 
@@ -9,23 +11,22 @@ use http::HeaderName;
 use super::matcher::Matcher;
 use super::table::{weights, Rule, Service, StickyKey, Target, Version};
 use crate::backends::Backends;
-use crate::config::{ConfigError, RouteConfig, ServiceConfig, DEFAULT_UPGRADES};
+use crate::config::ConfigError;
 use crate::headers::affinity::{Affinity, CANARY};
 use crate::measure::{Comparison, MirrorSkip};
 use crate::mirror::MirrorRule;
+use crate::routing::{self, RoutingError, ServiceRouting};
 use crate::split::WeightTable;
-use crate::timeouts::{Timeouts, DEFAULT_IDLE_TIMEOUT, DEFAULT_ROUTE_TIMEOUT};
+use crate::timeouts::Timeouts;
 
 /// Default bound of mirrors in flight per service.
 const DEFAULT_MIRROR_SLOTS: usize = 1024;
 
-/// Builds a service from a config that passed validation; `p` is its path
-/// (`services[3]`) for the few problems only building finds (an endpoint that is not a URI).
+/// Builds a service from its snapshot.
 pub(crate) fn service(
-    svc: &ServiceConfig,
-    p: &str,
+    svc: &Arc<ServiceRouting>,
     backends: &Backends,
-) -> Result<Service, Vec<ConfigError>> {
+) -> Result<Service, Vec<RoutingError>> {
     let mut errors = Vec::new();
     let mut versions = Vec::with_capacity(svc.versions.len());
     for (name, vcfg) in &svc.versions {
@@ -35,40 +36,38 @@ pub(crate) fn service(
                 upstream,
                 metrics,
             }),
-            Err(e) => errors.push(ConfigError::new(
-                format!("{p}.versions.{name}.{}", e.field),
-                e.message,
+            Err(e) => errors.push(RoutingError::new(
+                &svc.name,
+                format!("version {name}: {}: {}", e.field, e.message),
             )),
         }
     }
-    let default_route = [RouteConfig {
-        to: svc.versions.keys().next().cloned(),
-        ..RouteConfig::default()
-    }];
-    let routes: &[RouteConfig] = if svc.routes.is_empty() {
-        &default_route
-    } else {
-        &svc.routes
-    };
-    let slots_size = routes
+    let slots_size = svc
+        .rules
         .iter()
         .filter_map(|r| r.mirror.as_ref().map(|m| m.max_in_flight))
         .max()
         .unwrap_or(DEFAULT_MIRROR_SLOTS);
     let slots = backends.mirror_slots(&svc.name, slots_size);
-    let mut rules = Vec::with_capacity(routes.len());
-    for (r, route) in routes.iter().enumerate() {
+    let mut rules = Vec::with_capacity(svc.rules.len());
+    let mut problems: Vec<ConfigError> = Vec::new();
+    for (r, route) in svc.rules.iter().enumerate() {
         if let Some(rule) = rule(
             svc,
             route,
-            &format!("{p}.routes[{r}]"),
+            &format!("rules[{r}]"),
             backends,
             &slots,
-            &mut errors,
+            &mut problems,
         ) {
             rules.push(rule);
         }
     }
+    errors.extend(
+        problems
+            .into_iter()
+            .map(|e| RoutingError::new(&svc.name, e.to_string())),
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -82,7 +81,7 @@ pub(crate) fn service(
             (None, Some(c)) => Some(StickyKey::Cookie(c.clone())),
             (None, None) => None,
         });
-    let affinity = svc.session_affinity.as_ref().and_then(|sa| {
+    let affinity = svc.affinity.as_ref().and_then(|sa| {
         let canary = svc.versions.get_index(CANARY)?.1;
         let active = weights(&rules, versions.len())
             .get(CANARY)
@@ -97,27 +96,26 @@ pub(crate) fn service(
         rules,
         sticky,
         affinity,
-        config: svc.clone(),
+        routing: svc.clone(),
     })
 }
 
 fn rule(
-    svc: &ServiceConfig,
-    route: &RouteConfig,
+    svc: &ServiceRouting,
+    route: &routing::Rule,
     rp: &str,
     backends: &Backends,
     slots: &Arc<tokio::sync::Semaphore>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Rule> {
     let index = |v: &str| svc.versions.get_index_of(v);
-    let target = match (&route.to, &route.split) {
-        (Some(to), _) => Target::One(index(to)?),
-        (None, Some(split)) => {
+    let target = match &route.target {
+        routing::Target::To(to) => Target::One(index(to)?),
+        routing::Target::Split(split) => {
             let weights: Option<Vec<(usize, u32)>> =
                 split.iter().map(|(v, w)| Some((index(v)?, *w))).collect();
             Target::Split(WeightTable::new(&weights?, 0)?)
         }
-        (None, None) => return None,
     };
     let matcher = match &route.matches {
         Some(m) => Matcher::build(m, &format!("{rp}.match"), errors)?,
@@ -144,17 +142,14 @@ fn rule(
         matcher,
         target,
         timeouts: Timeouts {
-            route: match route.timeout {
-                None => Some(DEFAULT_ROUTE_TIMEOUT),
-                Some(d) if d.0.is_zero() => None,
-                Some(d) => Some(d.0),
-            },
-            idle: route.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+            route: (!route.timeout.0.is_zero()).then_some(route.timeout.0),
+            idle: route.idle_timeout.0,
         },
         mirror,
-        upgrades: match &route.upgrades {
-            Some(list) => list.iter().map(|u| u.to_ascii_lowercase().into()).collect(),
-            None => DEFAULT_UPGRADES.iter().map(|u| Box::from(*u)).collect(),
-        },
+        upgrades: route
+            .upgrades
+            .iter()
+            .map(|u| Box::from(u.as_str()))
+            .collect(),
     })
 }

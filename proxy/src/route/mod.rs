@@ -9,7 +9,7 @@ mod table;
 pub(crate) use build::service as build_service;
 pub(crate) use list::ServiceList;
 pub(crate) use matcher::RequestView;
-pub(crate) use table::{Decision, RouteTable, Service};
+pub(crate) use table::{Decision, HostIndex, RouteTable, Service};
 
 #[cfg(test)]
 mod tests {
@@ -27,9 +27,9 @@ mod tests {
         let services: Vec<Arc<Service>> = cfg
             .services
             .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Arc::new(build_service(s, &format!("services[{i}]"), &backends).expect("builds"))
+            .map(|s| {
+                let routing = Arc::new(crate::routing::ServiceRouting::from_config(s));
+                Arc::new(build_service(&routing, &backends).expect("builds"))
             })
             .collect();
         RouteTable::new(services, &[])

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::matcher::{Matcher, RequestView};
-use crate::config::ServiceConfig;
 use crate::headers::affinity::Affinity;
 use crate::headers::{cookie, strip_port};
 use crate::measure::VersionHandle;
@@ -43,8 +42,8 @@ pub(crate) struct Service {
     pub(super) rules: Vec<Rule>,
     pub(super) sticky: Option<StickyKey>,
     pub(super) affinity: Option<Affinity>,
-    /// The config it was built from (the file's, with any policy laid over it).
-    pub config: ServiceConfig,
+    /// The snapshot it was built from.
+    pub routing: Arc<crate::routing::ServiceRouting>,
 }
 
 /// One version with its endpoints and measurement handles.
@@ -96,10 +95,10 @@ impl HostIndex {
     pub(crate) fn new(services: &[Arc<Service>]) -> HostIndex {
         let mut index = HostIndex::default();
         for (i, svc) in services.iter().enumerate() {
-            if svc.config.hosts.is_empty() {
+            if svc.routing.hosts.is_empty() {
                 index.default = Some(i);
             }
-            for host in &svc.config.hosts {
+            for host in &svc.routing.hosts {
                 let host = host.to_ascii_lowercase();
                 if host == "*" {
                     index.default = Some(i);
