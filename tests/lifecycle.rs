@@ -14,16 +14,8 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_counts_the_failure(
     let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
     let good = std::fs::read_to_string(&weir.config_path).expect("read config");
     let bad = good.replace("      - to: primary", "      - to: nightly\n      - match: { headers: { x: { regex: \"(\" } } }\n        to: canary");
-    std::fs::write(&weir.config_path, &bad).expect("write bad config");
-    weir.signal("HUP");
     // The reload failure is counted.
-    weir.wait_metric(
-        "weir_config_reload_failures_total",
-        &[],
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    weir.reload_rejected(&bad).await;
     let logs = weir.logs();
     assert!(
         logs.contains("services[0].routes[0].to: unknown version \\\"nightly\\\"")

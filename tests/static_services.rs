@@ -63,6 +63,24 @@ async fn a_service_without_analysis_is_listed_and_its_split_set_over_the_control
         .stderr(Stdio::null())
         .spawn()
         .expect("weir ctl watch");
+    // Its first line is the status as it is: from then on it is subscribed.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = lines_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("watch prints the status");
+    assert!(
+        first.contains("Static") && first.contains("primary 90, canary 10"),
+        "{first}"
+    );
 
     let (code, out, err) = ctl(&["set-weight", "podinfo", "--canary", "100"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -102,22 +120,12 @@ async fn a_service_without_analysis_is_listed_and_its_split_set_over_the_control
     assert_ne!(code, 0);
     assert!(err.contains("unknown version \"nightly\""), "{err}");
 
-    let watched = tokio::task::spawn_blocking(move || {
-        use std::io::{BufRead, BufReader};
-        let stdout = watch.stdout.take().expect("stdout");
-        let lines: Vec<String> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
+    let lines: Vec<String> =
+        std::iter::from_fn(|| lines_rx.recv_timeout(Duration::from_secs(30)).ok())
             .take_while(|l| !l.contains("primary 100, canary 0"))
             .collect();
-        let _ = watch.kill();
-        let _ = watch.wait();
-        lines
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), watched)
-        .await
-        .expect("watch saw the last split")
-        .expect("watch task");
+    let _ = watch.kill();
+    let _ = watch.wait();
     assert!(
         lines
             .iter()

@@ -131,18 +131,12 @@ services:
 async fn a_canary_answering_404s_fails_the_request_status_rate_check() {
     let v1 = Upstream::start("v1").await;
     let missing = Upstream::start_with("missing", Behaviour::Status(404)).await;
-    let analysis = r#"      interval: 1s
-      threshold: 2
-      maxWeight: 30
-      stepWeight: 10
-      minRequests: 10
-      fastFail: { disabled: true }
-      metrics:
-        - name: request-status-rate
-          statusCodes: ["404"]
-          thresholdRange: { max: 5 }
-          interval: 2s"#;
-    let weir = Weir::start(&config(&v1, analysis, ""));
+    let analysis = checks_only(
+        10,
+        10,
+        "        - name: request-status-rate\n          statusCodes: [\"404\"]\n          thresholdRange: { max: 5 }\n          interval: 2s",
+    );
+    let weir = Weir::start(&config(&v1, &analysis, ""));
     let mut c = client(&weir).await;
     wait_phase(&mut c, "Initialized", Duration::from_secs(20)).await;
     let _load = Load::start(weir.url("/"), 100, Duration::from_secs(120));

@@ -48,6 +48,10 @@ struct Args {
     /// Services each replica reports measurements for (default: all).
     #[arg(long)]
     report_services: Option<usize>,
+    /// Services without an analysis (the steps set their split): no rollout tasks, for
+    /// the routing's cost at thousands of services.
+    #[arg(long)]
+    r#static: bool,
     /// A scratch directory for the controller's files.
     #[arg(long)]
     dir: String,
@@ -69,10 +73,14 @@ struct Seen {
 
 fn controller_config(args: &Args, control: &str) -> String {
     let mut y = format!("admin: 127.0.0.1:0\ncontrol: {control}\nservices:\n");
+    let analysis = "    analysis:\n      interval: 1h\n      threshold: 5\n      maxWeight: 90\n      stepWeight: 1\n      metrics:\n        - name: request-success-rate\n          thresholdRange: { min: 99 }\n          interval: 1m\n";
     for i in 0..args.services {
         y.push_str(&format!(
-            "  - name: svc-{i}\n    hosts: [svc-{i}]\n    versions:\n      primary: {{ endpoints: [\"127.0.0.1:9\"], revision: \"1\" }}\n      canary: {{ endpoints: [\"127.0.0.1:9\"], revision: \"1\" }}\n    analysis:\n      interval: 1h\n      threshold: 5\n      maxWeight: 90\n      stepWeight: 1\n      metrics:\n        - name: request-success-rate\n          thresholdRange: {{ min: 99 }}\n          interval: 1m\n"
+            "  - name: svc-{i}\n    hosts: [svc-{i}]\n    versions:\n      primary: {{ endpoints: [\"127.0.0.1:9\"], revision: \"1\" }}\n      canary: {{ endpoints: [\"127.0.0.1:9\"], revision: \"1\" }}\n"
         ));
+        if !args.r#static {
+            y.push_str(analysis);
+        }
     }
     y
 }
@@ -259,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
     let pid = ctl.0.id();
     let url = format!("http://{control}");
     let mut api = ControlClient::new(Channel::from_shared(url.clone())?.connect().await?);
-    for s in 0..args.services {
+    for s in (0..args.services).filter(|_| !args.r#static) {
         api.start_rollout(pb::StartRolloutRequest {
             service: format!("svc-{s}"),
             revision: "2".into(),

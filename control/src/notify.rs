@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use weir_protos::control as pb;
 
 use crate::alerts;
 use crate::clock::now_ms;
@@ -12,12 +11,13 @@ use crate::hooks;
 use crate::http_client::HttpPoster;
 use crate::machine::{Phase, Target};
 use crate::spec::{Analysis, HookKind, Severity};
+use crate::status::{Event, ServiceStatus};
 
 /// What Watch streams.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    Event(pb::Event),
-    Status(Box<pb::RolloutStatus>),
+    Event(Event),
+    Status(Box<ServiceStatus>),
 }
 
 /// Sends events and alerts.
@@ -48,7 +48,7 @@ impl Notifier {
     }
 
     /// A status change for Watch.
-    pub fn status(&self, status: pb::RolloutStatus) {
+    pub fn status(&self, status: ServiceStatus) {
         let _ = self.notices.send(Notice::Status(Box::new(status)));
     }
 
@@ -56,11 +56,11 @@ impl Notifier {
     /// webhooks to post it to).
     pub fn plain_event(&self, service: &str, message: String) {
         tracing::info!(service, "{message}");
-        let _ = self.notices.send(Notice::Event(pb::Event {
+        let _ = self.notices.send(Notice::Event(Event {
             service: service.to_string(),
-            r#type: "Normal".into(),
+            warning: false,
             message,
-            timestamp_ms: now_ms() as i64,
+            timestamp_ms: now_ms(),
         }));
     }
 
@@ -73,11 +73,11 @@ impl Notifier {
         }
         let ts = now_ms();
         let kind = if warning { "Warning" } else { "Normal" };
-        let _ = self.notices.send(Notice::Event(pb::Event {
+        let _ = self.notices.send(Notice::Event(Event {
             service: about.target.name.clone(),
-            r#type: kind.into(),
+            warning,
             message: message.clone(),
-            timestamp_ms: ts as i64,
+            timestamp_ms: ts,
         }));
         let hooks: Vec<_> = about.analysis.hooks_of(HookKind::Event).cloned().collect();
         if hooks.is_empty() {

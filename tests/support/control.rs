@@ -24,18 +24,20 @@ pub fn config(primary: &Upstream, analysis: &str, extra: &str) -> String {
 /// `services:` with podinfo (namespace test, every host, port 9898), its primary and canary
 /// at revision 1 on these endpoints, and `analysis` (indented six spaces).
 pub fn podinfo_services(primary: &str, canary: &str, analysis: &str) -> String {
+    podinfo_yaml(
+        primary,
+        canary,
+        ", revision: \"1\"",
+        &format!("    analysis:\n{analysis}\n"),
+    )
+}
+
+/// An analysis of 1 s steps to 30% with the fast-fail guard off (only the checks can roll
+/// it back), `step` a step, `min_requests` per window, and `metrics` (its list items,
+/// indented eight spaces).
+pub fn checks_only(step: u32, min_requests: u32, metrics: &str) -> String {
     format!(
-        r#"services:
-  - name: podinfo
-    namespace: test
-    hosts: ["*"]
-    port: 9898
-    versions:
-      primary: {{ endpoints: ["{primary}"], revision: "1" }}
-      canary: {{ endpoints: ["{canary}"], revision: "1" }}
-    analysis:
-{analysis}
-"#
+        "      interval: 1s\n      threshold: 2\n      maxWeight: 30\n      stepWeight: {step}\n      minRequests: {min_requests}\n      fastFail: {{ disabled: true }}\n      metrics:\n{metrics}"
     )
 }
 

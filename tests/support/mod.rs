@@ -129,6 +129,18 @@ pub fn closed_port() -> u16 {
 
 /// The standard two-version service config used by many tests.
 pub fn two_versions(primary: &Upstream, canary: &Upstream, routes: &str) -> String {
+    podinfo_yaml(
+        &primary.endpoint(),
+        &canary.endpoint(),
+        "",
+        &format!("    routes:\n{routes}\n"),
+    )
+}
+
+/// `services:` with podinfo (namespace test, every host, port 9898), its primary and
+/// canary at these endpoints (`settings` added to each, like `, revision: "1"`), then
+/// `tail` (its routes or analysis, indented four spaces).
+pub fn podinfo_yaml(primary: &str, canary: &str, settings: &str, tail: &str) -> String {
     format!(
         r#"services:
   - name: podinfo
@@ -136,13 +148,9 @@ pub fn two_versions(primary: &Upstream, canary: &Upstream, routes: &str) -> Stri
     hosts: ["*"]
     port: 9898
     versions:
-      primary: {{ endpoints: ["{}"] }}
-      canary: {{ endpoints: ["{}"] }}
-    routes:
-{routes}
-"#,
-        primary.endpoint(),
-        canary.endpoint()
+      primary: {{ endpoints: ["{primary}"]{settings} }}
+      canary: {{ endpoints: ["{canary}"]{settings} }}
+{tail}"#
     )
 }
 

@@ -194,6 +194,21 @@ impl Weir {
         assert!(ok.success(), "kill -{sig} failed");
     }
 
+    /// Writes `text` as the config, sends SIGHUP and waits until weir counted the reload
+    /// as rejected (`weir_config_reload_failures_total` one higher).
+    pub async fn reload_rejected(&self, text: &str) {
+        let before = self.metric("weir_config_reload_failures_total", &[]).await;
+        std::fs::write(&self.config_path, text).expect("write config");
+        self.signal("HUP");
+        self.wait_metric(
+            "weir_config_reload_failures_total",
+            &[],
+            before + 1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+
     pub fn logs(&self) -> String {
         self.stderr.lock().expect("lock").clone()
     }

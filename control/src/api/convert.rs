@@ -1,30 +1,17 @@
 //! Between protobuf and weir's own types: a typed `AnalysisSpec` message becomes the spec
-//! a weir.yaml `analysis:` block would hold (validated like one), and a rollout becomes
-//! the `RolloutStatus` the API, Watch and `weir ctl` show.
+//! a weir.yaml `analysis:` block would hold (validated like one), and the controller's
+//! statuses, events and data planes become the messages the API, Watch and `weir ctl`
+//! show.
 
 use weir_protos::control as pb;
 use weir_proxy::config::{SessionAffinityConfig, StringMatch};
-use weir_proxy::Window;
 
 use crate::clock::rfc3339;
-use crate::machine::{Status, Target};
-use crate::measurements::Windows;
 use crate::spec::{
-    AlertKind, AlertSpec, Analysis, AnalysisSpec, FastFailSpec, MatchRequest, MetricSpec,
-    ThresholdRange, WebhookSpec,
+    AlertKind, AlertSpec, AnalysisSpec, FastFailSpec, MatchRequest, MetricSpec, ThresholdRange,
+    WebhookSpec,
 };
-
-/// What the API shows of a rollout.
-pub struct RolloutView<'a> {
-    pub target: &'a Target,
-    pub status: &'a Status,
-    pub analysis: &'a Analysis,
-    pub primary_revision: Option<&'a str>,
-    pub canary_revision: Option<&'a str>,
-    pub primary_name: &'a str,
-    /// None until a rollout brings a canary.
-    pub canary_name: Option<&'a str>,
-}
+use crate::status::{DataPlanes, Event, ServiceStatus, Traffic};
 
 fn some_str(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
@@ -157,74 +144,88 @@ fn match_request(m: &pb::MatchRequest) -> MatchRequest {
     }
 }
 
-/// A version's traffic as the API shows it.
-pub fn version_stats(w: &Window) -> pb::VersionStats {
-    pb::VersionStats {
-        requests: w.requests(),
-        success_rate: w.success_rate().unwrap_or(0.0),
-        p99_ms: w.quantile_ms(0.99).unwrap_or(0.0),
-        has_data: w.requests() > 0,
-    }
-}
-
-/// A rollout's status as the API shows it; `stats` are the versions' windows since the
-/// canary's traffic began.
-pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> pb::RolloutStatus {
-    let s = r.status;
+/// A service's status as the API shows it.
+pub fn status(s: ServiceStatus) -> pb::RolloutStatus {
+    let traffic = |t: Traffic| pb::VersionStats {
+        requests: t.requests,
+        success_rate: t.success_rate,
+        p99_ms: t.p99_ms,
+        has_data: t.has_data,
+    };
     pb::RolloutStatus {
-        service: r.target.name.clone(),
-        namespace: r.target.namespace.clone(),
-        phase: s.phase.name().into(),
+        service: s.service,
+        namespace: s.namespace,
+        phase: s.phase,
         canary_weight: s.canary_weight,
         failed_checks: s.failed_checks,
         iterations: s.iterations,
         mirrored: s.mirrored,
-        paused: s.paused || r.analysis.spec.suspend,
-        canary_revision: r.canary_revision.unwrap_or_default().to_string(),
-        primary_revision: r.primary_revision.unwrap_or_default().to_string(),
+        paused: s.paused,
+        canary_revision: s.canary_revision,
+        primary_revision: s.primary_revision,
         last_transition_time: rfc3339(s.last_transition_ms),
-        message: match &s.state_lost {
-            Some(why) => format!(
-                "Rollout state lost: {why}. Serving the primary only until `weir ctl reset`."
-            ),
-            None => s.phase.condition_message().into(),
-        },
+        message: s.message,
         checks: s
             .checks
-            .iter()
+            .into_iter()
             .map(|c| pb::CheckResult {
-                name: c.name.clone(),
-                verdict: c.verdict.name().into(),
-                value: c.value.unwrap_or(f64::NAN),
-                threshold: c.threshold.clone(),
-                detail: c.detail.clone(),
+                name: c.name,
+                verdict: c.verdict,
+                value: c.value,
+                threshold: c.threshold,
+                detail: c.detail,
             })
             .collect(),
-        last_event: s.last_event.clone(),
-        primary: Some(version_stats(&stats.primary)),
-        canary: Some(version_stats(&stats.canary)),
-        waiting_gate: s
-            .waiting_gate
-            .map(|g| g.name().to_string())
-            .unwrap_or_default(),
-        threshold: r.analysis.threshold,
-        max_weight: r.analysis.max_weight,
-        state_lost: s.state_lost.is_some(),
-        replicas: None,
-        versions: std::iter::once((
-            r.primary_name,
-            100 - s.canary_weight.min(100),
-            r.primary_revision,
-        ))
-        .chain(
-            r.canary_name
-                .map(|c| (c, s.canary_weight.min(100), r.canary_revision)),
-        )
-        .map(|(name, weight, revision)| pb::VersionWeight {
-            name: name.to_string(),
-            weight,
-            revision: revision.unwrap_or_default().to_string(),
-        })
-        .collect(),
+        last_event: s.last_event,
+        primary: s.primary.map(traffic),
+        canary: s.canary.map(traffic),
+        waiting_gate: s.waiting_gate,
+        threshold: s.threshold,
+        max_weight: s.max_weight,
+        state_lost: s.state_lost,
+        replicas: s.replicas.map(|r| pb::ReplicaSummary {
+            synced: r.synced,
+            live: r.live,
+            generation: r.version,
+        }),
+        versions: s
+            .versions
+            .into_iter()
+            .map(|v| pb::VersionWeight {
+                name: v.name,
+                weight: v.weight,
+                revision: v.revision,
+            })
+            .collect(),
+    }
+}
+
+/// An event as Watch streams it.
+pub fn event(e: Event) -> pb::Event {
+    pb::Event {
+        service: e.service,
+        r#type: if e.warning { "Warning" } else { "Normal" }.into(),
+        message: e.message,
+        timestamp_ms: i64::try_from(e.timestamp_ms).unwrap_or(i64::MAX),
+    }
+}
+
+/// The data planes as `ListReplicas` answers.
+pub fn replicas(d: DataPlanes) -> pb::ListReplicasReply {
+    pb::ListReplicasReply {
+        generation: d.version,
+        replicas: d
+            .planes
+            .into_iter()
+            .map(|p| pb::Replica {
+                name: p.name,
+                address: p.address,
+                generation: p.version,
+                state: p.state,
+                last_seen_ms: p.last_seen_ms,
+                requests_per_second: p.requests_per_second,
+                error: p.error,
+            })
+            .collect(),
     }
 }

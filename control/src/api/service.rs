@@ -14,6 +14,7 @@ use super::convert;
 use crate::auth::{Authorizer, Identity, Need};
 use crate::controller::{Controller, Notice, Refusal};
 use crate::machine::Op;
+use crate::status::ServiceStatus;
 
 /// The Control service over a [`Controller`].
 pub struct Api {
@@ -32,12 +33,14 @@ impl Change {
     fn answer(
         &self,
         service: &str,
-        result: Result<pb::RolloutStatus, Refusal>,
+        result: Result<ServiceStatus, Refusal>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         if result.is_ok() {
             tracing::info!(rpc = self.rpc, service, caller = %self.who, "control operation accepted");
         }
-        result.map(Response::new).map_err(Status::from)
+        result
+            .map(|s| Response::new(convert::status(s)))
+            .map_err(Status::from)
     }
 }
 
@@ -115,7 +118,7 @@ impl Control for Api {
         need_service(&req.service)?;
         self.controller
             .status(&req.service)
-            .map(Response::new)
+            .map(|s| Response::new(convert::status(s)))
             .map_err(Status::from)
     }
 
@@ -125,7 +128,12 @@ impl Control for Api {
     ) -> Result<Response<pb::ListRolloutsReply>, Status> {
         self.auth.check(&req, "ListRollouts", Need::Read)?;
         Ok(Response::new(pb::ListRolloutsReply {
-            rollouts: self.controller.list(),
+            rollouts: self
+                .controller
+                .list()
+                .into_iter()
+                .map(convert::status)
+                .collect(),
         }))
     }
 
@@ -150,7 +158,7 @@ impl Control for Api {
             for s in initial {
                 if tx
                     .send(Ok(pb::WatchEvent {
-                        kind: Some(Kind::Status(s)),
+                        kind: Some(Kind::Status(convert::status(s))),
                     }))
                     .await
                     .is_err()
@@ -163,8 +171,8 @@ impl Control for Api {
             loop {
                 let item = tokio::select! {
                     n = notices.recv() => match n {
-                        Ok(Notice::Event(e)) if service.is_empty() || e.service == service => Kind::Event(e),
-                        Ok(Notice::Status(s)) if service.is_empty() || s.service == service => Kind::Status(*s),
+                        Ok(Notice::Event(e)) if service.is_empty() || e.service == service => Kind::Event(convert::event(e)),
+                        Ok(Notice::Status(s)) if service.is_empty() || s.service == service => Kind::Status(convert::status(*s)),
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(_) => return,
@@ -174,7 +182,7 @@ impl Control for Api {
                             continue;
                         }
                         match controller.status(&service) {
-                            Ok(s) => Kind::Status(s),
+                            Ok(s) => Kind::Status(convert::status(s)),
                             Err(_) => return,
                         }
                     }
@@ -281,7 +289,9 @@ impl Control for Api {
         req: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasReply>, Status> {
         self.auth.check(&req, "ListReplicas", Need::Read)?;
-        Ok(Response::new(self.controller.fleet().list()))
+        Ok(Response::new(convert::replicas(
+            self.controller.fleet().list(),
+        )))
     }
 }
 

@@ -294,7 +294,7 @@ impl Live<'_> {
             tokio::select! {
                 n = notices.recv() => match n {
                     Ok(Notice::Event(e)) => {
-                        println!("[{:>3}s] {}: {}", self.started.elapsed().as_secs(), event_label(&e), e.message);
+                        println!("[{:>3}s] {}: {}", self.started.elapsed().as_secs(), event_label(e.warning), e.message);
                     }
                     Ok(Notice::Status(s)) if outcome.is_none() && (s.phase == "Succeeded" || s.phase == "Failed") => {
                         outcome = Some((s.phase.clone(), self.failed.load(Ordering::Relaxed), Instant::now()));

@@ -58,23 +58,18 @@ fn versions_cell(versions: &[pb::VersionWeight]) -> String {
         .join(", ")
 }
 
-/// `3/3 at generation 17`.
+/// `3/3 at version 17`: how many live replicas serve the current routing version.
 fn replicas_cell(s: &pb::ReplicaSummary) -> String {
-    format!("{}/{} at generation {}", s.synced, s.live, s.generation)
+    format!("{}/{} at version {}", s.synced, s.live, s.generation)
 }
 
-/// `weir ctl replicas`: NAME, ADDRESS, GENERATION, STATE, LAST SEEN, REQ/S.
+/// `weir ctl replicas`: NAME, ADDRESS, VERSION, STATE, LAST SEEN, REQ/S.
 pub fn replicas_table(reply: &pb::ListReplicasReply) -> String {
-    let mut rows = vec![[
-        "NAME",
-        "ADDRESS",
-        "GENERATION",
-        "STATE",
-        "LAST SEEN",
-        "REQ/S",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows = vec![
+        ["NAME", "ADDRESS", "VERSION", "STATE", "LAST SEEN", "REQ/S"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for r in &reply.replicas {
         let state = match r.error.as_str() {
             "" => r.state.clone(),
@@ -90,7 +85,7 @@ pub fn replicas_table(reply: &pb::ListReplicasReply) -> String {
         ]);
     }
     let mut out = columns(&rows);
-    out.push_str(&format!("current generation: {}\n", reply.generation));
+    out.push_str(&format!("current routing version: {}\n", reply.generation));
     out
 }
 
@@ -135,8 +130,8 @@ pub fn weight_bar(weight: u32, width: usize) -> String {
 }
 
 /// How an event is labelled on a terminal: `WARN` or `info`.
-pub fn event_label(e: &pb::Event) -> &'static str {
-    if e.r#type == "Warning" {
+pub fn event_label(warning: bool) -> &'static str {
+    if warning {
         "WARN"
     } else {
         "info"

@@ -6,6 +6,7 @@
 mod driver;
 mod env;
 mod ops;
+mod publish;
 mod reload;
 mod rollout;
 mod statics;
@@ -15,13 +16,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use indexmap::IndexMap;
 use tokio::sync::{broadcast, Notify};
-use weir_protos::control as pb;
-use weir_proxy::{Proxy, RoutingErrors, ServiceRouting};
+use weir_proxy::{Proxy, RoutingErrors};
 
 pub use crate::notify::Notice;
 pub use statics::STATIC_PHASE;
 
-use crate::api::convert;
 use crate::config::{References, WeirConfig};
 use crate::fleet::Fleet;
 use crate::http_client::HttpPoster;
@@ -29,6 +28,7 @@ use crate::machine::{Machine, Phase};
 use crate::metrics::Metrics;
 use crate::notify::{About, Notifier};
 use crate::routes::Routes;
+use crate::status::ServiceStatus;
 use crate::store::{self, StoreError};
 use env::LiveEnv;
 use rollout::{Rollout, RolloutError};
@@ -56,29 +56,13 @@ pub enum StartError {
     Apply(#[from] RoutingErrors),
 }
 
-/// Services without an analysis, staged for a start or a reload.
-struct StagedStatics {
-    statics: IndexMap<String, Static>,
-    order: Vec<String>,
-}
-
-impl StagedStatics {
-    /// Their routing, each with its operator's split laid over.
-    fn routings(&self) -> Result<Vec<ServiceRouting>, RoutingErrors> {
-        self.statics
-            .values()
-            .map(|s| s.routing().map_err(RoutingErrors::from))
-            .collect()
-    }
-}
-
 /// One rollout, its published status and its task's signals.
 struct RolloutHandle {
     /// The service's namespace (for `flagger_canary_total`).
     namespace: String,
     rollout: tokio::sync::Mutex<Rollout>,
     /// The status as last published, and what the state file keeps of it.
-    published: Mutex<(pb::RolloutStatus, store::Saved)>,
+    published: Mutex<(ServiceStatus, store::Saved)>,
     /// The analysis in force as written (file or API), for `/config`.
     spec: Mutex<serde_json::Value>,
     kick: Notify,
@@ -231,7 +215,7 @@ impl Controller {
         let name = r.service.clone();
         let handle = Arc::new(RolloutHandle {
             namespace: r.target.namespace.clone(),
-            published: Mutex::new((pb::RolloutStatus::default(), r.saved())),
+            published: Mutex::new((ServiceStatus::default(), r.saved())),
             spec: Mutex::new(serde_json::Value::Null),
             rollout: tokio::sync::Mutex::new(r),
             kick: Notify::new(),
@@ -293,7 +277,7 @@ impl Controller {
     }
 
     /// The status of one service.
-    pub fn status(&self, service: &str) -> Result<pb::RolloutStatus, Refusal> {
+    pub fn status(&self, service: &str) -> Result<ServiceStatus, Refusal> {
         if let Ok(s) = self.static_handle(service) {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
             return Ok(s.status(&self.shared.proxy));
@@ -304,7 +288,7 @@ impl Controller {
     }
 
     /// Every service's status, in the file's order.
-    pub fn list(&self) -> Vec<pb::RolloutStatus> {
+    pub fn list(&self) -> Vec<ServiceStatus> {
         let order = self
             .shared
             .order
@@ -327,7 +311,7 @@ impl Controller {
         canary: u32,
         weights: IndexMap<String, u32>,
         force: bool,
-    ) -> Result<pb::RolloutStatus, Refusal> {
+    ) -> Result<ServiceStatus, Refusal> {
         if self.static_handle(service).is_ok() {
             return self.set_static_weights(service, canary, weights);
         }
@@ -341,218 +325,6 @@ impl Controller {
             force,
         };
         self.operate(service, op).await
-    }
-
-    /// The services without an analysis as `config` has them (an operator's split kept
-    /// unless the file edited it since: from `saved` at start, from the running ones on a
-    /// reload), with the policy each lays over its service. Installed by
-    /// [`Controller::install_statics`] once the proxy took the change.
-    fn stage_statics(
-        &self,
-        config: &WeirConfig,
-        saved: &IndexMap<String, store::SavedStatic>,
-    ) -> StagedStatics {
-        let running = self
-            .shared
-            .statics
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut statics = IndexMap::new();
-        for svc in &config.proxy.services {
-            if config.analyses.contains_key(&svc.name) {
-                continue;
-            }
-            let kept = running
-                .get(&svc.name)
-                .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).saved());
-            let s = Static::new(svc.clone(), kept.as_ref().or(saved.get(&svc.name)));
-            statics.insert(svc.name.clone(), s);
-        }
-        StagedStatics {
-            statics,
-            order: config
-                .proxy
-                .services
-                .iter()
-                .map(|s| s.name.clone())
-                .collect(),
-        }
-    }
-
-    /// The staged services without an analysis, in force from now on.
-    fn install_statics(&self, staged: StagedStatics) {
-        *self
-            .shared
-            .statics
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = staged
-            .statics
-            .into_iter()
-            .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
-            .collect();
-        *self.shared.order.write().unwrap_or_else(|p| p.into_inner()) = staged.order;
-    }
-
-    /// Publishes a rollout's status: Flagger's metrics, the status read by the API, and a
-    /// Watch notice when something a user sees changed.
-    fn publish(&self, handle: &RolloutHandle, r: &Rollout) {
-        let stats = r.measurements.since_start(r.status.mirrored);
-        let view = convert::RolloutView {
-            target: &r.target,
-            status: &r.status,
-            analysis: &r.analysis,
-            primary_revision: r.primary.revision.as_deref(),
-            canary_revision: r.canary_revision(),
-            primary_name: &r.primary_name,
-            canary_name: r.canary.as_ref().map(|_| r.canary_name.as_str()),
-        };
-        let mut status = convert::rollout_status(&view, &stats);
-        status.replicas = self.shared.fleet.summary();
-        let m = &self.shared.metrics;
-        let (name, ns) = (r.target.name.as_str(), r.target.namespace.as_str());
-        m.state_lost
-            .with_label_values(&[name, ns])
-            .set(i64::from(r.status.state_lost.is_some()));
-        m.status
-            .with_label_values(&[name, ns])
-            .set(r.status.phase.status_value());
-        m.weight
-            .with_label_values(&[&format!("{name}-primary"), ns])
-            .set(i64::from(100 - r.status.canary_weight.min(100)));
-        m.weight
-            .with_label_values(&[name, ns])
-            .set(i64::from(r.status.canary_weight));
-        for c in &r.status.checks {
-            if let Some(v) = c.value {
-                // Flagger reports request-duration in seconds.
-                let v = if c.name == "request-duration" {
-                    v / 1000.0
-                } else {
-                    v
-                };
-                m.analysis.with_label_values(&[name, ns, &c.name]).set(v);
-            }
-        }
-        {
-            let written = r.applied_spec.as_ref().unwrap_or(&r.written);
-            let mut spec = handle.spec.lock().unwrap_or_else(|p| p.into_inner());
-            if *spec != *written {
-                *spec = written.clone();
-            }
-        }
-        let mut published = handle.published.lock().unwrap_or_else(|p| p.into_inner());
-        let old = &published.0;
-        let changed = old.phase != status.phase
-            || old.canary_weight != status.canary_weight
-            || old.failed_checks != status.failed_checks
-            || old.last_event != status.last_event
-            || old.paused != status.paused
-            || old.waiting_gate != status.waiting_gate
-            || old.state_lost != status.state_lost;
-        *published = (status.clone(), r.saved());
-        drop(published);
-        if changed {
-            self.shared.notifier.status(status);
-        }
-    }
-
-    /// The analyses in force and what they refer to, for `/config` (which redacts them).
-    fn describe(&self) -> serde_json::Value {
-        let analyses: serde_json::Map<String, serde_json::Value> = self
-            .shared
-            .rollouts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(name, h)| {
-                let spec = h.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                (name.clone(), spec)
-            })
-            .collect();
-        let refs = self.shared.refs.read().unwrap_or_else(|p| p.into_inner());
-        serde_json::json!({
-            "analyses": analyses,
-            "alertProviders": refs.alert_providers,
-            "metricsServer": refs.metrics_server,
-        })
-    }
-
-    /// `flagger_canary_total` per namespace (set when rollouts are added or removed).
-    fn count_rollouts(&self) {
-        let rollouts = self
-            .shared
-            .rollouts
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut per_ns: IndexMap<&str, i64> = IndexMap::new();
-        for h in rollouts.values() {
-            *per_ns.entry(h.namespace.as_str()).or_default() += 1;
-        }
-        for (ns, n) in per_ns {
-            self.shared.metrics.total.with_label_values(&[ns]).set(n);
-        }
-    }
-
-    /// Writes every rollout's state to the state file (atomically), when it changed.
-    fn persist(&self) {
-        let Some(path) = &self.shared.state_path else {
-            return;
-        };
-        let mut saved = self.shared.saved.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = store::State {
-            version: 1,
-            routing_version: self.shared.routes.current().version,
-            ..store::State::default()
-        };
-        for (name, h) in self
-            .shared
-            .rollouts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let p = h.published.lock().unwrap_or_else(|p| p.into_inner());
-            state.services.insert(name.clone(), p.1.clone());
-        }
-        for (name, s) in self
-            .shared
-            .statics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            if let Some(saved) = s.lock().unwrap_or_else(|p| p.into_inner()).saved() {
-                state.statics.insert(name.clone(), saved);
-            }
-        }
-        if saved.as_ref() == Some(&state) {
-            return;
-        }
-        match store::save(path, &state) {
-            Ok(()) => *saved = Some(state),
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the rollout state")
-            }
-        }
-    }
-
-    /// Publishes a rollout's routing as it stands, to the controller's proxy and every
-    /// data plane; the routing version in force.
-    fn route(&self, r: &Rollout) -> Result<u64, RoutingErrors> {
-        let routing = r.routing().map_err(RoutingErrors::from)?;
-        self.shared.routes.commit(vec![routing], &[])
-    }
-
-    /// Publishes and persists after a change; the status as published.
-    fn after_change(&self, handle: &RolloutHandle, r: &Rollout) -> pb::RolloutStatus {
-        self.publish(handle, r);
-        self.persist();
-        handle
-            .published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
     }
 }
 

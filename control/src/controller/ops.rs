@@ -2,13 +2,13 @@
 //! the operators' operations. Each is refused with the reason, changing nothing, or done
 //! and published.
 
-use weir_protos::control as pb;
 use weir_proxy::config::VersionConfig;
 
 use super::{Controller, Refusal};
 use crate::clock::now_ms;
 use crate::machine::{Op, Phase};
 use crate::spec;
+use crate::status::ServiceStatus;
 
 impl Controller {
     /// Tells weir the service has a new canary revision (at these endpoints).
@@ -17,7 +17,7 @@ impl Controller {
         service: &str,
         revision: &str,
         endpoints: &[String],
-    ) -> Result<pb::RolloutStatus, Refusal> {
+    ) -> Result<ServiceStatus, Refusal> {
         let handle = self.handle(service)?;
         if revision.trim().is_empty() {
             return Err(Refusal::Invalid("revision must not be empty".into()));
@@ -73,7 +73,7 @@ impl Controller {
         &self,
         service: &str,
         value: serde_json::Value,
-    ) -> Result<pb::RolloutStatus, Refusal> {
+    ) -> Result<ServiceStatus, Refusal> {
         let handle = self.handle(service)?;
         let mut r = handle.rollout.lock().await;
         let analysis = {
@@ -97,7 +97,7 @@ impl Controller {
     }
 
     /// Promote, abort, pause, resume, retry, set-weight, approve or deny.
-    pub async fn operate(&self, service: &str, op: Op) -> Result<pb::RolloutStatus, Refusal> {
+    pub async fn operate(&self, service: &str, op: Op) -> Result<ServiceStatus, Refusal> {
         let handle = self.handle(service)?;
         let mut r = handle.rollout.lock().await;
         refuse_if_lost(&r)?;
@@ -121,7 +121,7 @@ impl Controller {
 
     /// `weir ctl reset`: after its state was lost, the service starts over from weir.yaml
     /// (primary only) and takes rollouts again.
-    pub async fn reset(&self, service: &str) -> Result<pb::RolloutStatus, Refusal> {
+    pub async fn reset(&self, service: &str) -> Result<ServiceStatus, Refusal> {
         let handle = self.handle(service)?;
         let mut r = handle.rollout.lock().await;
         if r.status.state_lost.is_none() {

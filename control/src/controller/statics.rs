@@ -5,15 +5,17 @@
 //! kept in the state file and over reloads until the file edits that service's routes or
 //! versions.
 
+use std::sync::{Arc, Mutex};
+
 use indexmap::IndexMap;
-use weir_protos::control as pb;
 use weir_proxy::config::ServiceConfig;
 use weir_proxy::{Proxy, RoutingError, ServiceRouting, TrafficPolicy};
 
 use super::{Controller, Refusal};
-use crate::api::convert::version_stats;
-use crate::clock::{now_ms, rfc3339};
-use crate::store::SavedStatic;
+use crate::clock::now_ms;
+use crate::config::WeirConfig;
+use crate::status::{ServiceStatus, Traffic, VersionWeight};
+use crate::store::{self, SavedStatic};
 use weir_proxy::RoutingErrors;
 
 /// The phase a service without an analysis shows.
@@ -93,13 +95,13 @@ impl Static {
     }
 
     /// The status the API shows: each version's weight, revision and traffic.
-    pub fn status(&self, proxy: &Proxy) -> pb::RolloutStatus {
+    pub fn status(&self, proxy: &Proxy) -> ServiceStatus {
         let svc = &self.file;
         let split = self.split();
         let stats = |i: usize| {
             let (name, _) = svc.versions.get_index(i)?;
             let handle = proxy.version(&svc.name, name)?;
-            Some(version_stats(&handle.snapshot(false).total()))
+            Some(Traffic::of(&handle.snapshot(false).total()))
         };
         let revision = |i: usize| {
             svc.versions
@@ -107,14 +109,14 @@ impl Static {
                 .and_then(|(_, v)| v.revision.clone())
                 .unwrap_or_default()
         };
-        pb::RolloutStatus {
+        ServiceStatus {
             service: svc.name.clone(),
             namespace: svc.namespace.clone(),
             phase: STATIC_PHASE.into(),
             canary_weight: split.get_index(1).map_or(0, |(_, w)| *w),
             primary_revision: revision(0),
             canary_revision: revision(1),
-            last_transition_time: rfc3339(self.last_transition_ms),
+            last_transition_ms: self.last_transition_ms,
             message: "No analysis: the split is the file's or set with weir ctl set-weight".into(),
             last_event: self.last_event.clone(),
             primary: stats(0),
@@ -122,13 +124,13 @@ impl Static {
             versions: svc
                 .versions
                 .iter()
-                .map(|(name, v)| pb::VersionWeight {
+                .map(|(name, v)| VersionWeight {
                     name: name.clone(),
                     weight: split.get(name).copied().unwrap_or(0),
                     revision: v.revision.clone().unwrap_or_default(),
                 })
                 .collect(),
-            ..pb::RolloutStatus::default()
+            ..ServiceStatus::default()
         }
     }
 
@@ -210,7 +212,7 @@ impl Controller {
         service: &str,
         canary: u32,
         weights: IndexMap<String, u32>,
-    ) -> Result<pb::RolloutStatus, Refusal> {
+    ) -> Result<ServiceStatus, Refusal> {
         let handle = self.static_handle(service)?;
         let mut s = handle.lock().unwrap_or_else(|p| p.into_inner());
         let split = s.asked(canary, weights)?;
@@ -238,5 +240,73 @@ impl Controller {
         self.shared.notifier.status(status.clone());
         self.persist();
         Ok(status)
+    }
+}
+
+/// Services without an analysis, staged for a start or a reload.
+pub(super) struct StagedStatics {
+    statics: IndexMap<String, Static>,
+    order: Vec<String>,
+}
+
+impl StagedStatics {
+    /// Their routing, each with its operator's split laid over.
+    pub(super) fn routings(&self) -> Result<Vec<ServiceRouting>, RoutingErrors> {
+        self.statics
+            .values()
+            .map(|s| s.routing().map_err(RoutingErrors::from))
+            .collect()
+    }
+}
+
+impl Controller {
+    /// The services without an analysis as `config` has them (an operator's split kept
+    /// unless the file edited it since: from `saved` at start, from the running ones on a
+    /// reload), with the policy each lays over its service. Installed by
+    /// [`Controller::install_statics`] once the proxy took the change.
+    pub(super) fn stage_statics(
+        &self,
+        config: &WeirConfig,
+        saved: &IndexMap<String, store::SavedStatic>,
+    ) -> StagedStatics {
+        let running = self
+            .shared
+            .statics
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut statics = IndexMap::new();
+        for svc in &config.proxy.services {
+            if config.analyses.contains_key(&svc.name) {
+                continue;
+            }
+            let kept = running
+                .get(&svc.name)
+                .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).saved());
+            let s = Static::new(svc.clone(), kept.as_ref().or(saved.get(&svc.name)));
+            statics.insert(svc.name.clone(), s);
+        }
+        StagedStatics {
+            statics,
+            order: config
+                .proxy
+                .services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The staged services without an analysis, in force from now on.
+    pub(super) fn install_statics(&self, staged: StagedStatics) {
+        *self
+            .shared
+            .statics
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = staged
+            .statics
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
+            .collect();
+        *self.shared.order.write().unwrap_or_else(|p| p.into_inner()) = staged.order;
     }
 }

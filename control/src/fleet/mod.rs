@@ -20,11 +20,11 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weir_protos::control as pb;
 use weir_protos::fleet as fb;
 use weir_proxy::{MeasurementDelta, Proxy};
 
 use crate::routes::Routes;
+use crate::status::{DataPlane, DataPlanes, ReplicaSummary};
 
 pub use stream::FleetService;
 
@@ -410,15 +410,15 @@ impl Fleet {
     }
 
     /// The replicas, by name.
-    pub fn list(&self) -> pb::ListReplicasReply {
+    pub fn list(&self) -> DataPlanes {
         let now = Instant::now();
         let replicas = self
             .entries()
             .iter()
-            .map(|(name, e)| pb::Replica {
+            .map(|(name, e)| DataPlane {
                 name: name.clone(),
                 address: e.address.clone(),
-                generation: e.acked,
+                version: e.acked,
                 state: e.state(now).label().to_string(),
                 last_seen_ms: u64::try_from(now.duration_since(e.last_seen).as_millis())
                     .unwrap_or(u64::MAX),
@@ -426,14 +426,14 @@ impl Fleet {
                 error: e.error.clone().unwrap_or_default(),
             })
             .collect();
-        pb::ListReplicasReply {
-            generation: self.version(),
-            replicas,
+        DataPlanes {
+            version: self.version(),
+            planes: replicas,
         }
     }
 
     /// `replicas: 3/3 at version 17` for status; None when weir serves alone.
-    pub fn summary(&self) -> Option<pb::ReplicaSummary> {
+    pub fn summary(&self) -> Option<ReplicaSummary> {
         let now = Instant::now();
         let entries = self.entries();
         if entries.is_empty() && !self.dedicated {
@@ -445,10 +445,10 @@ impl Fleet {
             .values()
             .filter(|e| e.state(now) == ReplicaState::Synced && e.acked >= version)
             .count();
-        Some(pb::ReplicaSummary {
+        Some(ReplicaSummary {
             synced: u32::try_from(synced).unwrap_or(u32::MAX),
             live: u32::try_from(live).unwrap_or(u32::MAX),
-            generation: version,
+            version,
         })
     }
 }

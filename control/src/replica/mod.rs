@@ -18,7 +18,7 @@ use weir_protos::fleet as fb;
 use weir_protos::fleet::fleet_client::FleetClient;
 use weir_proxy::{DeltaCursor, Proxy};
 
-pub use config::{is_replica_file, replica_name, ControllerLink, ReplicaConfig};
+pub use config::{is_replica_file, replica_name, ReplicaConfig};
 
 use crate::fleet::wire;
 use crate::link::{self, Access, CtlError};

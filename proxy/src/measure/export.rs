@@ -17,6 +17,8 @@ struct Series {
     mirrored: String,
     /// `service="...",version="..."`.
     service_version: String,
+    /// Both, `mirrored="...",service="...",version="..."`.
+    labels: String,
     tally: Tally,
 }
 
@@ -52,13 +54,16 @@ fn tallies(handles: &[VersionHandle]) -> (Vec<Series>, Vec<Cluster>) {
         let shadow = (!shadow.is_empty()).then_some(shadow);
         for (m, tally) in [(&h.users, Some(users)), (&h.shadow, shadow)] {
             if let Some(tally) = tally {
+                let mirrored = format!("mirrored=\"{}\"", m.mirrored);
+                let service_version = format!(
+                    "service=\"{}\",version=\"{}\"",
+                    escape(&m.service),
+                    escape(&m.version)
+                );
                 series.push(Series {
-                    mirrored: format!("mirrored=\"{}\"", m.mirrored),
-                    service_version: format!(
-                        "service=\"{}\",version=\"{}\"",
-                        escape(&m.service),
-                        escape(&m.version)
-                    ),
+                    labels: format!("{mirrored},{service_version}"),
+                    mirrored,
+                    service_version,
                     tally,
                 });
             }
@@ -85,9 +90,8 @@ fn weir_families(out: &mut String, series: &[Series]) {
         "Responses sent for each service version, by status class.",
     );
     for s in series {
-        let after = format!("{},{}", s.mirrored, s.service_version);
         let values = CLASSES.iter().zip(s.tally.responses);
-        by_label(out, name, "", "code_class", &after, values);
+        by_label(out, name, "", "code_class", &s.labels, values);
     }
     let reasons: [ReasonFamily; 2] = [
         (
@@ -125,9 +129,8 @@ fn weir_families(out: &mut String, series: &[Series]) {
         "Time from receiving a request to the end of its response, per service version.",
     );
     for s in series {
-        let labels = format!("{},{}", s.mirrored, s.service_version);
         let sum = s.tally.sum_micros as f64 / 1e6;
-        histogram(out, name, &labels, &le_seconds, &s.tally, sum);
+        histogram(out, name, &s.labels, &le_seconds, &s.tally, sum);
     }
 }
 

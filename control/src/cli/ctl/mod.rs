@@ -277,7 +277,9 @@ async fn follow(
             .map_err(grpc_error)?
             .ok_or_else(|| CtlError::Closed(service.to_string()))?;
         match item.kind {
-            Some(Kind::Event(e)) => println!("{} {}", event_label(&e), e.message),
+            Some(Kind::Event(e)) => {
+                println!("{} {}", event_label(e.r#type == "Warning"), e.message)
+            }
             Some(Kind::Status(s)) => {
                 let line = progress_line(&s);
                 if line != last_line {
