@@ -172,7 +172,7 @@ async fn a_healthy_canary_is_promoted_with_traffic_through_every_replica() {
     for name in ["r0", "r1", "r2"] {
         let line = out
             .lines()
-            .find(|l| l.starts_with(name))
+            .find(|l| l.split_whitespace().take(2).eq(["weir", name]))
             .unwrap_or_default();
         assert!(line.contains("synced"), "{name} in\n{out}");
     }
@@ -299,7 +299,7 @@ async fn a_replica_killed_or_added_mid_rollout_leaves_the_rollout_going() {
     let list = ctl_at(&c.control, &["replicas"]).1;
     assert!(
         list.lines()
-            .any(|l| l.starts_with("r2") && l.contains("disconnected")),
+            .any(|l| l.split_whitespace().take(2).eq(["weir", "r2"]) && l.contains("disconnected")),
         "{list}"
     );
     c.replicas.push(late);

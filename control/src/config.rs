@@ -26,6 +26,8 @@ pub struct WeirConfig {
     pub refs: References,
     /// The services with an `analysis:` block, in file order.
     pub analyses: IndexMap<String, AnalysisBlock>,
+    /// `envoy:`: Envoy nodes may take their routing from this controller (xDS).
+    pub envoy: Option<crate::xds::EnvoyConfig>,
 }
 
 /// What an analysis may refer to, as weir.yaml declares it.
@@ -64,7 +66,16 @@ impl WeirConfig {
     /// True when `weir run` serves the control API: the file has `control:` or an
     /// analysis (which the default loopback address serves).
     pub fn serves_control(&self) -> bool {
-        self.control_set || !self.analyses.is_empty()
+        self.control_set || !self.analyses.is_empty() || self.envoy.is_some()
+    }
+
+    /// What Envoy nodes are served with, when the file has `envoy:`.
+    pub fn envoy_settings(&self) -> Option<std::sync::Arc<crate::xds::EnvoySettings>> {
+        Some(std::sync::Arc::new(crate::xds::EnvoySettings {
+            envoy: self.envoy.clone()?,
+            tls: self.proxy.tls.clone(),
+            limits: self.proxy.limits.clone(),
+        }))
     }
 
     /// Reads and validates a weir.yaml.
@@ -92,6 +103,8 @@ impl WeirConfig {
         let control = take("control");
         let control_set = !control.is_null();
         let state: Option<PathBuf> = decode(take("state"), "state", &mut errors).flatten();
+        let envoy: Option<crate::xds::EnvoyConfig> =
+            decode(take("envoy"), "envoy", &mut errors).flatten();
         let alert_providers: Vec<AlertProviderConfig> =
             decode(take("alertProviders"), "alertProviders", &mut errors)
                 .flatten()
@@ -138,6 +151,9 @@ impl WeirConfig {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        if envoy.is_some() {
+            errors.extend(crate::xds::check::untranslatable(&proxy));
+        }
         ConfigErrors::check(errors)?;
         Ok(WeirConfig {
             proxy,
@@ -146,6 +162,7 @@ impl WeirConfig {
             state,
             refs,
             analyses,
+            envoy,
         })
     }
 }

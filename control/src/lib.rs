@@ -29,6 +29,7 @@ pub mod spec;
 pub(crate) mod status;
 pub(crate) mod store;
 pub(crate) mod traffic;
+pub(crate) mod xds;
 
 #[cfg(test)]
 mod fences;

@@ -76,7 +76,7 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, CtlError> {
 }
 
 /// The token from `--token-file` or the environment.
-fn token(access: &Access) -> Result<Option<String>, CtlError> {
+pub(crate) fn token(access: &Access) -> Result<Option<String>, CtlError> {
     let text = match &access.token_file {
         Some(path) => String::from_utf8(read(path, "--token-file")?).map_err(|_| {
             CtlError::Credentials(format!("--token-file {}: not UTF-8 text", path.display()))

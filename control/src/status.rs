@@ -89,6 +89,8 @@ pub struct ReplicaSummary {
 /// One data plane (a weir replica) serving the controller's routing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DataPlane {
+    /// `weir` (a replica) or `envoy`.
+    pub kind: &'static str,
     pub name: String,
     pub address: String,
     /// The last routing version it ACKed.

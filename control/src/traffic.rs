@@ -79,6 +79,7 @@ pub fn policy(analysis: &Analysis, v: Versions<'_>, routing: Exposure) -> Traffi
                 primary_max_age: analysis.interval.as_secs().max(1),
                 ..sa.clone()
             }),
+        affinity_token: None,
     }
 }
 

@@ -111,7 +111,6 @@ impl ProxyState {
     /// first, and nothing changes when any is refused.
     pub(crate) fn commit(&self, delta: RoutingDelta) -> Result<(), RoutingErrors> {
         let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-        let next = routing.applied(&delta);
         let mut errors: Vec<RoutingError> = delta
             .services
             .iter()
@@ -124,13 +123,16 @@ impl ProxyState {
                     old.hosts != s.hosts || !old.versions.keys().eq(s.versions.keys())
                 })
             });
-        if reshaped {
-            errors.extend(host_clashes(&next));
+        // A delta that adds, removes or re-hosts a service is checked and built whole; one
+        // that changes services in place (a weight step) costs what it changes.
+        let next = reshaped.then(|| routing.applied(&delta));
+        if let Some(next) = &next {
+            errors.extend(host_clashes(next));
         }
         RoutingErrors::check(errors)?;
         let current = self.table.load_full();
-        let table = if reshaped {
-            let services = build_all(&next, Some(&current), &self.backends)?;
+        let table = if let Some(next) = &next {
+            let services = build_all(next, Some(&current), &self.backends)?;
             RouteTable {
                 hosts: Arc::new(crate::route::HostIndex::new(&services)),
                 services: crate::route::ServiceList::new(services),
@@ -161,10 +163,20 @@ impl ProxyState {
             }
         }
         self.table.store(Arc::new(table));
-        if reshaped {
-            self.backends.retain(next.services.values().map(|s| &**s));
+        match next {
+            Some(next) => {
+                self.backends.retain(next.services.values().map(|s| &**s));
+                *routing = Arc::new(next);
+            }
+            None => {
+                // Usually the only holder: changed in place, not copied.
+                let r = Arc::make_mut(&mut routing);
+                for s in &delta.services {
+                    r.services.insert(s.name.clone(), s.clone());
+                }
+                r.version = delta.version;
+            }
         }
-        *routing = Arc::new(next);
         Ok(())
     }
 }

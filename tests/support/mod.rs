@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod envoy;
 pub mod nginx;
 pub mod pki;
 mod upstream;

@@ -66,6 +66,8 @@ pub enum Behaviour {
     Delay(u64),
     /// Answers every request like `/truncate/1000`.
     Truncate,
+    /// Answers one request in N with 500, the others 200.
+    FailOneIn(usize),
 }
 
 impl Upstream {
@@ -214,18 +216,24 @@ async fn answer(
             Err(e) => return Err(std::io::Error::other(e)),
         }
     }
-    seen.lock().expect("lock").push(Seen {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body_len,
-    });
+    let nth = {
+        let mut seen = seen.lock().expect("lock");
+        seen.push(Seen {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body_len,
+        });
+        seen.len()
+    };
     let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
     let (head, arg) = match &behaviour {
         // The upstream's own metrics are served whatever the behaviour.
         _ if path == "/metrics" => ("metrics", String::new()),
         Behaviour::Status(code) => ("status", code.to_string()),
+        Behaviour::FailOneIn(n) if nth % n == 0 => ("status", "500".to_string()),
+        Behaviour::FailOneIn(_) => ("", String::new()),
         Behaviour::Huge(n) => ("download", n.to_string()),
         Behaviour::Body(b) => ("body", b.clone()),
         Behaviour::Delay(ms) => ("slow", ms.to_string()),

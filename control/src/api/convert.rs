@@ -225,6 +225,7 @@ pub fn replicas(d: DataPlanes) -> pb::ListReplicasReply {
                 last_seen_ms: p.last_seen_ms,
                 requests_per_second: p.requests_per_second,
                 error: p.error,
+                kind: p.kind.to_string(),
             })
             .collect(),
     }

@@ -20,6 +20,9 @@ use weir_proxy::tls::ServerTls;
 use crate::auth::Authorizer;
 use crate::controller::Controller;
 use crate::fleet::FleetService;
+use crate::xds::{AdsService, StatsService};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer;
 use service::Api;
 
 /// HTTP/2 pings on idle connections, and how long an answer may take.
@@ -68,6 +71,20 @@ pub async fn serve(
             fleet: controller.fleet().clone(),
             auth: auth.clone(),
         }))
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(AdsService {
+                routes: controller.routes().clone(),
+                fleet: controller.fleet().clone(),
+                auth: auth.clone(),
+                settings: controller.envoy_settings(),
+            })
+            .max_decoding_message_size(16 << 20),
+        )
+        .add_service(MetricsServiceServer::new(StatsService::new(
+            controller.routes().clone(),
+            controller.fleet().clone(),
+            auth.clone(),
+        )))
         .add_service(ControlServer::new(Api { controller, auth }));
     match tls {
         None => {

@@ -1,5 +1,6 @@
 //! The `weir` command line: `run`, `proxy`, `control`, `check`, `demo` and `ctl`.
 
+mod bootstrap;
 mod ctl;
 mod demo;
 mod fleet;
@@ -71,13 +72,19 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Talk to a running weir's control API: status, watch, start, promote, abort, ...
     Ctl(ctl::CtlArgs),
+    /// Print a bootstrap for a data plane weir drives (an Envoy node).
+    #[command(subcommand)]
+    Bootstrap(bootstrap::BootstrapCommand),
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and ctl print their own lines; only errors go to the log there.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Ctl(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Ctl(_) | Command::Bootstrap(_)
+    );
     init_logging(cli.log_format, if quiet { "error" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +108,7 @@ pub fn main() -> ExitCode {
             Command::Check { config } => run::check(&config),
             Command::Demo(args) => demo::demo(args).await,
             Command::Ctl(args) => ctl::ctl(args).await,
+            Command::Bootstrap(what) => bootstrap::bootstrap(what),
         }
     });
     match result {

@@ -63,25 +63,30 @@ fn replicas_cell(s: &pb::ReplicaSummary) -> String {
     format!("{}/{} at version {}", s.synced, s.live, s.generation)
 }
 
-/// `weir ctl replicas`: NAME, ADDRESS, VERSION, STATE, LAST SEEN, REQ/S.
+/// `weir ctl replicas`: every data plane (weir replicas and Envoy nodes): KIND, NAME,
+/// ADDRESS, VERSION ACKED, STATE, LAST SEEN, REQ/S and why it refused the last routing.
 pub fn replicas_table(reply: &pb::ListReplicasReply) -> String {
-    let mut rows = vec![
-        ["NAME", "ADDRESS", "VERSION", "STATE", "LAST SEEN", "REQ/S"]
-            .map(String::from)
-            .to_vec(),
+    let head = [
+        "KIND",
+        "NAME",
+        "ADDRESS",
+        "VERSION ACKED",
+        "STATE",
+        "LAST SEEN",
+        "REQ/S",
+        "ERROR",
     ];
+    let mut rows = vec![head.map(String::from).to_vec()];
     for r in &reply.replicas {
-        let state = match r.error.as_str() {
-            "" => r.state.clone(),
-            e => format!("{} ({e})", r.state),
-        };
         rows.push(vec![
+            r.kind.clone(),
             r.name.clone(),
             r.address.clone(),
             r.generation.to_string(),
-            state,
+            r.state.clone(),
             format!("{:.1}s ago", r.last_seen_ms as f64 / 1000.0),
             format!("{:.1}", r.requests_per_second),
+            r.error.clone(),
         ]);
     }
     let mut out = columns(&rows);

@@ -73,6 +73,8 @@ struct Shared {
     proxy: Proxy,
     /// The routing every data plane serves.
     routes: Arc<Routes>,
+    /// What Envoy nodes are served with (None: no `envoy:` block).
+    envoy: tokio::sync::watch::Sender<Option<Arc<crate::xds::EnvoySettings>>>,
     /// The proxy replicas that serve this controller's routing.
     fleet: Arc<Fleet>,
     state_path: Option<PathBuf>,
@@ -109,9 +111,21 @@ impl Controller {
         Controller::launch(proxy, config, true)
     }
 
-    /// The replicas this controller routes.
+    /// The data planes this controller routes.
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.shared.fleet
+    }
+
+    /// The routing it publishes.
+    pub(crate) fn routes(&self) -> &Arc<Routes> {
+        &self.shared.routes
+    }
+
+    /// What Envoy nodes are served with, as weir.yaml last said.
+    pub(crate) fn envoy_settings(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<Arc<crate::xds::EnvoySettings>>> {
+        self.shared.envoy.subscribe()
     }
 
     /// Restores the state file, routes the proxy as the state says, spawns one task per
@@ -131,6 +145,7 @@ impl Controller {
             metrics: Metrics::new(proxy.families().registry()),
             fleet: Fleet::start(routes.clone(), proxy.clone(), dedicated),
             routes,
+            envoy: tokio::sync::watch::Sender::new(config.envoy_settings()),
             proxy,
             state_path: config.state.clone(),
             refs: RwLock::new(config.refs.clone()),

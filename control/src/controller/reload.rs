@@ -70,6 +70,14 @@ impl Controller {
             .collect();
         self.shared.routes.commit(services, &removed)?;
         self.shared.proxy.set_listeners(&cfg.proxy);
+        let envoy = cfg.envoy_settings();
+        self.shared.envoy.send_if_modified(|now| {
+            let changed = now.as_deref() != envoy.as_deref();
+            if changed {
+                *now = envoy;
+            }
+            changed
+        });
         self.install_statics(statics);
         *self.shared.refs.write().unwrap_or_else(|p| p.into_inner()) = cfg.refs.clone();
         for mut next in staged {

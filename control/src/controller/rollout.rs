@@ -197,7 +197,29 @@ impl Rollout {
             primary: &self.primary_name,
             canary: self.canary.as_ref().map(|_| self.canary_name.as_str()),
         };
-        traffic::policy(&self.analysis, versions, exposure)
+        let mut policy = traffic::policy(&self.analysis, versions, exposure);
+        if policy.session_affinity.is_some() {
+            policy.affinity_token = Some(self.affinity_token());
+        }
+        policy
+    }
+
+    /// The affinity cookie's value for this run of the rollout: the same on every data
+    /// plane (derived, not drawn), new with each revision and each run.
+    fn affinity_token(&self) -> String {
+        // FNV-1a: stable across processes and releases, unlike the std hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let started = self.status.started_ms.unwrap_or(0).to_string();
+        for part in [
+            self.service.as_str(),
+            self.canary_revision().unwrap_or(""),
+            started.as_str(),
+        ] {
+            for b in part.bytes().chain([0]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
     }
 
     /// How long checkpoints are kept: the longest metric window plus one interval.

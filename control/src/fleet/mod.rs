@@ -9,6 +9,7 @@
 //! applied when every connected replica that is not stale has ACKed it; a stale replica's
 //! measurements are not merged (it serves other weights than the rollout is judging).
 
+mod envoy;
 mod stream;
 pub mod wire;
 
@@ -63,8 +64,21 @@ impl ReplicaState {
     }
 }
 
-/// One replica as the controller knows it.
+/// What serves the routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `weir proxy --controller`.
+    Weir,
+    /// An Envoy node on ADS.
+    Envoy,
+}
+
+/// One data plane (a replica or an Envoy node) as the controller knows it.
 struct Entry {
+    kind: Kind,
+    /// It reports at least every second (a replica; an Envoy node once its stats come):
+    /// silence then means a stream that no longer reaches it.
+    heartbeat: bool,
     address: String,
     /// The stream it talks on now (a reconnect replaces the older one).
     session: u64,
@@ -86,13 +100,25 @@ struct Entry {
 }
 
 impl Entry {
+    /// Notes measured requests (for its rate) and a sign of life; its state now.
+    fn counted(&mut self, deltas: &[MeasurementDelta]) -> ReplicaState {
+        let requests: u64 = deltas.iter().map(MeasurementDelta::requests).sum();
+        let now = Instant::now();
+        self.last_seen = now;
+        self.window.1 += requests;
+        let span = now.duration_since(self.window.0);
+        if span >= RATE_WINDOW {
+            self.rate = self.window.1 as f64 / span.as_secs_f64();
+            self.window = (now, 0);
+        }
+        self.state(now)
+    }
+
     fn state(&self, now: Instant) -> ReplicaState {
         if !self.connected {
             return ReplicaState::Disconnected;
         }
-        // A live replica reports at least every second: silence means a stream that no
-        // longer reaches it.
-        if now.duration_since(self.last_seen) >= STALE_AFTER {
+        if self.heartbeat && now.duration_since(self.last_seen) >= STALE_AFTER {
             return ReplicaState::Stale;
         }
         match self.pushed {
@@ -232,6 +258,8 @@ impl Fleet {
         entries.insert(
             hello.name.clone(),
             Entry {
+                kind: Kind::Weir,
+                heartbeat: true,
                 address: hello.address.clone(),
                 session,
                 incarnation: hello.incarnation,
@@ -258,7 +286,7 @@ impl Fleet {
         Some(f(e))
     }
 
-    fn pushed(&self, name: &str, session: u64, version: u64, bytes: usize) {
+    pub(crate) fn pushed(&self, name: &str, session: u64, version: u64, bytes: usize) {
         self.metrics.pushes.inc();
         self.metrics
             .push_bytes
@@ -322,33 +350,27 @@ impl Fleet {
                 .with_label_values(&["invalid"])
                 .inc_by(malformed);
         }
-        let requests: u64 = deltas.iter().map(MeasurementDelta::requests).sum();
-        let now = Instant::now();
-        let state = self.with(name, session, |e| {
-            e.window.1 += requests;
-            let span = now.duration_since(e.window.0);
-            if span >= RATE_WINDOW {
-                e.rate = e.window.1 as f64 / span.as_secs_f64();
-                e.window = (now, 0);
-            }
-            e.state(now)
-        });
-        match state {
-            None => return None,
-            Some(ReplicaState::Stale) => self.metrics.dropped.with_label_values(&["stale"]).inc(),
-            Some(_) => {
-                for d in &deltas {
-                    if let Err(e) = self.proxy.merge_measurements(d) {
-                        self.metrics.dropped.with_label_values(&["invalid"]).inc();
-                        tracing::warn!(replica = name, service = %d.service, version = %d.version, error = %e, "replica measurements refused");
-                    }
-                }
-            }
-        }
+        let state = self.with(name, session, |e| e.counted(&deltas))?;
+        self.merge(name, state, &deltas);
         Some(seq)
     }
 
-    fn disconnected(&self, name: &str, session: u64) {
+    /// Adds a data plane's measurements to the controller's, unless it is stale (it
+    /// serves other weights than the ones being judged).
+    fn merge(&self, name: &str, state: ReplicaState, deltas: &[MeasurementDelta]) {
+        if state == ReplicaState::Stale {
+            self.metrics.dropped.with_label_values(&["stale"]).inc();
+            return;
+        }
+        for d in deltas {
+            if let Err(e) = self.proxy.merge_measurements(d) {
+                self.metrics.dropped.with_label_values(&["invalid"]).inc();
+                tracing::warn!(data_plane = name, service = %d.service, version = %d.version, error = %e, "measurements refused");
+            }
+        }
+    }
+
+    pub(crate) fn disconnected(&self, name: &str, session: u64) {
         self.with(name, session, |e| e.connected = false);
         self.housekeeping();
         self.standing.send_replace(());
@@ -416,6 +438,10 @@ impl Fleet {
             .entries()
             .iter()
             .map(|(name, e)| DataPlane {
+                kind: match e.kind {
+                    Kind::Weir => "weir",
+                    Kind::Envoy => "envoy",
+                },
                 name: name.clone(),
                 address: e.address.clone(),
                 version: e.acked,

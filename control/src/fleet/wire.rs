@@ -139,6 +139,7 @@ fn service_to_pb(s: &ServiceRouting) -> fb::ServiceRouting {
             primary_max_age: a.primary_max_age,
         }),
         version: s.version,
+        affinity_token: s.affinity_token.clone().unwrap_or_default(),
     }
 }
 
@@ -205,6 +206,7 @@ fn service_from_pb(s: fb::ServiceRouting) -> Result<ServiceRouting, String> {
         rules,
         sticky,
         affinity,
+        affinity_token: some(&s.affinity_token),
         version: s.version,
     })
 }

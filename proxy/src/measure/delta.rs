@@ -122,6 +122,56 @@ impl Tally {
 }
 
 impl MeasurementDelta {
+    /// What an Envoy node's flush adds to a version: responses by code (classes follow),
+    /// upstream failures by weir's reason labels, the flush's histogram as counts per
+    /// Envoy bucket (the last past every bound) and the latencies' sum. The latency
+    /// histogram spreads each bucket's count evenly over the bucket's range, as
+    /// Prometheus' `histogram_quantile` reads one.
+    pub fn from_envoy(
+        service: String,
+        version: String,
+        mirrored: bool,
+        codes: Vec<(u16, u64)>,
+        failures: Vec<(String, u64)>,
+        buckets: Vec<u64>,
+        sum_micros: u64,
+    ) -> MeasurementDelta {
+        let mut responses = [0u64; 5];
+        for (code, n) in &codes {
+            if let Some(class) = usize::from(*code / 100).checked_sub(1).filter(|c| *c < 5) {
+                responses[class] += n;
+            }
+        }
+        let mut h = super::latency::new_histogram();
+        let mut lower = 0.0;
+        for (i, n) in buckets.iter().enumerate() {
+            // Past the last bound: at the last bound.
+            let upper = ENVOY_BUCKETS_MS.get(i).copied().unwrap_or(lower);
+            for k in 0..*n {
+                let ms = lower + (upper - lower) * (k as f64 + 0.5) / *n as f64;
+                let micros = super::latency::clamped(((ms * 1000.0) as u64).max(1));
+                let _ = h.record(micros);
+            }
+            lower = upper;
+        }
+        let mut latency = Vec::new();
+        if !h.is_empty() && V2Serializer::new().serialize(&h, &mut latency).is_err() {
+            latency.clear();
+        }
+        MeasurementDelta {
+            service,
+            version,
+            mirrored,
+            responses,
+            failures,
+            client_faults: Vec::new(),
+            codes,
+            buckets,
+            sum_micros,
+            latency,
+        }
+    }
+
     /// The tally this delta adds, checked.
     fn to_tally(&self) -> Result<Tally, DeltaError> {
         let mut t = Tally {
@@ -247,6 +297,34 @@ mod tests {
             error,
             elapsed: Duration::from_micros(micros),
         }
+    }
+
+    #[test]
+    fn an_envoy_flush_becomes_a_delta_whose_quantiles_follow_its_buckets() {
+        let mut buckets = vec![0u64; ENVOY_BUCKETS_MS.len() + 1];
+        buckets[4] = 90; // (10, 25] ms
+        buckets[8] = 10; // (250, 500] ms
+        let d = MeasurementDelta::from_envoy(
+            "api".into(),
+            "canary".into(),
+            false,
+            vec![(200, 95), (503, 5)],
+            vec![("reset".into(), 2)],
+            buckets,
+            100_000,
+        );
+        assert_eq!(d.responses, [0, 95, 0, 0, 5]);
+        let controller = Families::new();
+        let h = controller.version("api", "default", 80, "canary");
+        assert!(controller.merge(&d).expect("well formed"));
+        let w = h.snapshot(false).total();
+        assert_eq!(w.requests(), 100);
+        assert_eq!(w.errors_5xx(), 5);
+        let p50 = w.quantile_ms(0.5).expect("p50");
+        let p99 = w.quantile_ms(0.99).expect("p99");
+        assert!((10.0..=25.0).contains(&p50), "{p50}");
+        assert!((250.0..=500.0).contains(&p99), "{p99}");
+        assert_eq!(w.failures_of(ErrorKind::UpstreamReset), 2);
     }
 
     #[test]

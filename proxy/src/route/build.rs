@@ -87,7 +87,10 @@ pub(crate) fn service(
             .get(CANARY)
             .is_some_and(|w| *w > 0)
             && rules.iter().any(|r| matches!(r.target, Target::Split(_)));
-        let token = backends.tokens.token(&svc.name, &canary.revision, active);
+        let token = match &svc.affinity_token {
+            Some(t) => t.clone(),
+            None => backends.tokens.token(&svc.name, &canary.revision, active),
+        };
         Affinity::new(sa, token, active)
     });
     Ok(Service {

@@ -28,6 +28,7 @@ impl ServiceRouting {
             rules,
             sticky: svc.sticky.clone(),
             affinity: svc.session_affinity.clone(),
+            affinity_token: None,
             version: 0,
         }
     }
@@ -73,6 +74,9 @@ impl ServiceRouting {
         out.rules = rules;
         if let Some(sa) = &policy.session_affinity {
             out.affinity = Some(sa.clone());
+        }
+        if let Some(t) = &policy.affinity_token {
+            out.affinity_token = Some(t.clone());
         }
         out.check()?;
         Ok(out)

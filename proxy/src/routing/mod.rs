@@ -39,6 +39,10 @@ pub struct ServiceRouting {
     pub sticky: Option<StickyConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<SessionAffinityConfig>,
+    /// The session-affinity cookie's value, chosen by the controller for the rollout so
+    /// every data plane sets and honours the same one (None: each proxy draws its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_token: Option<String>,
     /// The routing version this snapshot was made at.
     pub version: u64,
 }

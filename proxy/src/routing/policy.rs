@@ -25,6 +25,9 @@ pub struct TrafficPolicy {
     /// Session affinity while the policy holds (replaces the service's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinityConfig>,
+    /// The affinity cookie's value for this rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_token: Option<String>,
 }
 
 /// Mirror a share of requests to a shadow version.

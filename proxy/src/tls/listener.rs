@@ -72,6 +72,19 @@ fn dns_names(key: &CertifiedKey, field: &str) -> Result<Vec<String>, TlsError> {
         .collect())
 }
 
+/// The DNS names the leaf (first) certificate of a PEM chain is valid for: the names a
+/// client's SNI chooses it by.
+pub fn dns_names_of_pem(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let certs = pem::certificates(bytes, "cert").map_err(|e| e.message)?;
+    let leaf = certs.first().ok_or("no certificate in the file")?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("not a usable certificate: {e}"))?;
+    Ok(cert
+        .valid_dns_names()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect())
+}
+
 impl ServerTls {
     /// Reads and checks the files; `alpn` lists the protocols offered, most preferred first.
     pub fn load(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use prometheus::IntCounterVec;
 use rustls::crypto::CryptoProvider;
 
-pub use listener::{ClientCerts, ServerTls};
+pub use listener::{dns_names_of_pem, ClientCerts, ServerTls};
 pub use material::{Reload, TlsError};
 pub(crate) use upstream::UpstreamTls;
 

@@ -1,0 +1,187 @@
+//! `weir bootstrap envoy`: a complete Envoy bootstrap that takes every listener, route,
+//! cluster and endpoint from weir's controller over ADS (its control address, with TLS
+//! and credentials when given) and pushes Envoy's stats back to it every second, with the
+//! admin interface on loopback. `envoy -c` takes it as printed.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::link::{self, Access};
+
+/// What to write a bootstrap for.
+#[derive(Subcommand, Debug, Clone)]
+pub enum BootstrapCommand {
+    /// An Envoy node (sidecar or gateway) driven by weir's controller.
+    Envoy(EnvoyArgs),
+}
+
+/// `weir bootstrap envoy` options.
+#[derive(Args, Debug, Clone)]
+pub struct EnvoyArgs {
+    /// The controller's control API and the credentials to reach it (a `replica` token,
+    /// or a client certificate): the same options `weir ctl` takes.
+    #[command(flatten)]
+    pub access: Access,
+    /// The node's id: unique per Envoy (the controller lists nodes by it).
+    #[arg(long)]
+    pub node: String,
+    /// The node's cluster (Envoy's `node.cluster`).
+    #[arg(long, default_value = "weir")]
+    pub cluster: String,
+    /// Where the node listens for users (`ip:port`); without it, `envoy.listen` of the
+    /// controller's weir.yaml.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Envoy's admin interface (keep it on loopback).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin: String,
+}
+
+/// Prints the bootstrap, or why it cannot be made.
+pub fn bootstrap(command: BootstrapCommand) -> anyhow::Result<ExitCode> {
+    let BootstrapCommand::Envoy(args) = command;
+    match envoy(&args) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("weir bootstrap envoy: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `host:port` of an address, without its scheme; its scheme says TLS.
+fn target(control: &str) -> Result<(String, u32, bool), String> {
+    let (tls, rest) = match control.split_once("://") {
+        Some(("https", r)) => (true, r),
+        Some(("http", r)) => (false, r),
+        Some((s, _)) => return Err(format!("--control {control:?}: unknown scheme {s:?}")),
+        None => (false, control),
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--control {control:?}: expected host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("--control {control:?}: {port:?} is not a port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port, tls))
+}
+
+fn socket(host: &str, port: u32) -> Value {
+    json!({ "socket_address": { "address": host, "port_value": port } })
+}
+
+/// The bootstrap as YAML.
+pub fn envoy(args: &EnvoyArgs) -> Result<String, String> {
+    let (host, port, https) = target(&args.access.control)?;
+    let tls = https || args.access.ca.is_some() || args.access.cert.is_some();
+    let token = link::token(&args.access).map_err(|e| e.to_string())?;
+    let metadata: Vec<Value> = token
+        .iter()
+        .map(|t| json!({ "key": "authorization", "value": format!("Bearer {}", t.replace('%', "%%")) }))
+        .collect();
+    let grpc = json!({
+        "envoy_grpc": { "cluster_name": "weir_control" },
+        "initial_metadata": metadata,
+    });
+    let (admin_host, admin_port) = args
+        .admin
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("--admin {:?}: expected ip:port", args.admin))?;
+    let by_name = host.parse::<std::net::IpAddr>().is_err();
+    let mut control = json!({
+        "name": "weir_control",
+        "type": if by_name { "STRICT_DNS" } else { "STATIC" },
+        // A name like localhost resolves to ::1 first; the control API may not listen there.
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        // Pings find a controller that vanished without closing the stream.
+                        "connection_keepalive": { "interval": "10s", "timeout": "10s" }
+                    }
+                }
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "weir_control",
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": socket(&host, port) } } ] } ]
+        }
+    });
+    if tls {
+        let mut common = json!({ "alpn_protocols": ["h2"] });
+        if let Some(ca) = &args.access.ca {
+            let pem =
+                std::fs::read_to_string(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            common["validation_context"] = json!({
+                "trusted_ca": { "inline_string": pem },
+                "match_typed_subject_alt_names": [ { "san_type": "DNS", "matcher": { "exact": host } } ]
+            });
+        }
+        if let (Some(cert), Some(key)) = (&args.access.cert, &args.access.key) {
+            // The files as the node sees them (a mounted Secret): the key is not copied.
+            common["tls_certificates"] = json!([{
+                "certificate_chain": { "filename": cert.display().to_string() },
+                "private_key": { "filename": key.display().to_string() }
+            }]);
+        }
+        control["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": common
+            }
+        });
+    }
+    let mut node = json!({ "id": args.node, "cluster": args.cluster });
+    if let Some(listen) = &args.listen {
+        crate::xds::check_listen(listen).map_err(|e| format!("--listen: {e}"))?;
+        node["metadata"] = json!({ "weir.listen": listen });
+    }
+    let doc = json!({
+        "node": node,
+        "admin": { "address": socket(&admin_host, admin_port) },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [grpc]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": { "clusters": [control] },
+        "stats_flush_interval": "1s",
+        "stats_sinks": [{
+            "name": "envoy.stat_sinks.metrics_service",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                "transport_api_version": "V3",
+                // Running totals: weir differences them, so a lost flush is made good.
+                "report_counters_as_deltas": false,
+                "emit_tags_as_labels": true,
+                "histogram_emit_mode": "HISTOGRAM",
+                "grpc_service": grpc
+            }
+        }]
+    });
+    let mut out = String::from(
+        "# Envoy bootstrap written by `weir bootstrap envoy`: routing over ADS from weir's\n# controller, stats pushed back to it every second.\n",
+    );
+    if token.is_some() {
+        out.push_str("# It holds a bearer token: keep it in a Secret, not a ConfigMap.\n");
+    }
+    out.push_str(&serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?);
+    Ok(out)
+}

