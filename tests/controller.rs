@@ -32,12 +32,12 @@ async fn healthy_canary_is_promoted_and_takes_over_the_primary() {
     );
     let logs = weir.logs();
     for line in [
-        "New revision detected! Scaling up podinfo.test",
+        "New revision detected! Starting canary analysis for podinfo.test",
         "Starting canary analysis for podinfo.test",
         "Advance podinfo.test canary weight 10",
         "Advance podinfo.test canary weight 30",
-        "Copying podinfo.test template spec to podinfo-primary.test",
-        "Promotion completed! Scaling down podinfo.test",
+        "Promoting podinfo.test: the canary's endpoints and revision become the primary's",
+        "Promotion completed! All traffic to the new primary of podinfo.test",
     ] {
         assert!(logs.contains(line), "missing {line:?} in logs:\n{logs}");
     }
@@ -114,7 +114,7 @@ async fn canary_answering_only_5xx_is_rolled_back_within_seconds_and_alerts_fire
         .contains("Rolling back podinfo.test fast-fail: canary 5xx"));
     assert!(weir
         .logs()
-        .contains("Canary failed! Scaling down podinfo.test"));
+        .contains("Canary failed! All traffic back to the primary of podinfo.test"));
     assert_eq!(
         weir.metric("flagger_canary_status", &[("name", "podinfo")])
             .await,

@@ -315,6 +315,29 @@ async fn a_replica_killed_or_added_mid_rollout_leaves_the_rollout_going() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_controller_stops_on_sigterm_with_replicas_connected() {
+    let primary = Upstream::start("primary").await;
+    let mut c = Cluster::start("fleet-stop", &podinfo(&primary, &primary, FAST), 2).await;
+    c.controller.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = c.controller.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir control still runs 30s after SIGTERM with replicas connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The replicas keep serving their last routing.
+    for r in &c.replicas {
+        assert_eq!(get(&r.url("/"), &[]).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_killed_mid_rollout_fails_no_request_and_resumes_the_step() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;

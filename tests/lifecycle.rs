@@ -40,7 +40,11 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_counts_the_failure(
         get(&weir.url("/"), &[]).await.headers["x-served-by"] == "canary"
     })
     .await;
-    assert_eq!(weir.metric("weir_config_reloads_total", &[]).await, 1.0);
+    assert_eq!(
+        weir.metric("weir_config_reloads_total", &[("result", "ok")])
+            .await,
+        1.0
+    );
     let config: serde_json::Value =
         serde_json::from_str(&get_text(&weir.admin_url("/config")).await).expect("json");
     assert_eq!(config["services"][0]["versions"][1]["weight"], 100);

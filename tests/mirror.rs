@@ -408,7 +408,7 @@ async fn session_affinity_pins_canary_users_and_expires_their_cookie_after_the_r
     weir.signal("HUP");
     weir.wait_metric(
         "weir_config_reloads_total",
-        &[],
+        &[("result", "ok")],
         1.0,
         Duration::from_secs(10),
     )
@@ -432,7 +432,7 @@ async fn session_affinity_pins_canary_users_and_expires_their_cookie_after_the_r
     weir.signal("HUP");
     weir.wait_metric(
         "weir_config_reloads_total",
-        &[],
+        &[("result", "ok")],
         2.0,
         Duration::from_secs(10),
     )

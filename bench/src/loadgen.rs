@@ -35,6 +35,9 @@ struct Args {
     /// Host header to send (defaults to the URL's authority).
     #[arg(long)]
     host: Option<String>,
+    /// Spread the connections over N hosts: connection i sends `HOST{i % N}` (0: one host).
+    #[arg(long, default_value_t = 0)]
+    host_spread: usize,
 }
 
 struct Shared {
@@ -77,9 +80,13 @@ async fn main() -> anyhow::Result<()> {
         ),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.connections.max(1) {
+    for i in 0..args.connections.max(1) {
         let shared = shared.clone();
-        let (addr, host, path) = (authority.to_string(), host.clone(), path.clone());
+        let host = match args.host_spread {
+            0 => host.clone(),
+            n => format!("{host}{}", i % n),
+        };
+        let (addr, path) = (authority.to_string(), path.clone());
         tasks.spawn(async move { connection(shared, addr, host, path).await });
     }
     while tasks.join_next().await.is_some() {}

@@ -28,6 +28,8 @@ pub struct WeirConfig {
     pub analyses: IndexMap<String, AnalysisBlock>,
     /// `envoy:`: Envoy nodes may take their routing from this controller (xDS).
     pub envoy: Option<crate::xds::EnvoyConfig>,
+    /// Fields of pasted Flagger Canary objects weir does not act on, each with why.
+    pub ignored: Vec<String>,
 }
 
 /// What an analysis may refer to, as weir.yaml declares it.
@@ -67,6 +69,26 @@ impl WeirConfig {
     /// analysis (which the default loopback address serves).
     pub fn serves_control(&self) -> bool {
         self.control_set || !self.analyses.is_empty() || self.envoy.is_some()
+    }
+
+    /// What a valid file leaves to defaults that a newcomer would want to know: said by
+    /// `weir check` and at start.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = self.ignored.clone();
+        let controlled = self.serves_control();
+        if controlled && !self.control_set {
+            out.push(format!(
+                "control: not set: the control API listens on {} (a service has an analysis); set control: to choose the address",
+                crate::auth::DEFAULT_CONTROL
+            ));
+        }
+        if controlled && self.state.is_none() {
+            out.push(
+                "state: not set: rollouts and set weights are not persisted, and a restart forgets them; set state: ./weir-state.json to keep them"
+                    .into(),
+            );
+        }
+        out
     }
 
     /// What Envoy nodes are served with, when the file has `envoy:`.
@@ -123,18 +145,30 @@ impl WeirConfig {
             metric_templates,
             metrics_server,
         };
+        let canaries = crate::canary_object::expand(&mut value);
         let written = take_analyses(&mut value);
         let control = control_from(control, &mut errors);
-        let Some(mut proxy) = ProxyConfig::decode(value, &mut errors) else {
+        // Every part is checked even when another has errors: one pass shows them all.
+        let Some((mut proxy, indexes)) = ProxyConfig::decode_indexed(value, &mut errors) else {
+            canaries.finish(&mut errors);
             return Err(ConfigErrors(errors));
         };
         let mut analyses = IndexMap::new();
-        for (i, block) in written {
-            let Some(svc) = proxy.services.get_mut(i) else {
+        for (i, namespace, block) in written {
+            let at = format!("services[{i}].analysis");
+            let Some(svc) = indexes
+                .iter()
+                .position(|&k| k == i)
+                .and_then(|p| proxy.services.get_mut(p))
+            else {
+                // The service itself did not decode: its analysis is still checked.
+                if let Err(mut e) = spec::parse(&block, &at, &refs.catalog(&namespace)) {
+                    errors.append(&mut e);
+                }
                 continue;
             };
             let catalog = refs.catalog(&svc.namespace);
-            match spec::parse(&block, &format!("services[{i}].analysis"), &catalog) {
+            match spec::parse(&block, &at, &catalog) {
                 Ok(analysis) => {
                     // Flagger's primary cookie lives one analysis interval.
                     if let Some(sa) = svc.session_affinity.as_mut() {
@@ -154,6 +188,7 @@ impl WeirConfig {
         if envoy.is_some() {
             errors.extend(crate::xds::check::untranslatable(&proxy));
         }
+        canaries.finish(&mut errors);
         ConfigErrors::check(errors)?;
         Ok(WeirConfig {
             proxy,
@@ -163,6 +198,7 @@ impl WeirConfig {
             refs,
             analyses,
             envoy,
+            ignored: canaries.notes,
         })
     }
 }
@@ -191,15 +227,24 @@ fn kubernetes_objects(list: serde_json::Value) -> serde_json::Value {
     serde_json::Value::Array(flat.collect())
 }
 
-/// Takes each service's `analysis:` block out of the document, by service index.
-fn take_analyses(value: &mut serde_json::Value) -> Vec<(usize, serde_json::Value)> {
+/// Takes each service's `analysis:` block out of the document, with the service's index
+/// and namespace.
+fn take_analyses(value: &mut serde_json::Value) -> Vec<(usize, String, serde_json::Value)> {
     let Some(services) = value.get_mut("services").and_then(|s| s.as_array_mut()) else {
         return Vec::new();
     };
     services
         .iter_mut()
         .enumerate()
-        .filter_map(|(i, s)| Some((i, s.as_object_mut()?.remove("analysis")?)))
+        .filter_map(|(i, s)| {
+            let o = s.as_object_mut()?;
+            let namespace = o
+                .get("namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("default")
+                .to_string();
+            Some((i, namespace, o.remove("analysis")?))
+        })
         .collect()
 }
 

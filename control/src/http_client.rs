@@ -136,12 +136,17 @@ impl HttpPoster {
 }
 
 /// An error and its causes on one line: `outer: inner: root`.
+/// An error and its causes as one line; a cause that only repeats what is said already
+/// (`tcp connect error: tcp connect error`) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     use std::fmt::Write;
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
-        let _ = write!(msg, ": {s}");
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            let _ = write!(msg, ": {text}");
+        }
         src = s.source();
     }
     msg

@@ -8,11 +8,13 @@
 pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod canary_object;
 pub mod checks;
 pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod controller;
+pub(crate) mod dashboard;
 pub(crate) mod fleet;
 pub mod guard;
 pub(crate) mod hooks;

@@ -52,6 +52,9 @@ pub enum CtlError {
     Refused(String),
     #[error("the control API closed the watch of {0}")]
     Closed(String),
+    /// What answered is not a gRPC server with weir's control API.
+    #[error("{0}")]
+    NotControlApi(String),
 }
 
 /// Adds the bearer token to every call.
@@ -157,8 +160,26 @@ pub async fn channel(access: &Access) -> Result<(Channel, Bearer), CtlError> {
     Ok((channel, Bearer(bearer)))
 }
 
-/// A refusal in words.
+/// A refusal in words; an answer that is not gRPC (an HTTP/1.1 port, say) or not weir's
+/// service is told apart.
 pub fn grpc_error(s: tonic::Status) -> CtlError {
+    let message = s.message().to_ascii_lowercase();
+    let foreign = [
+        "invalid compression flag",
+        "operation was canceled",
+        "http2 error",
+        "h2 protocol error",
+        "invalid content-type",
+        "unexpected content-type",
+        "connection error",
+    ];
+    let not_grpc = matches!(
+        s.code(),
+        tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && foreign.iter().any(|f| message.contains(f));
+    if not_grpc || s.code() == tonic::Code::Unimplemented {
+        return CtlError::NotControlApi(s.message().to_string());
+    }
     let code = match s.code() {
         tonic::Code::NotFound => "not found",
         tonic::Code::InvalidArgument => "invalid",

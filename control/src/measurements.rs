@@ -162,6 +162,11 @@ impl Measurements {
         (guard.canary_requests() >= ff.min_requests).then_some(why)
     }
 
+    /// The guard's evidence so far in this run (0 before its first look).
+    pub fn guard_evidence(&self) -> f64 {
+        self.guard.as_ref().map_or(0.0, |(_, _, g)| g.evidence())
+    }
+
     /// Forgets the guard (it is off, or the run is over).
     pub fn reset_guard(&mut self) {
         self.guard = None;

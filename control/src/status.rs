@@ -43,6 +43,10 @@ pub struct ServiceStatus {
     pub replicas: Option<ReplicaSummary>,
     /// Each version as it serves now.
     pub versions: Vec<VersionWeight>,
+    /// The fast-fail guard's evidence against the canary in this run, and the bound at
+    /// which it rolls back (`1/alpha`); 0 and 0 when the guard is off.
+    pub guard_evidence: f64,
+    pub guard_bound: f64,
 }
 
 /// The last result of one metric check.
@@ -116,6 +120,10 @@ pub struct VersionWeight {
     pub name: String,
     pub weight: u32,
     pub revision: String,
+    /// The endpoints as configured.
+    pub endpoints: Vec<String>,
+    /// Where requests go now (a hostname's resolved addresses).
+    pub addresses: Vec<String>,
 }
 
 /// Something that happened to a service, in Flagger's words.
@@ -151,6 +159,7 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> ServiceStatus {
             name: name.to_string(),
             weight,
             revision: revision.unwrap_or_default().to_string(),
+            ..VersionWeight::default()
         })
         .collect();
     ServiceStatus {
@@ -193,6 +202,8 @@ pub fn rollout_status(r: &RolloutView<'_>, stats: &Windows) -> ServiceStatus {
         max_weight: r.analysis.max_weight,
         state_lost: s.state_lost.is_some(),
         replicas: None,
+        guard_evidence: 0.0,
+        guard_bound: 0.0,
         versions,
     }
 }

@@ -1,5 +1,6 @@
-//! The admin listener (`/metrics`, `/ready`, `/live`, `/config`) and the metrics
-//! listener (the same without `/config`, for Prometheus and probes off the pod).
+//! The admin listener (`/metrics`, `/ready`, `/live`, `/config`, and the pages whoever
+//! drives the proxy adds, [`AdminPages`]) and the metrics listener (`/metrics`, `/ready`
+//! and `/live` only, for Prometheus and probes off the pod).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -56,6 +59,7 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
                         "weight": w,
                         "percent": share,
                         "endpoints": cfg.map(|c| &c.endpoints),
+                        "addresses": v.upstream.addresses(),
                         "revision": cfg.and_then(|c| c.revision.as_ref()),
                         "http2": v.upstream.http2,
                     })
@@ -88,6 +92,17 @@ pub(crate) fn config_json(state: &ProxyState) -> serde_json::Value {
     out
 }
 
+/// A response body of the admin listener: whole, or a stream (server-sent events).
+pub type AdminBody = BoxBody<Bytes, std::io::Error>;
+
+/// More pages for the admin listener (never the metrics listener), from whoever drives
+/// the proxy: the controller's dashboard.
+pub trait AdminPages: Send + Sync {
+    /// The response for a GET of `path` with these request headers, or None when the
+    /// path is not one of these pages.
+    fn page(&self, path: &str, headers: &HeaderMap) -> Option<Response<AdminBody>>;
+}
+
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoints {
@@ -98,6 +113,24 @@ pub(crate) enum Endpoints {
 }
 
 async fn handle(
+    state: Arc<ProxyState>,
+    endpoints: Endpoints,
+    pages: Option<&dyn AdminPages>,
+    req: Request<Incoming>,
+) -> Response<AdminBody> {
+    if let Some(pages) = pages.filter(|_| endpoints == Endpoints::Admin) {
+        if req.method() == Method::GET {
+            if let Some(resp) = pages.page(req.uri().path(), req.headers()) {
+                return resp;
+            }
+        }
+    }
+    own(state, endpoints, req)
+        .await
+        .map(|b| b.map_err(std::io::Error::other).boxed())
+}
+
+async fn own(
     state: Arc<ProxyState>,
     endpoints: Endpoints,
     req: Request<Incoming>,
@@ -146,10 +179,11 @@ async fn handle(
     }
 }
 
-/// Serves `endpoints` until `shutdown` resolves.
+/// Serves `endpoints` (and `pages`) until `shutdown` resolves.
 pub(crate) async fn serve(
     state: Arc<ProxyState>,
     endpoints: Endpoints,
+    pages: Option<Arc<dyn AdminPages>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -165,10 +199,11 @@ pub(crate) async fn serve(
         };
         let state = state.clone();
         let builder = builder.clone();
+        let pages = pages.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, endpoints, req).await) }
+                let (state, pages) = (state.clone(), pages.clone());
+                async move { Ok::<_, Infallible>(handle(state, endpoints, pages.as_deref(), req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use crate::config::VersionConfig;
+use crate::config::{ResolverConfig, VersionConfig};
+use crate::dns::Dns;
 use crate::headers::affinity::Tokens;
 use crate::measure::{Families, VersionHandle};
 use crate::routing::ServiceRouting;
@@ -23,6 +24,8 @@ type VersionKey = (String, String);
 pub(crate) struct Backends {
     pub(crate) families: Families,
     pub(crate) tls: Arc<TlsWatch>,
+    /// Resolves hostname endpoints.
+    dns: Arc<Dns>,
     /// Each version's endpoints (its measurements are kept by `families`).
     versions: Mutex<HashMap<VersionKey, Arc<Upstream>>>,
     /// Per service: the mirror in-flight bound and its size.
@@ -32,18 +35,24 @@ pub(crate) struct Backends {
 
 impl Default for Backends {
     fn default() -> Self {
+        Backends::new(None)
+    }
+}
+
+impl Backends {
+    /// Backends resolving hostname endpoints with `resolver` (the system's when None).
+    pub(crate) fn new(resolver: Option<ResolverConfig>) -> Self {
         let families = Families::new();
         Backends {
             tls: Arc::new(TlsWatch::new(families.tls_reloads.clone())),
+            dns: Arc::new(Dns::new(resolver, families.dns_resolutions.clone())),
             families,
             versions: Mutex::default(),
             mirror_slots: Mutex::default(),
             tokens: Tokens::default(),
         }
     }
-}
 
-impl Backends {
     /// The endpoints and measurements of one version: the pools are kept while the
     /// connection settings are unchanged, the measurements as long as the version exists.
     pub(crate) fn version(
@@ -58,7 +67,7 @@ impl Backends {
             Some(u) if u.settings.same_connections(cfg) => u.clone(),
             _ => {
                 let who = format!("{}/{name}", svc.name);
-                let u = Arc::new(Upstream::new(&who, cfg, &self.tls)?);
+                let u = Arc::new(Upstream::new(&who, cfg, &self.tls, &self.dns)?);
                 cache.insert(key, u.clone());
                 u
             }

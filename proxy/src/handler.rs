@@ -83,7 +83,7 @@ pub(crate) async fn handle(
         trusted,
         host,
     };
-    let mut upstream = match upstream_request(&decision, endpoint, from, req, start) {
+    let mut upstream = match upstream_request(&decision, &endpoint, from, req, start) {
         Ok(u) => u,
         Err(e) => {
             if e.kind == ErrorKind::UpgradeRefused {
@@ -115,7 +115,12 @@ pub(crate) async fn handle(
             let upgrade = upstream.upgrade.map(|client| (client, timeouts.idle));
             downstream_response(resp, end, upgrade, decision.set_cookie)
         }
-        Err(e) => answer_failure(blame(e, progress.as_deref()), exchange, &decision, endpoint),
+        Err(e) => answer_failure(
+            blame(e, progress.as_deref()),
+            exchange,
+            &decision,
+            &endpoint,
+        ),
     }
 }
 

@@ -12,6 +12,7 @@ mod admin;
 mod backends;
 mod body;
 pub mod config;
+mod dns;
 mod error;
 mod exchange;
 mod handler;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use admin::{AdminBody, AdminPages};
 pub use config::{ConfigError, ConfigErrors, ProxyConfig};
 pub use error::{ErrorKind, Side};
 pub use measure::{
@@ -136,24 +138,36 @@ impl Proxy {
         &self.state.backends.families
     }
 
-    /// Counts and logs the outcome of a reload (`weir_config_reloads_total`,
-    /// `weir_config_reload_failures_total`, one error line per problem).
+    /// Counts and logs the outcome of a reload (`weir_config_reloads_total{result}`, one
+    /// error line per problem).
     /// `result` holds every problem of a rejected reload.
     pub fn record_reload(&self, path: &Path, result: &Result<(), Vec<String>>) {
         let families = self.families();
         match result {
             Ok(()) => {
-                families.reloads.inc();
+                families.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(path = %path.display(), "config reloaded");
             }
             Err(errors) => {
-                families.reload_failures.inc();
+                families.reloads.with_label_values(&["error"]).inc();
                 for e in errors {
                     tracing::error!(path = %path.display(), error = %e, "config reload rejected");
                 }
                 tracing::error!(path = %path.display(), errors = errors.len(), "config reload rejected; keeping the running config");
             }
         }
+    }
+
+    /// A version's endpoints as configured, and where its requests go now (a hostname
+    /// endpoint's resolved addresses); None when there is no such version.
+    pub fn addresses(&self, service: &str, version: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let table = self.state.table.load();
+        let svc = table.services.iter().find(|s| s.name == service)?;
+        let v = svc.versions.iter().find(|v| v.name == version)?;
+        Some((
+            v.upstream.settings.endpoints.clone(),
+            v.upstream.addresses(),
+        ))
     }
 
     /// The effective routes and weights as JSON (what `/config` serves).
@@ -226,9 +240,20 @@ impl Proxy {
 
     /// Serves the admin endpoints on `listener` until `shutdown` resolves.
     pub async fn serve_admin(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serve_admin_with(listener, None, shutdown).await
+    }
+
+    /// Serves the admin endpoints and `pages` on `listener` until `shutdown` resolves.
+    pub async fn serve_admin_with(
+        &self,
+        listener: TcpListener,
+        pages: Option<Arc<dyn AdminPages>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         admin::serve(
             self.state.clone(),
             admin::Endpoints::Admin,
+            pages,
             listener,
             shutdown,
         )
@@ -240,6 +265,7 @@ impl Proxy {
         admin::serve(
             self.state.clone(),
             admin::Endpoints::Metrics,
+            None,
             listener,
             shutdown,
         )

@@ -40,7 +40,7 @@ impl ProxyState {
     /// The proxy of a (validated) config: its services compile into the first routing.
     pub(crate) fn new(config: ProxyConfig) -> Result<ProxyState, ConfigErrors> {
         ConfigErrors::check(validate::config(&config))?;
-        let backends = Backends::default();
+        let backends = Backends::new(config.resolver.clone());
         let routing = compiled(&config, 0);
         let services = build_all(&routing, None, &backends)
             .map_err(|e| ConfigErrors::one("services", e.to_string()))?;

@@ -2,7 +2,9 @@
 //! `/metrics` scraping and waiting for conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod control;
+pub mod dns;
 pub mod envoy;
 pub mod nginx;
 pub mod pki;

@@ -38,9 +38,27 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a connection as open until it is dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Upstream {
@@ -79,12 +97,24 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        Upstream::serve(name, behaviour, listener)
+    }
+
+    /// An upstream at `addr` (another loopback address, say), or None when it is taken.
+    pub async fn start_at(name: &str, behaviour: Behaviour, addr: SocketAddr) -> Option<Upstream> {
+        let listener = TcpListener::bind(addr).await.ok()?;
+        Some(Upstream::serve(name, behaviour, listener))
+    }
+
+    fn serve(name: &str, behaviour: Behaviour, listener: TcpListener) -> Upstream {
         let addr = listener.local_addr().expect("local addr");
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (c, r, s, n) = (
+        let (c, o, r, s, n) = (
             connections.clone(),
+            open.clone(),
             requests.clone(),
             seen.clone(),
             name.to_string(),
@@ -96,7 +126,9 @@ impl Upstream {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (r, s, n, b) = (r.clone(), s.clone(), n.clone(), behaviour.clone());
+                let open = OpenGuard::new(o.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Behaviour::Stall = b {
                         r.fetch_add(1, Ordering::SeqCst);
                         let _hold = stream;
@@ -117,6 +149,7 @@ impl Upstream {
             addr,
             name: name.to_string(),
             connections,
+            open,
             requests,
             seen,
             task,

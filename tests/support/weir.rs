@@ -50,7 +50,8 @@ pub fn weir_bin() -> &'static str {
     env!("CARGO_BIN_EXE_weir")
 }
 
-/// `weir check -c FILE` on `yaml` written to a fresh directory: exit code and stderr.
+/// `weir check -c FILE` on `yaml` written to a fresh directory: exit code, and its
+/// stdout (the verdict and notes) followed by its stderr (the errors).
 pub fn weir_check(yaml: &str) -> (i32, String) {
     let file = temp_dir("check").join("weir.yaml");
     std::fs::write(&file, yaml).expect("write config");
@@ -61,7 +62,11 @@ pub fn weir_check(yaml: &str) -> (i32, String) {
         .expect("run weir check");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -195,16 +200,17 @@ impl Weir {
     }
 
     /// Writes `text` as the config, sends SIGHUP and waits until weir counted the reload
-    /// as rejected (`weir_config_reload_failures_total` one higher).
+    /// as rejected (`weir_config_reloads_total{result="error"}` higher; the file watch
+    /// may count the same file too).
     pub async fn reload_rejected(&self, text: &str) {
-        let before = self.metric("weir_config_reload_failures_total", &[]).await;
+        let labels = [("result", "error")];
+        let before = self.metric("weir_config_reloads_total", &labels).await;
         std::fs::write(&self.config_path, text).expect("write config");
         self.signal("HUP");
-        self.wait_metric(
-            "weir_config_reload_failures_total",
-            &[],
-            before + 1.0,
+        wait_for(
+            "the reload to be rejected",
             Duration::from_secs(10),
+            || async { self.metric("weir_config_reloads_total", &labels).await > before },
         )
         .await;
     }

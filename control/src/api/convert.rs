@@ -195,6 +195,8 @@ pub fn status(s: ServiceStatus) -> pb::RolloutStatus {
                 name: v.name,
                 weight: v.weight,
                 revision: v.revision,
+                endpoints: v.endpoints,
+                addresses: v.addresses,
             })
             .collect(),
     }

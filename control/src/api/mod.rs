@@ -30,6 +30,8 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Time a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long calls and streams may go on after the shutdown began.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// Why the control API stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,20 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(weir_protos::CONTROL_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    // Streams (replicas' fleet streams, Envoys' xDS, `weir ctl watch`) never end by
+    // themselves: after the shutdown, calls get GRACE to finish, then the rest are cut.
+    let (began, begun) = tokio::sync::oneshot::channel::<()>();
+    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        shutdown.await;
+        let _ = began.send(());
+    });
+    let cut = async move {
+        if begun.await.is_ok() {
+            tokio::time::sleep(GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let router = tonic::transport::Server::builder()
         // Pings find a replica or client whose connection died without a FIN.
         .http2_keepalive_interval(Some(KEEPALIVE))
@@ -86,17 +101,23 @@ pub async fn serve(
             auth.clone(),
         )))
         .add_service(ControlServer::new(Api { controller, auth }));
-    match tls {
-        None => {
-            router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await?
+    let served = async move {
+        match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+            }
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(handshakes(listener, tls), shutdown)
+                    .await
+            }
         }
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(handshakes(listener, tls), shutdown)
-                .await?
-        }
+    };
+    tokio::select! {
+        result = served => result?,
+        _ = cut => tracing::info!("control API: streams still open after the grace period are closed"),
     }
     Ok(())
 }

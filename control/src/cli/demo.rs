@@ -161,6 +161,7 @@ services:
 /// The proxy's listeners, served until `stop`.
 async fn serve(
     proxy: &Proxy,
+    ctl: &Controller,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, SocketAddr, JoinSet<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -170,7 +171,8 @@ async fn serve(
     let (p, rx) = (proxy.clone(), stop.clone());
     tasks.spawn(async move { p.serve(listener, until(rx)).await });
     let (p, rx) = (proxy.clone(), stop.clone());
-    tasks.spawn(async move { p.serve_admin(admin, until(rx)).await });
+    let pages = super::run::dashboard_pages(ctl, proxy);
+    tasks.spawn(async move { p.serve_admin_with(admin, Some(pages), until(rx)).await });
     Ok((addrs.0, addrs.1, tasks))
 }
 
@@ -216,21 +218,21 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let (primary, canary) = (version("primary")?, version("canary")?);
     let notices = controller.subscribe();
-    let (proxy_addr, admin_addr, mut servers) = serve(&proxy, &stop_rx).await?;
+    let (proxy_addr, admin_addr, mut servers) = serve(&proxy, &controller, &stop_rx).await?;
     println!(
         "weir demo: v1 (primary) on {}, v2 (new canary) on {}",
         v1.addr, v2.addr
     );
-    println!("weir demo: proxy on http://{proxy_addr}, metrics on http://{admin_addr}/metrics");
+    println!("weir demo: proxy on http://{proxy_addr}, dashboard on http://{admin_addr}/ui/");
     println!(
-        "weir demo: {} req/s; analysis every {}, step {}% up to {}%, threshold {}{}",
+        "weir demo: {} req/s; analysis every {}, step +{}% to {}%, threshold {}{}",
         args.rate,
         args.interval,
         args.step_weight,
         args.max_weight,
         args.threshold,
         if args.faulty {
-            format!("; v2 fails {:.0}% of its requests", 100.0 * fail_ratio)
+            format!("; v2 fails {:.0}%", 100.0 * fail_ratio)
         } else {
             String::new()
         }
@@ -290,11 +292,13 @@ impl Live<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         let mut outcome: Option<Outcome> = None;
+        println!("{}", super::render::VIEW_HEADER);
         while !load.is_finished() {
             tokio::select! {
                 n = notices.recv() => match n {
                     Ok(Notice::Event(e)) => {
-                        println!("[{:>3}s] {}: {}", self.started.elapsed().as_secs(), event_label(e.warning), e.message);
+                        let line = format!("[{:>3}s] {}: {}", self.started.elapsed().as_secs(), event_label(e.warning), e.message);
+                        println!("{}", wrap(&line, COLUMNS, "        "));
                     }
                     Ok(Notice::Status(s)) if outcome.is_none() && (s.phase == "Succeeded" || s.phase == "Failed") => {
                         outcome = Some((s.phase.clone(), self.failed.load(Ordering::Relaxed), Instant::now()));
@@ -334,18 +338,20 @@ fn report(
         None => (0.0, 0),
     };
     let failed_before = failed_then.saturating_sub(before_first);
-    if phase == "Succeeded" {
-        println!(
-            "weir demo: v2 promoted in {:.1}s; {total_failed} user requests failed",
-            at.duration_since(started).as_secs_f64()
-        );
+    // One time each way: a promotion from the start, a rollback from the canary's first
+    // request (what its users felt).
+    let seconds = if phase == "Succeeded" {
+        let s = at.duration_since(started).as_secs_f64();
+        println!("weir demo: v2 promoted {s:.1}s after the rollout started; {total_failed} user requests failed");
+        s
     } else {
         println!(
-            "weir demo: v2 rolled back {since_first:.2}s after its first request; {failed_before} user requests failed before the rollback ({total_failed} in all)"
+            "weir demo: v2 rolled back {since_first:.1}s after its first request; {failed_before} user requests failed first ({total_failed} in all)"
         );
-    }
+        since_first
+    };
     println!(
-        "weir demo: result phase={phase} failed_before_rollback={failed_before} seconds_to_decision={since_first:.3} failed_total={total_failed}"
+        "weir demo: result phase={phase} seconds={seconds:.1} failed_before_rollback={failed_before} failed_total={total_failed}"
     );
 }
 
@@ -391,4 +397,41 @@ async fn load_loop(
     }
     while tasks.join_next().await.is_some() {}
     failed.load(Ordering::Relaxed)
+}
+
+/// The terminal width the demo's output fits.
+const COLUMNS: usize = 100;
+
+/// `line` broken at spaces into lines of at most `width` characters (a longer word stays
+/// whole), each line after the first starting with `indent`.
+fn wrap(line: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut len = 0;
+    for word in line.split(' ') {
+        let n = word.chars().count();
+        if len > 0 && len + 1 + n > width {
+            out.push('\n');
+            out.push_str(indent);
+            len = indent.chars().count();
+        } else if len > 0 {
+            out.push(' ');
+            len += 1;
+        }
+        out.push_str(word);
+        len += n;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn long_lines_wrap_at_spaces_with_an_indent() {
+        let text = wrap("aaa bbb ccc dd", 8, "  ");
+        assert_eq!(text, "aaa bbb\n  ccc dd");
+        assert!(text.lines().all(|l| l.chars().count() <= 8));
+        assert_eq!(wrap("short", 80, "  "), "short");
+    }
 }

@@ -9,15 +9,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_proxy::Proxy;
 
-use super::run::{self, AdminListeners, ControlApi, OnHup};
+use super::reload::{reload_on_change, Loaded, OnHup};
+use super::run::{self, AdminListeners, ControlApi};
 use crate::config::WeirConfig;
 use crate::controller::Controller;
 use crate::replica::{is_replica_file, replica_name, Replica, ReplicaConfig};
 
 /// `weir control -c FILE`: the controller without a data-plane listener. Its proxy is the
 /// model the replicas copy: its routing goes out to them, their measurements come back
-/// into it. SIGHUP reloads the file.
+/// into it. SIGHUP or a change of the file reloads it.
 pub async fn control(path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = Loaded::now(path);
     let Some(cfg) = run::reported(path, WeirConfig::load(path)) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -25,14 +27,15 @@ pub async fn control(path: &Path) -> anyhow::Result<ExitCode> {
     let ctl = Controller::start_fleet(proxy.clone(), &cfg)?;
     let api = ControlApi::bind(&cfg, &proxy).await?;
     let admin = AdminListeners::bind(&cfg.proxy).await?;
+    run::announce_state(&cfg);
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let stopping = run::terminated()?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     api.serve_in(ctl.clone(), &mut tasks, &stopped)?;
-    admin.serve_in(&proxy, &mut tasks, &stopped)?;
+    admin.serve_in(&proxy, Some(&ctl), &mut tasks, &stopped)?;
     proxy.watch_files();
-    run::reload_on_hup(hup, proxy.clone(), OnHup::Controller(ctl), path);
+    reload_on_change(hup, proxy.clone(), OnHup::Controller(ctl), path, loaded);
     tracing::info!(
         services = cfg.proxy.services.len(),
         "weir controller started"
@@ -54,6 +57,7 @@ pub async fn proxy(
     if controller.is_none() && !is_replica_file(path) {
         return run::run(path, false).await;
     }
+    let loaded = Loaded::now(path);
     let Some(cfg) = run::reported(path, ReplicaConfig::load(path)) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -82,9 +86,9 @@ pub async fn proxy(
     run::announce(&listeners)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    admin.serve_in(&proxy, &mut tasks, &stopped)?;
+    admin.serve_in(&proxy, None, &mut tasks, &stopped)?;
     tasks.spawn(replica.run(stopped.clone()));
-    run::reload_on_hup(hup, proxy.clone(), OnHup::CertificatesOnly, path);
+    reload_on_change(hup, proxy.clone(), OnHup::CertificatesOnly, path, loaded);
     tracing::info!("weir replica started");
     proxy.serve_listeners(listeners, stopping).await;
     let _ = stop.send(true);

@@ -4,6 +4,7 @@ mod bootstrap;
 mod ctl;
 mod demo;
 mod fleet;
+mod reload;
 mod render;
 mod run;
 

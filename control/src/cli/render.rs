@@ -43,7 +43,48 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
         }
         rows.push(row);
     }
-    columns(&rows)
+    let mut out = columns(&rows);
+    for r in rollouts {
+        out.push_str(&resolved_lines(r));
+    }
+    out
+}
+
+/// `podinfo/canary: podinfo-canary.test:9898 -> 10.0.0.7:9898, 10.0.0.8:9898` for each
+/// version with a hostname endpoint: where its requests go now.
+fn resolved_lines(r: &pb::RolloutStatus) -> String {
+    let mut out = String::new();
+    for v in &r.versions {
+        let named: Vec<&String> = v
+            .endpoints
+            .iter()
+            .filter(|e| e.parse::<std::net::SocketAddr>().is_err())
+            .collect();
+        if named.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = named.iter().map(|s| s.as_str()).collect();
+        let (resolved, pending): (Vec<&String>, Vec<&String>) = v
+            .addresses
+            .iter()
+            .partition(|a| a.parse::<std::net::SocketAddr>().is_ok());
+        let resolved: Vec<&str> = resolved.iter().map(|s| s.as_str()).collect();
+        let mut to = resolved.join(", ");
+        if !pending.is_empty() {
+            let sep = if to.is_empty() { "" } else { "; " };
+            to = format!(
+                "{to}{sep}{} not resolved yet (dialled by name)",
+                pending.len()
+            );
+        }
+        out.push_str(&format!(
+            "{}/{}: {} -> {to}\n",
+            r.service,
+            v.name,
+            names.join(", "),
+        ));
+    }
+    out
 }
 
 /// `primary 80 (5.0.0), canary 20 (5.0.1)`: each version's weight and revision.
@@ -176,7 +217,12 @@ pub fn progress_line(s: &pb::RolloutStatus) -> String {
     line
 }
 
-/// One live line of `weir demo`: the weight, the split as seen, each version's window.
+/// The header over `weir demo`'s live lines.
+pub const VIEW_HEADER: &str =
+    "  time  phase            canary weight     primary: req ok p99   | canary: req ok p99";
+
+/// One live line of `weir demo` (under 100 columns): the phase, the canary's weight, and
+/// each version's requests, success rate and p99 over the last second.
 pub fn view_line(
     elapsed: Duration,
     weight: u32,
@@ -184,25 +230,22 @@ pub fn view_line(
     primary: &Window,
     canary: &Window,
 ) -> String {
-    let total = (primary.requests() + canary.requests()).max(1) as f64;
-    let pct = |w: &Window| 100.0 * w.requests() as f64 / total;
-    let bar = weight_bar(weight, 20);
+    let bar = weight_bar(weight, 10);
     let fmt = |w: &Window| {
         format!(
-            "{:>5} req  ok {:>7}  p99 {:>8}",
+            "{:>5} {:>7} {:>8}",
             w.requests(),
             w.success_rate()
                 .map(|r| format!("{r:.2}%"))
                 .unwrap_or_else(|| "-".into()),
             w.quantile_ms(0.99)
-                .map(|p| format!("{p:.2}ms"))
+                .map(|p| format!("{p:.1}ms"))
                 .unwrap_or_else(|| "-".into())
         )
     };
     format!(
-        "[{:>3}s] {phase:<16} weight [{bar}] {weight:>3}% (seen {:>5.1}%) | primary {} | canary {}",
+        "[{:>4}s] {phase:<16} {weight:>3}% [{bar}] {} | {}",
         elapsed.as_secs(),
-        pct(canary),
         fmt(primary),
         fmt(canary)
     )

@@ -2,13 +2,16 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_proxy::Proxy;
+
+use super::reload::{reload_on_change, Loaded, OnHup};
 
 use crate::auth::Authorizer;
 use crate::config::WeirConfig;
@@ -42,6 +45,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 services.len(),
                 versions
             );
+            for note in cfg.notes() {
+                println!("note: {note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -62,36 +68,6 @@ pub(super) fn reported<T>(path: &Path, loaded: Result<T, weir_proxy::ConfigError
     }
 }
 
-/// Re-reads the file for the data plane alone (`weir proxy`, or no control API).
-fn reload_proxy(proxy: &Proxy, path: &Path) -> Result<(), Vec<String>> {
-    let result = match WeirConfig::load(path) {
-        Ok(cfg) => {
-            if listeners_changed(&proxy.listeners(), &cfg.proxy) {
-                tracing::warn!(
-                    "listener, TLS block, admin, metrics and limits changes take effect on restart"
-                );
-            }
-            proxy.apply(cfg.proxy).map_err(|e| e.lines())
-        }
-        Err(e) => Err(e.lines()),
-    };
-    proxy.record_reload(path, &result);
-    result
-}
-
-/// True when a reload changes what only a restart applies.
-pub(crate) fn listeners_changed(
-    old: &weir_proxy::ProxyConfig,
-    new: &weir_proxy::ProxyConfig,
-) -> bool {
-    old.listen != new.listen
-        || old.tls != new.tls
-        || old.listeners != new.listeners
-        || old.admin != new.admin
-        || old.metrics != new.metrics
-        || old.limits != new.limits
-}
-
 /// Binds a listener, naming the config key in the error.
 pub(super) async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -102,32 +78,6 @@ pub(super) async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> 
 /// Resolves when `stop` turns true.
 pub(super) async fn until(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// What a SIGHUP re-reads besides every certificate.
-pub(super) enum OnHup {
-    /// The whole file, through the controller.
-    Controller(Controller),
-    /// The file's services, for the data plane alone.
-    Services,
-    /// Nothing more: a replica's file holds no routing.
-    CertificatesOnly,
-}
-
-/// Re-reads every certificate on each SIGHUP, and the file as `what` says.
-pub(super) fn reload_on_hup(mut hup: Signal, proxy: Proxy, what: OnHup, path: &Path) {
-    let file = path.to_path_buf();
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = match &what {
-                OnHup::Controller(ctl) => ctl.reload(&file).await,
-                OnHup::Services => reload_proxy(&proxy, &file),
-                OnHup::CertificatesOnly => Ok(()),
-            };
-            let p = proxy.clone();
-            let _ = tokio::task::spawn_blocking(move || p.reload_tls()).await;
-        }
-    });
 }
 
 /// The control API's listener, TLS and gatekeeper, ready to serve.
@@ -156,8 +106,13 @@ impl ControlApi {
         if access.token_file.is_some() && tls.is_none() {
             tracing::warn!(address = %access.address, "control tokens travel in clear text: add control.tls");
         }
+        let what = if cfg.control_set {
+            "control"
+        } else {
+            "control: the default address, since a service has an analysis; set control: to choose another"
+        };
         Ok(ControlApi {
-            listener: bind(&access.address, "control").await?,
+            listener: bind(&access.address, what).await?,
             tls,
             auth: std::sync::Arc::new(auth),
         })
@@ -199,6 +154,17 @@ pub(super) fn terminated() -> anyhow::Result<impl std::future::Future<Output = (
     })
 }
 
+/// Says where rollout state goes, or that it goes nowhere, and what the file leaves to
+/// defaults.
+pub(super) fn announce_state(cfg: &WeirConfig) {
+    if let Some(state) = &cfg.state {
+        println!("weir: rollout state in {}", state.display());
+    }
+    for note in cfg.notes() {
+        tracing::warn!("{note}");
+    }
+}
+
 /// Prints the proxy listeners' addresses (tests and scripts read these lines to learn the
 /// ports when the config says :0).
 pub(super) fn announce(listeners: &[weir_proxy::Listener]) -> anyhow::Result<()> {
@@ -228,9 +194,11 @@ impl AdminListeners {
 
     /// Prints the addresses (admin last: scripts that wait for it know them all) and
     /// serves both until `stopped`.
+    /// A controller's admin listener also serves its dashboard (`/ui`).
     pub(super) fn serve_in(
         self,
         proxy: &Proxy,
+        ctl: Option<&Controller>,
         tasks: &mut JoinSet<()>,
         stopped: &watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
@@ -241,9 +209,18 @@ impl AdminListeners {
         }
         println!("weir: admin listening on {}", self.admin.local_addr()?);
         let (p, stopped, admin) = (proxy.clone(), stopped.clone(), self.admin);
-        tasks.spawn(async move { p.serve_admin(admin, until(stopped)).await });
+        let pages = ctl.map(|c| dashboard_pages(c, proxy));
+        tasks.spawn(async move { p.serve_admin_with(admin, pages, until(stopped)).await });
         Ok(())
     }
+}
+
+/// The dashboard of `ctl`, as pages for the admin listener.
+pub(super) fn dashboard_pages(ctl: &Controller, proxy: &Proxy) -> Arc<dyn weir_proxy::AdminPages> {
+    Arc::new(crate::dashboard::Pages(crate::dashboard::Dashboard::start(
+        ctl.clone(),
+        proxy.clone(),
+    )))
 }
 
 /// Warns about what `weir proxy -c weir.yaml` (the data plane alone) does not act on.
@@ -261,8 +238,9 @@ fn ignored_by_data_plane(cfg: &WeirConfig) {
 }
 
 /// `weir run -c FILE` (and `weir proxy`, with `controller: false`): serves until SIGTERM
-/// or SIGINT, then drains; SIGHUP reloads the file.
+/// or SIGINT, then drains; SIGHUP or a change of the file reloads it.
 pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
+    let loaded = Loaded::now(path);
     let Some(cfg) = reported(path, WeirConfig::load(path)) else {
         return Ok(ExitCode::FAILURE);
     };
@@ -279,6 +257,9 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     };
     let listeners = proxy.bind().await?;
     let admin = AdminListeners::bind(&cfg.proxy).await?;
+    if controller.is_some() {
+        announce_state(&cfg);
+    }
     // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
     // reload, not kill the process.
     let hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -293,10 +274,10 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    admin.serve_in(&proxy, &mut tasks, &stopped)?;
+    admin.serve_in(&proxy, ctl.as_ref(), &mut tasks, &stopped)?;
     tracing::info!(services = cfg.proxy.services.len(), "weir started");
     let what = ctl.map_or(OnHup::Services, OnHup::Controller);
-    reload_on_hup(hup, proxy.clone(), what, path);
+    reload_on_change(hup, proxy.clone(), what, path, loaded);
     proxy.serve_listeners(listeners, stopping).await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}

@@ -291,15 +291,23 @@ impl Controller {
         Refusal::NotFound(format!("unknown service {service:?}: {known}"))
     }
 
-    /// The status of one service.
+    /// The status of one service, with where each version's requests go now.
     pub fn status(&self, service: &str) -> Result<ServiceStatus, Refusal> {
-        if let Ok(s) = self.static_handle(service) {
+        let mut status = if let Ok(s) = self.static_handle(service) {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
-            return Ok(s.status(&self.shared.proxy));
+            s.status(&self.shared.proxy)
+        } else {
+            let handle = self.handle(service)?;
+            let p = handle.published.lock().unwrap_or_else(|p| p.into_inner());
+            p.0.clone()
+        };
+        for v in &mut status.versions {
+            if let Some((endpoints, addresses)) = self.shared.proxy.addresses(service, &v.name) {
+                v.endpoints = endpoints;
+                v.addresses = addresses;
+            }
         }
-        let handle = self.handle(service)?;
-        let p = handle.published.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(p.0.clone())
+        Ok(status)
     }
 
     /// Every service's status, in the file's order.

@@ -34,6 +34,13 @@ impl Controller {
                 "revision {revision:?} is already the primary of {service}"
             )));
         }
+        if matches!(r.status.phase, Phase::Initializing | Phase::Initialized)
+            && r.status.last_applied.as_deref() == Some(revision)
+        {
+            // The revision found at the first start, never analysed: starting it is the
+            // explicit change the rollout waits for.
+            r.status.last_applied = None;
+        }
         // A first canary reaches its endpoints the way the primary does (HTTP/2, TLS,
         // timeouts); the rollout routes it from its start (weight 0 until the analysis
         // moves it).

@@ -26,6 +26,10 @@ impl Controller {
         };
         let mut status = status::rollout_status(&view, &stats);
         status.replicas = self.shared.fleet.summary();
+        if let Some(ff) = &r.analysis.fast_fail {
+            status.guard_evidence = r.measurements.guard_evidence();
+            status.guard_bound = 1.0 / ff.alpha;
+        }
         let m = &self.shared.metrics;
         let (name, ns) = (r.target.name.as_str(), r.target.namespace.as_str());
         m.state_lost

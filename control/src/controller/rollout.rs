@@ -123,7 +123,10 @@ impl Rollout {
             s.mirrored = false;
             s.ab_routed = false;
             s.failed_checks = 0;
-            s.last_event = format!("Canary failed! Scaling down {}", self.target);
+            s.last_event = format!(
+                "Canary failed! All traffic back to the primary of {}",
+                self.target
+            );
             s.last_transition_ms = now_ms();
         } else if self.status.phase.is_active() {
             tracing::info!(canary = %self.target, phase = self.status.phase.name(), weight = self.status.canary_weight, "resuming the rollout");

@@ -128,6 +128,7 @@ impl Static {
                     name: name.clone(),
                     weight: split.get(name).copied().unwrap_or(0),
                     revision: v.revision.clone().unwrap_or_default(),
+                    ..VersionWeight::default()
                 })
                 .collect(),
             ..ServiceStatus::default()

@@ -249,7 +249,7 @@ impl<'a> Machine<'a> {
             Phase::Finalising => {
                 self.succeed(
                     false,
-                    format!("Promotion completed! Scaling down {target}"),
+                    format!("Promotion completed! All traffic to the new primary of {target}"),
                     "Canary analysis completed successfully, promotion finished.",
                     env,
                 )
@@ -276,13 +276,18 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The first tick: the machine takes over the service's traffic.
+    /// The first tick: the machine takes over the service's traffic. As Flagger does
+    /// with a new Canary, the canary revision found now is taken as deployed, not as a
+    /// change: the rollout starts when the revision changes (a reload, `weir ctl start`).
     fn initialize(&mut self, input: &Input) {
         self.set_phase(Phase::Initialized);
+        if self.status.last_applied.is_none() {
+            self.status.last_applied = input.canary_revision.clone();
+        }
         self.event(false, format!("Initialization done! {}", self.target));
         self.alert(
             Severity::Info,
-            "New Deployment detected, initialization completed.",
+            "New service detected, initialization completed.",
             true,
         );
         if self.status.last_promoted.is_none() {
@@ -315,7 +320,10 @@ impl<'a> Machine<'a> {
             );
             return;
         }
-        self.event(false, format!("New revision detected! Scaling up {target}"));
+        self.event(
+            false,
+            format!("New revision detected! Starting canary analysis for {target}"),
+        );
         self.alert(
             Severity::Info,
             "New revision detected, progressing canary analysis.",
@@ -423,8 +431,8 @@ impl<'a> Machine<'a> {
         self.event(
             false,
             format!(
-                "Copying {}.{} template spec to {}-primary.{}",
-                t.name, t.namespace, t.name, t.namespace
+                "Promoting {}.{}: the canary's endpoints and revision become the primary's",
+                t.name, t.namespace
             ),
         );
         self.actions.push(Action::Promote);
@@ -504,7 +512,13 @@ impl<'a> Machine<'a> {
 
     pub(super) async fn rollback<E: Env>(&mut self, env: &mut E) {
         self.route(0, false, false);
-        self.event(true, format!("Canary failed! Scaling down {}", self.target));
+        self.event(
+            true,
+            format!(
+                "Canary failed! All traffic back to the primary of {}",
+                self.target
+            ),
+        );
         self.set_phase(Phase::Failed);
         self.status.paused = false;
         self.status.failed_checks = 0;

@@ -86,7 +86,7 @@ impl Phase {
     /// The `Promoted` condition's message (Flagger's MakeStatusConditions).
     pub fn condition_message(self) -> &'static str {
         match self {
-            Phase::Initializing => "New Deployment detected, starting initialization.",
+            Phase::Initializing => "New service detected, starting initialization.",
             Phase::Initialized => "Deployment initialization completed.",
             Phase::Waiting | Phase::WaitingPromotion => "Waiting for approval.",
             Phase::Progressing => "New revision detected, progressing canary analysis.",

@@ -151,10 +151,14 @@ fn kind(m: &MetricSpec, at: &str, catalog: &Catalog<'_>, e: &mut Errors<'_>) -> 
         }
         (Some(b), _) => Some(MetricKind::Builtin(b)),
         (None, _) => {
+            let hint = match weir_proxy::config::did_you_mean(&m.name, BuiltinMetric::NAMES) {
+                Some(near) => format!(" (did you mean {near:?}?)"),
+                None => String::new(),
+            };
             e.add(
                 &format!("{at}.name"),
                 format!(
-                    "unknown metric {:?}; built-in metrics are {}; others need templateRef (a metricTemplates entry) or query",
+                    "unknown metric {:?}{hint}; built-in metrics are {}; others need templateRef (a metricTemplates entry) or query",
                     m.name,
                     BuiltinMetric::NAMES.join(", ")
                 ),

@@ -32,9 +32,18 @@ pub fn validate(
     catalog: &Catalog<'_>,
 ) -> Result<Analysis, Vec<ConfigError>> {
     let mut e = Errors::new(path);
-    let interval = e
-        .duration(spec.interval.as_deref(), DEFAULT_INTERVAL, "interval")
-        .max(MIN_INTERVAL);
+    let interval = e.duration(spec.interval.as_deref(), DEFAULT_INTERVAL, "interval");
+    if interval < MIN_INTERVAL {
+        e.add(
+            "interval",
+            format!(
+                "{} is below weir's floor of {}s (checks need requests to judge)",
+                spec.interval.as_deref().unwrap_or_default(),
+                MIN_INTERVAL.as_secs()
+            ),
+        );
+    }
+    let interval = interval.max(MIN_INTERVAL);
     let steps = progression(&spec, &mut e);
     let strategy = strategy(&spec, steps.iterations, &mut e);
     for (i, m) in spec.matches.iter().enumerate() {
@@ -138,6 +147,14 @@ fn progression(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Steps {
         Some(n) => n.min(i64::from(u32::MAX)) as u32,
         None => 0,
     };
+    if let Some(step) = step_weight.filter(|s| *s > max_weight) {
+        e.add(
+            "stepWeight",
+            format!(
+                "{step} is above maxWeight {max_weight}: the rollout would go to {max_weight} in one step; lower stepWeight or raise maxWeight"
+            ),
+        );
+    }
     Steps {
         step_weight,
         step_weights,
@@ -333,7 +350,7 @@ fn fast_fail(spec: &AnalysisSpec, e: &mut Errors<'_>) -> Option<FastFail> {
 mod tests {
     use super::super::*;
     use std::time::Duration;
-    use weir_proxy::ConfigError;
+    use weir_proxy::{ConfigError, ConfigErrors};
 
     fn analysis(yaml: &str) -> Result<Analysis, Vec<ConfigError>> {
         let v: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("test yaml");
@@ -404,12 +421,24 @@ mod tests {
     }
 
     #[test]
-    fn interval_defaults_and_is_clamped() {
+    fn interval_defaults_and_a_sub_second_one_is_refused() {
         let a = analysis("interval: \"\"\nthreshold: 1\nstepWeight: 5\n").expect("valid");
         assert_eq!(a.interval, DEFAULT_INTERVAL);
-        let a = analysis("interval: 100ms\nthreshold: 0\nstepWeight: 5\n").expect("valid");
-        assert_eq!(a.interval, MIN_INTERVAL);
+        let e = analysis("interval: 100ms\nthreshold: 1\nstepWeight: 5\n").expect_err("below 1s");
+        let joined = ConfigErrors(e).joined();
+        assert!(
+            joined.contains("interval: 100ms is below weir's floor of 1s"),
+            "{joined}"
+        );
+        let a = analysis("interval: 1s\nthreshold: 0\nstepWeight: 5\n").expect("valid");
         assert_eq!(a.threshold, 1, "Flagger turns threshold <= 0 into 1");
+        let e = analysis("interval: 1s\nthreshold: 1\nstepWeight: 50\nmaxWeight: 20\n")
+            .expect_err("step above max");
+        let joined = ConfigErrors(e).joined();
+        assert!(
+            joined.contains("stepWeight: 50 is above maxWeight 20"),
+            "{joined}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Envoy's own measurements into weir's: the `envoy.stat_sinks.metrics_service` stream of
-//! each node (flushed every second by the bootstrap weir writes), mapped from each
+//! each node (flushed every 250 ms by the bootstrap weir writes), mapped from each
 //! version's cluster (`cluster.upstream_rq` by code, timeouts, connect failures, resets,
 //! the `upstream_rq_time` histogram) into the same per-version measurements replicas feed,
 //! so the analysis, the guard, `weir ctl` and `/metrics` read Envoy's traffic unchanged.

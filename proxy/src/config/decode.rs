@@ -165,15 +165,77 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+/// serde's message in a user's words: a near field name for an unknown one, and the kind
+/// of value wanted instead of a Rust type.
 fn clean_serde_message(message: &str) -> String {
     if let Some(field) = unknown_field(message) {
         let expected = message
             .split_once(", expected ")
             .map(|(_, e)| e)
             .unwrap_or("");
-        return format!("unknown field `{field}` (expected {expected})");
+        let names = expected
+            .split(", ")
+            .map(|n| n.trim_start_matches("one of ").trim_matches('`'));
+        return match did_you_mean(&field, names) {
+            Some(near) => format!("unknown field `{field}`; did you mean `{near}`?"),
+            None => format!("unknown field `{field}` (expected {expected})"),
+        };
     }
-    message.to_string()
+    let mut out = message.to_string();
+    for (rust, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a block of keys"),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
+}
+
+/// The candidate nearest to `word` when it is close enough to be a slip of the keyboard
+/// (at most a third of its letters differ): the "did you mean" of error messages.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(&word))
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
 }
 
 /// Removes the node at `path`; returns the removed key, or None when it cannot.

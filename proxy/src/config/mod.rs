@@ -12,13 +12,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use crate::tls::settings::{CertificateFiles, ListenerTls, UpstreamTls};
-pub use decode::{decode, join, parse_document, ConfigError, ConfigErrors};
+pub use decode::{decode, did_you_mean, join, parse_document, ConfigError, ConfigErrors};
 pub use duration::Dur;
 pub use schema::{
     MatchConfig, MirrorConfig, OneOrMany, PathMatch, RouteConfig, ServiceConfig,
     SessionAffinityConfig, StickyConfig, StringMatch, VersionConfig, DEFAULT_UPGRADES,
 };
-pub use validate::{endpoint, match_config, socket_addr, string_match};
+pub use validate::{endpoint, match_config, nameserver, socket_addr, string_match};
 
 /// The data plane's configuration: where it listens, its limits, and its services.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -49,6 +49,9 @@ pub struct ProxyConfig {
     /// Connection limits and timeouts of the proxy listener.
     #[serde(default)]
     pub limits: Limits,
+    /// How hostname endpoints are resolved: /etc/resolv.conf unless nameservers are named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<ResolverConfig>,
     /// The services behind the proxy.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -59,6 +62,14 @@ fn default_listen() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9901".into()
+}
+
+/// `resolver:`: the nameservers hostname endpoints are resolved with.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// `ip:port` (or `ip`, port 53) of each nameserver, asked in order.
+    pub nameservers: Vec<String>,
 }
 
 /// One more proxy listener.
@@ -140,9 +151,38 @@ impl ProxyConfig {
 
     /// Decodes and validates, adding every problem to `errors`.
     pub fn decode(value: serde_json::Value, errors: &mut Vec<ConfigError>) -> Option<ProxyConfig> {
-        let cfg: ProxyConfig = decode(value, "", errors)?;
-        errors.extend(validate::config(&cfg));
-        Some(cfg)
+        Self::decode_indexed(value, errors).map(|(cfg, _)| cfg)
+    }
+
+    /// Decodes and validates each service on its own, so one service's mistake hides no
+    /// other's and every service that decoded is still validated; returns the config with
+    /// those services and, for each, its index in the file.
+    pub fn decode_indexed(
+        mut value: serde_json::Value,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<(ProxyConfig, Vec<usize>)> {
+        let services = value
+            .as_object_mut()
+            .and_then(|o| o.remove("services"))
+            .unwrap_or(serde_json::Value::Null);
+        let mut cfg: ProxyConfig = decode(value, "", errors)?;
+        let mut indexes = Vec::new();
+        match services {
+            serde_json::Value::Null => {}
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(s) =
+                        decode::<ServiceConfig>(item, &format!("services[{i}]"), errors)
+                    {
+                        cfg.services.push(s);
+                        indexes.push(i);
+                    }
+                }
+            }
+            _ => errors.push(ConfigError::new("services", "expected a list of services")),
+        }
+        errors.extend(validate::config_at(&cfg, &indexes));
+        Some((cfg, indexes))
     }
 
     /// Checks everything serde cannot: addresses, names, weights, regexes, references.

@@ -11,6 +11,12 @@ use crate::route::matcher;
 
 /// Every problem of a whole config; certificate files are read and checked too.
 pub(crate) fn config(c: &ProxyConfig) -> Vec<ConfigError> {
+    let indexes: Vec<usize> = (0..c.services.len()).collect();
+    config_at(c, &indexes)
+}
+
+/// Like [`config`], each service named by its index in the file (`indexes`).
+pub(crate) fn config_at(c: &ProxyConfig, indexes: &[usize]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut addresses = vec![
         ("listen".to_string(), &c.listen),
@@ -31,7 +37,20 @@ pub(crate) fn config(c: &ProxyConfig) -> Vec<ConfigError> {
         }
     }
     limits(&c.limits, &mut errors);
-    errors.extend(services(&c.services));
+    if let Some(r) = &c.resolver {
+        if r.nameservers.is_empty() {
+            errors.push(ConfigError::new(
+                "resolver.nameservers",
+                "name at least one nameserver, or leave resolver out to use /etc/resolv.conf",
+            ));
+        }
+        for (i, ns) in r.nameservers.iter().enumerate() {
+            if let Err(m) = nameserver(ns) {
+                errors.push(ConfigError::new(format!("resolver.nameservers[{i}]"), m));
+            }
+        }
+    }
+    errors.extend(services_at(&c.services, indexes));
     tls_files(c, &mut errors);
     errors
 }
@@ -79,11 +98,11 @@ fn limits(l: &Limits, errors: &mut Vec<ConfigError>) {
 }
 
 /// Every problem of a list of services: each service, plus names and hosts that clash.
-pub(crate) fn services(services: &[ServiceConfig]) -> Vec<ConfigError> {
+fn services_at(services: &[ServiceConfig], indexes: &[usize]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut names = HashMap::new();
     let mut hosts = HashMap::new();
-    for (i, svc) in services.iter().enumerate() {
+    for (svc, &i) in services.iter().zip(indexes) {
         let p = format!("services[{i}]");
         if let Some(j) = names.insert(svc.name.as_str(), i) {
             errors.push(ConfigError::new(
@@ -324,10 +343,27 @@ pub fn string_match(sm: &StringMatch, sp: &str) -> Vec<ConfigError> {
 
 fn unknown_version(v: &str, svc: &ServiceConfig) -> String {
     let known: Vec<&str> = svc.versions.keys().map(String::as_str).collect();
+    let hint = match super::decode::did_you_mean(v, known.iter().copied()) {
+        Some(near) => format!("; did you mean {near:?}?"),
+        None => String::new(),
+    };
     format!(
-        "unknown version {v:?} (the service has {})",
+        "unknown version {v:?} (the service has {}{hint})",
         known.join(", ")
     )
+}
+
+/// A nameserver's address: `ip:port`, or `ip` for port 53.
+pub fn nameserver(ns: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = ns
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    ns.parse::<SocketAddr>()
+        .map_err(|_| format!("{ns:?} is not an ip:port address (or an ip, for port 53)"))
 }
 
 /// A `host:port` endpoint, or why not.

@@ -60,14 +60,15 @@ pub struct Families {
     weight: IntGaugeVec,
     /// Every version's measurements, rendered by `export` on each scrape.
     versions: Mutex<BTreeMap<(String, String), VersionHandle>>,
-    /// `weir_config_reloads_total`.
-    pub reloads: IntCounter,
-    /// `weir_config_reload_failures_total`.
-    pub reload_failures: IntCounter,
+    /// `weir_config_reloads_total{result}`: ok (applied) or error (rejected, nothing
+    /// changed).
+    pub reloads: IntCounterVec,
     /// `weir_unrouted_requests_total`: requests no service or rule matched (404).
     pub unrouted: IntCounter,
     /// `weir_downstream_connections_active`.
     pub connections: IntGauge,
+    /// `weir_dns_resolutions_total{host,result}`: hostname endpoints asked of the resolver.
+    pub(crate) dns_resolutions: IntCounterVec,
     /// `weir_tls_reloads_total{result}`: certificate files re-read, ok or rejected.
     pub(crate) tls_reloads: IntCounterVec,
     /// `weir_tls_handshake_failures_total{listener}`.
@@ -89,6 +90,15 @@ impl Families {
             "Requests refused before they reached a version: host (400, conflicting Host headers, say), upgrade (403, a protocol the route does not allow).",
             &["reason"],
         );
+        let reloads = counter_vec(
+            &r,
+            "weir_config_reloads_total",
+            "Configuration reloads (SIGHUP or a change of the file): ok, or error when the new file was invalid and nothing changed.",
+            &["result"],
+        );
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
         Families {
             mirror_skipped: counter_vec(
                 &r,
@@ -108,16 +118,7 @@ impl Families {
                 "Weight of each version in the service's weighted split.",
                 &["service", "version"],
             ),
-            reloads: counter(
-                &r,
-                "weir_config_reloads_total",
-                "Successful configuration reloads.",
-            ),
-            reload_failures: counter(
-                &r,
-                "weir_config_reload_failures_total",
-                "Configuration reloads rejected because the new file was invalid.",
-            ),
+            reloads,
             unrouted: counter(
                 &r,
                 "weir_unrouted_requests_total",
@@ -130,6 +131,12 @@ impl Families {
                     "Client connections currently open.",
                 )
                 .expect("static metric definition"),
+            ),
+            dns_resolutions: counter_vec(
+                &r,
+                "weir_dns_resolutions_total",
+                "Hostname endpoints resolved: ok, or error (the last good addresses stay in use).",
+                &["host", "result"],
             ),
             tls_reloads: counter_vec(
                 &r,

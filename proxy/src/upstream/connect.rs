@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::dns::OnConnect;
 use crate::error::{ProxyError, TlsFailure};
 use crate::tls::UpstreamTls;
 
@@ -31,27 +32,32 @@ pub(crate) enum Stream {
 /// Dials one fixed endpoint whatever the request URI says.
 #[derive(Clone)]
 pub(crate) struct EndpointConnector {
-    inner: HttpConnector,
+    inner: HttpConnector<OnConnect>,
     target: Uri,
     tls: Option<(Arc<UpstreamTls>, ServerName<'static>)>,
 }
 
 impl EndpointConnector {
-    /// A connector for `address` (`host:port`) with the version's connect timeout, nodelay
-    /// and TCP keepalive, and its TLS if any.
+    /// A connector for `address` (`host:port`; TLS names the server by it), dialling
+    /// `dialled` when weir resolved the name itself (else resolving it with `dns` on each
+    /// connect), with the version's connect timeout, nodelay and TCP keepalive, and its
+    /// TLS if any.
     pub(crate) fn new(
         address: &str,
+        dialled: Option<std::net::SocketAddr>,
         connect_timeout: Duration,
         tls: Option<&Arc<UpstreamTls>>,
+        dns: OnConnect,
     ) -> Result<Self, String> {
-        let target: Uri = format!("http://{address}")
+        let at = dialled.map_or_else(|| address.to_string(), |a| a.to_string());
+        let target: Uri = format!("http://{at}")
             .parse()
             .map_err(|e| format!("endpoint {address:?}: {e}"))?;
         let tls = match tls {
             Some(t) => Some((t.clone(), t.name_for(address)?)),
             None => None,
         };
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(dns);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(false);

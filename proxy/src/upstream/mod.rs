@@ -11,8 +11,11 @@
 mod connect;
 mod multiplex;
 mod pool;
+mod resolved;
 mod sweeper;
 
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -23,11 +26,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::RequestBody;
 use crate::config::VersionConfig;
+use crate::dns::{Dns, OnConnect};
 use crate::error::ProxyError;
 use crate::tls::{TlsWatch, UpstreamTls};
 use connect::EndpointConnector;
 use multiplex::{Multiplex, StreamGuard};
 use pool::{Held, Pool};
+use resolved::Resolved;
 
 /// What a response body holds until it is done: its HTTP/1.1 connection (driven from the
 /// body, back to the pool when complete), or its stream's place on an HTTP/2 connection.
@@ -67,8 +72,11 @@ enum Connections {
 
 /// One endpoint of a version.
 pub(crate) struct Endpoint {
-    /// `host:port`.
+    /// `host:port`, as configured.
     pub address: String,
+    /// The address dialled when `address` is a hostname resolved by weir; None when it is
+    /// dialled as written.
+    pub dialled: Option<SocketAddr>,
     /// Where its users' requests go.
     connections: Connections,
     /// Upgrades and CONNECT: hyper's pooled client, per worker (made at first use).
@@ -101,9 +109,34 @@ impl ClientSettings {
     }
 }
 
+/// Where a version's requests go.
+enum Members {
+    /// Addresses: the same for the upstream's life.
+    Listed(Vec<Endpoint>),
+    /// Some hostnames: the set their answers make now.
+    Resolved(Arc<Resolved>),
+}
+
+/// The endpoint a request goes to: borrowed from a fixed list, or held while the set it
+/// came from may change.
+pub(crate) enum Picked<'a> {
+    Listed(&'a Endpoint),
+    Resolved(Arc<Endpoint>),
+}
+
+impl Deref for Picked<'_> {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        match self {
+            Picked::Listed(e) => e,
+            Picked::Resolved(e) => e,
+        }
+    }
+}
+
 /// The endpoints of one version and how to reach them.
 pub(crate) struct Upstream {
-    endpoints: Vec<Endpoint>,
+    members: Members,
     next: AtomicUsize,
     /// Speaks HTTP/2 to the endpoints.
     pub http2: bool,
@@ -121,11 +154,13 @@ pub(crate) struct BuildError {
 
 impl Upstream {
     /// Builds the pools of a version (nothing is dialled until a request needs it); its
-    /// TLS files are read now and watched for changes. `name` is `service/version`.
+    /// TLS files are read now and watched for changes; hostname endpoints are resolved
+    /// from now on. `name` is `service/version`.
     pub(crate) fn new(
         name: &str,
         cfg: &VersionConfig,
         watch: &TlsWatch,
+        dns: &Arc<Dns>,
     ) -> Result<Upstream, BuildError> {
         let tls = match &cfg.tls {
             Some(t) => {
@@ -141,46 +176,35 @@ impl Upstream {
             }
             None => None,
         };
-        let settings = ClientSettings {
-            idle_timeout: cfg.idle_timeout.0,
-            max_idle: cfg.max_idle_per_endpoint,
-            http2: cfg.http2,
-        };
-        let endpoints = cfg
+        let written = cfg
             .endpoints
             .iter()
             .enumerate()
             .map(|(i, address)| {
-                let connector =
-                    EndpointConnector::new(address, cfg.connect_timeout.0, tls.as_ref()).map_err(
-                        |message| BuildError {
-                            field: format!("endpoints[{i}]"),
-                            message,
-                        },
-                    )?;
-                let connections = if cfg.http2 {
-                    Connections::Multiplexed(Multiplex::new(connector.clone(), cfg.idle_timeout.0))
-                } else {
-                    Connections::Pooled(Pool::new(
-                        connector.clone(),
-                        cfg.idle_timeout.0,
-                        cfg.max_idle_per_endpoint,
-                    ))
-                };
-                Ok(Endpoint {
-                    address: address.clone(),
-                    connections,
-                    clients: (0..crate::workers::slots())
-                        .map(|_| OnceLock::new())
-                        .collect(),
-                    shadow: settings.client(&connector),
-                    connector,
-                    settings,
+                Endpoint::new(address, None, cfg, tls.as_ref(), dns).map_err(|message| BuildError {
+                    field: format!("endpoints[{i}]"),
+                    message,
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
+        let named: Vec<usize> = (0..cfg.endpoints.len())
+            .filter(|&i| cfg.endpoints[i].parse::<SocketAddr>().is_err())
+            .collect();
+        let members = if named.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            Members::Listed(written)
+        } else {
+            let (version, tls2, dns2) = (cfg.clone(), tls.clone(), dns.clone());
+            let make: resolved::Make = Box::new(move |address, ip| {
+                Endpoint::new(address, Some(ip), &version, tls2.as_ref(), &dns2)
+            });
+            let set = Resolved::new(written, make);
+            for i in named {
+                resolved::follow(&set, i, cfg.endpoints[i].clone(), dns.clone());
+            }
+            Members::Resolved(set)
+        };
         Ok(Upstream {
-            endpoints,
+            members,
             next: AtomicUsize::new(0),
             http2: cfg.http2,
             settings: cfg.clone(),
@@ -188,13 +212,81 @@ impl Upstream {
         })
     }
 
-    /// The next endpoint, round robin.
-    pub(crate) fn next_endpoint(&self) -> &Endpoint {
-        if self.endpoints.len() == 1 {
-            return &self.endpoints[0];
+    /// The next endpoint, round robin over the current set.
+    pub(crate) fn next_endpoint(&self) -> Picked<'_> {
+        match &self.members {
+            Members::Listed(list) if list.len() == 1 => Picked::Listed(&list[0]),
+            Members::Listed(list) => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+                Picked::Listed(&list[i])
+            }
+            Members::Resolved(set) => {
+                let live = set.live.load();
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
+                match live.get(i) {
+                    Some(e) => Picked::Resolved(e.clone()),
+                    None => unreachable!("a resolved set always holds an endpoint"),
+                }
+            }
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        &self.endpoints[i]
+    }
+
+    /// The addresses requests go to now: a hostname's resolved addresses, or the name
+    /// itself until its first answer.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        let shown = |e: &Endpoint| {
+            e.dialled
+                .map_or_else(|| e.address.clone(), |a| a.to_string())
+        };
+        match &self.members {
+            Members::Listed(list) => list.iter().map(shown).collect(),
+            Members::Resolved(set) => set.live.load().iter().map(|e| shown(e)).collect(),
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint at `address` (`host:port`), dialled at `dialled` when given, with its
+    /// version's pools, clients and TLS.
+    fn new(
+        address: &str,
+        dialled: Option<SocketAddr>,
+        cfg: &VersionConfig,
+        tls: Option<&Arc<UpstreamTls>>,
+        dns: &Arc<Dns>,
+    ) -> Result<Endpoint, String> {
+        let settings = ClientSettings {
+            idle_timeout: cfg.idle_timeout.0,
+            max_idle: cfg.max_idle_per_endpoint,
+            http2: cfg.http2,
+        };
+        let connector = EndpointConnector::new(
+            address,
+            dialled,
+            cfg.connect_timeout.0,
+            tls,
+            OnConnect(dns.clone()),
+        )?;
+        let connections = if cfg.http2 {
+            Connections::Multiplexed(Multiplex::new(connector.clone(), cfg.idle_timeout.0))
+        } else {
+            Connections::Pooled(Pool::new(
+                connector.clone(),
+                cfg.idle_timeout.0,
+                cfg.max_idle_per_endpoint,
+            ))
+        };
+        Ok(Endpoint {
+            address: address.to_string(),
+            dialled,
+            connections,
+            clients: (0..crate::workers::slots())
+                .map(|_| OnceLock::new())
+                .collect(),
+            shadow: settings.client(&connector),
+            connector,
+            settings,
+        })
     }
 }
 

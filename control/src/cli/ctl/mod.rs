@@ -23,17 +23,22 @@ pub struct CtlArgs {
 /// `weir ctl` commands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum CtlCommand {
-    /// Rollouts as a table (like `kubectl get canary`).
+    /// Every service as a table (like `kubectl get canary`): phase, weights, revisions.
     Status {
         /// One service; all when omitted.
         service: Option<String>,
     },
-    /// The proxy replicas that take their routing from this controller.
+    /// The data planes (weir replicas, Envoy nodes) that take their routing from this
+    /// controller.
     Replicas,
-    /// Live progress of one rollout: weight, per-version success rate and p99, events.
-    Watch { service: String },
+    /// Live progress of one service: weight, per-version success rate and p99, events.
+    Watch {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Tell weir the service has a new canary revision.
     Start {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
         service: String,
         /// The new revision's identifier.
         #[arg(long)]
@@ -44,23 +49,40 @@ pub enum CtlCommand {
         /// Block until the revision is promoted (exit 0) or rolled back (exit 1).
         #[arg(long)]
         wait: bool,
-        /// With --wait, give up after this many seconds (exit 2).
+        /// With --wait, stop waiting after this many seconds (exit 2): the rollout goes on
+        /// (follow it with `weir ctl watch`).
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
     /// Skip the rest of the analysis and promote.
-    Promote { service: String },
+    Promote {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Roll the canary back now.
-    Abort { service: String },
+    Abort {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Freeze the rollout where it is.
-    Pause { service: String },
+    Pause {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Continue a paused rollout.
-    Resume { service: String },
+    Resume {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Analyse again the revision that was rolled back.
-    Retry { service: String },
+    Retry {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
     /// Set the canary's weight by hand during a rollout, or the split of a service
     /// without an analysis.
     SetWeight {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
         service: String,
         /// Canary weight, 0-100 (the primary gets the rest).
         #[arg(long, required_unless_present = "weight", conflicts_with = "weight")]
@@ -75,19 +97,28 @@ pub enum CtlCommand {
     },
     /// Open a gate (the one the rollout waits on, or --gate).
     Approve {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
         service: String,
-        #[arg(long, default_value = "")]
+        /// confirm-rollout, confirm-traffic-increase or confirm-promotion (default: the
+        /// gate the rollout waits on).
+        #[arg(long, default_value = "", hide_default_value = true)]
         gate: String,
     },
     /// Refuse a gate: the rollout is rolled back.
     Deny {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
         service: String,
-        #[arg(long, default_value = "")]
+        /// confirm-rollout, confirm-traffic-increase or confirm-promotion (default: the
+        /// gate the rollout waits on).
+        #[arg(long, default_value = "", hide_default_value = true)]
         gate: String,
     },
     /// After weir lost a service's rollout state (a corrupt state file): start it over
     /// from weir.yaml, primary only, and accept rollouts again.
-    Reset { service: String },
+    Reset {
+        /// The service's `name` in weir.yaml (its namespace is not part of it).
+        service: String,
+    },
 }
 
 /// `primary=80` as a version and its weight.
@@ -104,8 +135,15 @@ fn version_weight(s: &str) -> Result<(String, u32), String> {
 
 /// Runs a `weir ctl` command.
 pub async fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let addr = args.access.control.clone();
     match run(args).await {
         Ok(code) => Ok(code),
+        Err(CtlError::NotControlApi(why)) => {
+            eprintln!(
+                "weir ctl: {addr} is not weir's control API (it answered: {why}). Is it the proxy or admin port? `weir run` prints `weir: control listening on ...`; without `control:` in weir.yaml it is 127.0.0.1:9090."
+            );
+            Ok(ExitCode::FAILURE)
+        }
         Err(e) => {
             eprintln!("weir ctl: {e}");
             Ok(ExitCode::FAILURE)
@@ -232,7 +270,9 @@ async fn start(
     .await;
     match outcome {
         Err(_) => {
-            eprintln!("weir ctl: {service}: no decision on {revision} within {timeout}s");
+            eprintln!(
+                "weir ctl: {service}: no decision on {revision} within {timeout}s; the rollout goes on (weir ctl watch {service})"
+            );
             Ok(ExitCode::from(2))
         }
         Ok(Err(e)) => Err(e),

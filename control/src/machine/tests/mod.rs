@@ -178,13 +178,13 @@ fn step_weight_sequence_runs_to_promotion() {
     let events = r.events();
     for want in [
         "Initialization done! podinfo.test",
-        "New revision detected! Scaling up podinfo.test",
+        "New revision detected! Starting canary analysis for podinfo.test",
         "Starting canary analysis for podinfo.test",
         "Advance podinfo.test canary weight 10",
         "Advance podinfo.test canary weight 30",
-        "Copying podinfo.test template spec to podinfo-primary.test",
+        "Promoting podinfo.test: the canary's endpoints and revision become the primary's",
         "Routing all traffic to primary",
-        "Promotion completed! Scaling down podinfo.test",
+        "Promotion completed! All traffic to the new primary of podinfo.test",
     ] {
         assert!(
             events.iter().any(|e| e == want),
@@ -244,7 +244,8 @@ fn bad_canary_rolls_back_on_the_tick_after_the_threshold() {
     assert!(
         events.contains(&"Rolling back podinfo.test failed checks threshold reached 3".to_string())
     );
-    assert!(events.contains(&"Canary failed! Scaling down podinfo.test".to_string()));
+    assert!(events
+        .contains(&"Canary failed! All traffic back to the primary of podinfo.test".to_string()));
     assert!(r
         .alerts()
         .contains(&(Severity::Error, "Failed checks threshold reached 3".into())));
