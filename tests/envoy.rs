@@ -377,25 +377,7 @@ async fn envoys_need_credentials_and_serve_weirs_listener_certificate() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("Bearer"));
     let anon_dir = temp_dir("envoy-anon");
-    let anon_yaml = anon_dir.join("envoy.yaml");
-    std::fs::write(&anon_yaml, &out.stdout).expect("write");
-    let mut anon = std::process::Command::new(support::envoy::envoy_bin())
-        .arg("-c")
-        .arg(&anon_yaml)
-        .args([
-            "--base-id",
-            &admin.to_string(),
-            "--concurrency",
-            "1",
-            "-l",
-            "warn",
-        ])
-        .arg("--log-path")
-        .arg(anon_dir.join("envoy.log"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start Envoy");
+    let mut anon = support::envoy::spawn(&out.stdout, admin, &anon_dir);
     let refused = || async {
         weir.metric(
             "weir_control_refused_total",

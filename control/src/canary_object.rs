@@ -182,10 +182,15 @@ fn translate(entry: &Value, at: &str, out: &mut Expanded) -> Result<Value, Vec<C
     Ok(Value::Object(svc))
 }
 
+/// `spec.service.headless: true`: the Services select the pods directly.
+fn is_headless(service: &Map<String, Value>) -> bool {
+    service.get("headless").and_then(Value::as_bool) == Some(true)
+}
+
 /// The Services Flagger makes for the canary, as endpoints; HTTP/2 when the port is gRPC
 /// or h2c; a headless Service is dialled at the pods' port.
 fn flagger_versions(name: &str, namespace: &str, port: u64, service: &Map<String, Value>) -> Value {
-    let headless = service.get("headless").and_then(Value::as_bool) == Some(true);
+    let headless = is_headless(service);
     let dialled = match service.get("targetPort").and_then(Value::as_u64) {
         Some(target) if headless => target,
         _ => port,
@@ -362,8 +367,7 @@ fn note_service(service: &Map<String, Value>, say: &mut impl FnMut(String, &str)
     for key in service.keys() {
         let used = match key.as_str() {
             "name" | "port" | "hosts" | "appProtocol" => true,
-            "headless" => service.get("headless").and_then(Value::as_bool) == Some(true),
-            "targetPort" => service.get("headless").and_then(Value::as_bool) == Some(true),
+            "headless" | "targetPort" => is_headless(service),
             _ => false,
         };
         if used {

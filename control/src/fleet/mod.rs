@@ -100,6 +100,26 @@ struct Entry {
 }
 
 impl Entry {
+    /// A data plane that just opened stream `session`: nothing ACKed, pushed or measured
+    /// yet.
+    fn connected(kind: Kind, address: String, session: u64, now: Instant) -> Entry {
+        Entry {
+            kind,
+            heartbeat: false,
+            address,
+            session,
+            incarnation: 0,
+            taken: 0,
+            connected: true,
+            acked: 0,
+            error: None,
+            pushed: None,
+            last_seen: now,
+            window: (now, 0),
+            rate: 0.0,
+        }
+    }
+
     /// Notes measured requests (for its rate) and a sign of life; its state now.
     fn counted(&mut self, deltas: &[MeasurementDelta]) -> ReplicaState {
         let requests: u64 = deltas.iter().map(MeasurementDelta::requests).sum();
@@ -258,19 +278,11 @@ impl Fleet {
         entries.insert(
             hello.name.clone(),
             Entry {
-                kind: Kind::Weir,
                 heartbeat: true,
-                address: hello.address.clone(),
-                session,
                 incarnation: hello.incarnation,
                 taken,
-                connected: true,
                 acked: hello.version,
-                error: None,
-                pushed: None,
-                last_seen: now,
-                window: (now, 0),
-                rate: 0.0,
+                ..Entry::connected(Kind::Weir, hello.address.clone(), session, now)
             },
         );
         drop(entries);

@@ -58,6 +58,9 @@ pub struct DeltaCursor {
     reported: HashMap<(String, String, bool), Tally>,
 }
 
+/// Points an Envoy histogram bucket's requests are spread over.
+const SPREAD: u64 = 64;
+
 impl Tally {
     /// What this cumulative tally gained over an earlier one of the same version.
     fn since(&self, earlier: &Tally) -> Tally {
@@ -147,10 +150,14 @@ impl MeasurementDelta {
         for (i, n) in buckets.iter().enumerate() {
             // Past the last bound: at the last bound.
             let upper = ENVOY_BUCKETS_MS.get(i).copied().unwrap_or(lower);
-            for k in 0..*n {
-                let ms = lower + (upper - lower) * (k as f64 + 0.5) / *n as f64;
+            // Spread over the bucket at up to SPREAD points, so a flush costs the same
+            // whatever its request count.
+            let points = (*n).min(SPREAD);
+            for k in 0..points {
+                let ms = lower + (upper - lower) * (k as f64 + 0.5) / points as f64;
                 let micros = super::latency::clamped(((ms * 1000.0) as u64).max(1));
-                let _ = h.record(micros);
+                let count = *n / points + u64::from(k < *n % points);
+                let _ = h.record_n(micros, count);
             }
             lower = upper;
         }
