@@ -156,3 +156,43 @@ async fn weir_proxy_says_what_it_ignores() {
     );
     weir.wait_log("control: ignored by `weir proxy`");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_cannot_take_effect_are_named_by_check_and_at_start() {
+    let up = Upstream::start("primary").await;
+    let dir = temp_dir("ineffective");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nstate: {}\nlimits: {{ uploadMinRate: 0, uploadGracePeriod: 5s }}\n{}",
+        dir.join("state.json").display(),
+        podinfo_yaml(
+            &up.endpoint(),
+            &up.endpoint(),
+            ", http2: true",
+            "    routes:\n      - to: canary\n        upgrades: [websocket]\n",
+        )
+    );
+    let file = dir.join("weir.yaml");
+    std::fs::write(&file, &yaml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run weir check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let notes = [
+        "note: state: has no effect",
+        "note: limits.uploadGracePeriod has no effect: limits.uploadMinRate is 0",
+        "note: services[0].routes[0].upgrades: version canary speaks HTTP/2",
+    ];
+    for note in notes {
+        assert!(text.contains(note), "no {note:?} in\n{text}");
+    }
+    // `weir run` with the same file says them too, and serves no control API.
+    let weir = Weir::start(&yaml);
+    assert!(weir.control.is_none());
+    for note in notes {
+        weir.wait_log(note.trim_start_matches("note: "));
+    }
+}

@@ -112,6 +112,82 @@ async fn an_h2c_upgrade_goes_on_as_plain_http1_and_the_connection_stays_weirs() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_beside_an_allowed_protocol_is_left_out_and_an_unasked_switch_is_a_502() {
+    let primary = Upstream::start("primary").await;
+    let canary = Upstream::start("canary").await;
+    let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
+    // h2c listed first: an upstream that takes the first protocol would have switched
+    // to HTTP/2 had weir forwarded it.
+    let mut s = connect(&weir);
+    let (head, echo) = tokio::task::spawn_blocking(move || {
+        s.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        )
+        .expect("write");
+        let head = read_response(&mut s);
+        s.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).expect("echo");
+        (head, buf)
+    })
+    .await
+    .expect("client");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    assert_eq!(&echo, b"ping");
+    let seen = primary.last_seen();
+    assert_eq!(seen.headers["upgrade"], "websocket", "{:?}", seen.headers);
+    assert!(
+        !seen.headers.contains_key("http2-settings"),
+        "{:?}",
+        seen.headers
+    );
+
+    // An upstream that switches to a protocol it was not offered gets no tunnel: the
+    // client gets weir's 502, counted against that version as a protocol error.
+    let rogue = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let rogue_addr = rogue.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in rogue.incoming().take(2) {
+            let Ok(mut c) = conn else { return };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && matches!(c.read(&mut b), Ok(1)) {
+                head.push(b[0]);
+            }
+            let _ = c.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let weir = Weir::start(&podinfo_yaml(
+        &rogue_addr.to_string(),
+        &canary.endpoint(),
+        "",
+        "    routes:\n      - to: primary\n",
+    ));
+    for request in [
+        &b"GET /chat HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nHost: podinfo\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let reply = raw(weir.proxy, request).await;
+        assert!(reply.text.starts_with("HTTP/1.1 502"), "{}", reply.text);
+        assert!(reply.text.contains("x-weir-error: protocol"), "{}", reply.text);
+    }
+    weir.wait_metric(
+        "weir_upstream_errors_total",
+        &[("version", "primary"), ("reason", "protocol")],
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_a_route_does_not_allow_are_refused_and_listed_ones_tunnel() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
@@ -176,9 +252,16 @@ async fn a_websocket_tunnel_counts_for_its_version_and_closes_when_idle() {
         s.write_all(b"hello").expect("write");
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("echo");
-        // The upstream never closes an echo; only the idle timeout can end it.
+        // The upstream never closes an echo; only the idle timeout can end it (the
+        // client's own 30 s read timeout is not a close).
         let mut one = [0u8; 1];
-        let closed = matches!(s.read(&mut one), Ok(0) | Err(_));
+        let closed = match s.read(&mut one) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
         (head, buf, closed)
     })
     .await
@@ -229,7 +312,7 @@ fn trickle(weir: std::net::SocketAddr, total: usize, gap: Duration) -> String {
 
 /// Trickles an upload (see [`trickle`]) and checks weir answered `408`, counted it as the
 /// client's timeout and not against the version.
-async fn trickle_is_the_clients_408(weir: &Weir, total: usize, gap: Duration) {
+async fn trickle_is_the_clients_408(weir: &Weir, up: &Upstream, total: usize, gap: Duration) {
     let w = weir.proxy;
     let answer = tokio::task::spawn_blocking(move || trickle(w, total, gap))
         .await
@@ -249,6 +332,15 @@ async fn trickle_is_the_clients_408(weir: &Weir, total: usize, gap: Duration) {
         0.0,
         "a slow client never counts against the version"
     );
+    // The upstream exchange was closed, not left holding the upstream's connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while up.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream connection of a timed-out upload is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +351,7 @@ async fn an_upload_below_the_rate_floor_is_the_clients_408() {
         two_versions(&up, &up, "      - to: primary")
     ));
     // 10 bytes a second against a floor of 100 after 1 s: too slow.
-    trickle_is_the_clients_408(&weir, 1000, Duration::from_millis(100)).await;
+    trickle_is_the_clients_408(&weir, &up, 1000, Duration::from_millis(100)).await;
     // An upload at speed is untouched by the floor.
     let client = http1_client();
     let req = http::Request::post(weir.url("/upload"))
@@ -279,5 +371,5 @@ async fn a_request_not_complete_within_request_timeout_is_the_clients_408() {
         two_versions(&up, &up, "      - to: primary")
     ));
     // Steady bytes (the idle timeout never fires) but never the whole body.
-    trickle_is_the_clients_408(&weir, 100_000, Duration::from_millis(50)).await;
+    trickle_is_the_clients_408(&weir, &up, 100_000, Duration::from_millis(50)).await;
 }

@@ -82,6 +82,13 @@ impl WeirConfig {
                 crate::auth::DEFAULT_CONTROL
             ));
         }
+        if !controlled && self.state.is_some() {
+            out.push(
+                "state: has no effect: nothing here keeps rollout state (no control:, no analysis, no envoy:); set control: to serve the control API, whose set weights it keeps"
+                    .into(),
+            );
+        }
+        out.extend(self.proxy.notes());
         if controlled && self.state.is_none() {
             out.push(
                 "state: not set: rollouts and set weights are not persisted, and a restart forgets them; set state: ./weir-state.json to keep them"

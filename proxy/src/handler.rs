@@ -18,7 +18,9 @@ use std::sync::Arc;
 use crate::body::{Progress, RequestBody, ResponseBody, Stage};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::exchange::Exchange;
-use crate::headers::{add_forwarding, routed_host, strip_hop_by_hop, strip_inbound, Upgrade};
+use crate::headers::{
+    add_forwarding, routed_host, strip_hop_by_hop, strip_inbound, switched_as_asked, Upgrade,
+};
 use crate::mirror::Shadow;
 use crate::route::{Decision, RequestView};
 use crate::state::ProxyState;
@@ -106,13 +108,16 @@ pub(crate) async fn handle(
     };
     match forwarded {
         Ok((resp, lease)) => {
+            if let Some(e) = unasked_switch(&resp, upstream.upgrade.as_ref()) {
+                return answer_failure(e, exchange, &decision, &endpoint);
+            }
             let clock = BodyClock::new(timeouts, progress, start);
             let end = End {
                 lease,
                 exchange,
                 clock,
             };
-            let upgrade = upstream.upgrade.map(|client| (client, timeouts.idle));
+            let upgrade = upstream.upgrade.map(|(client, _)| (client, timeouts.idle));
             downstream_response(resp, end, upgrade, decision.set_cookie)
         }
         Err(e) => answer_failure(
@@ -174,8 +179,9 @@ struct UpstreamRequest {
     body: RequestBody,
     /// How it reaches the endpoint (which decided the URI's form).
     path: Path,
-    /// The client's side of an HTTP/1.1 upgrade.
-    upgrade: Option<OnUpgrade>,
+    /// The client's side of an HTTP/1.1 upgrade, and the protocols the upstream was
+    /// offered.
+    upgrade: Option<(OnUpgrade, HeaderValue)>,
     /// How far the client's body has come (None: it had none).
     progress: Option<Arc<Progress>>,
 }
@@ -192,27 +198,40 @@ fn upstream_request(
     start: Instant,
 ) -> Result<UpstreamRequest, ProxyError> {
     let http2 = d.version.upstream.http2;
-    let asked = match req.version() == HttpVersion::HTTP_11 && !http2 {
+    let asked = match req.version() == HttpVersion::HTTP_11 {
         true => crate::headers::upgrade(req.headers(), &d.rule.upgrades),
         false => Upgrade::Plain,
     };
-    let tunnel =
-        match asked {
-            Upgrade::Plain => false,
-            Upgrade::Tunnel => true,
-            Upgrade::Refused(protocol) => {
-                let allowed: Vec<&str> = d.rule.upgrades.iter().map(|u| &**u).collect();
-                return Err(ProxyError::new(
-                    ErrorKind::UpgradeRefused,
-                    format!(
+    let offered = match asked {
+        Upgrade::Plain => None,
+        Upgrade::Tunnel(protocols) if !http2 => Some(protocols),
+        Upgrade::Tunnel(protocols) => {
+            return Err(ProxyError::new(
+                ErrorKind::UpgradeRefused,
+                format!(
+                    "upgrade to {protocols:?} cannot reach version {} of service {}: it speaks HTTP/2 to its endpoints",
+                    d.version.name, d.service.name,
+                ),
+            ));
+        }
+        Upgrade::Refused(protocol) => {
+            let allowed: Vec<&str> = d.rule.upgrades.iter().map(|u| &**u).collect();
+            return Err(ProxyError::new(
+                ErrorKind::UpgradeRefused,
+                format!(
                     "upgrade to {protocol:?} is not allowed for service {} (its route allows: {})",
                     d.service.name,
-                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") },
+                    if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed.join(", ")
+                    },
                 ),
-                ));
-            }
-        };
-    let upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+            ));
+        }
+    };
+    let tunnel = offered.is_some();
+    let upgrade = offered.map(|p| (hyper::upgrade::on(&mut req), p));
     let path = endpoint.path_for(req.method(), tunnel);
     let (mut parts, body) = req.into_parts();
     let host_header = match from.host {
@@ -244,6 +263,9 @@ fn upstream_request(
         }
     }
     strip_hop_by_hop(&mut parts.headers, tunnel);
+    if let Some((_, protocols)) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocols.clone());
+    }
     strip_inbound(&mut parts.headers, from.trusted);
     let scheme = if from.conn.tls { "https" } else { "http" };
     add_forwarding(&mut parts.headers, &from.conn.forwarded_for, scheme);
@@ -266,6 +288,27 @@ fn upstream_request(
         upgrade,
         progress,
     })
+}
+
+/// A `101` the request did not ask for (no upgrade, or another protocol than those
+/// offered): the upstream's protocol error, answered `502`, never a tunnel.
+fn unasked_switch(
+    resp: &Response<Incoming>,
+    upgrade: Option<&(OnUpgrade, HeaderValue)>,
+) -> Option<ProxyError> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    match upgrade {
+        Some((_, offered)) if switched_as_asked(resp.headers(), offered) => None,
+        _ => Some(ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!(
+                "the upstream switched protocols to {:?}, which the request was not sent with",
+                resp.headers().get(header::UPGRADE)
+            ),
+        )),
+    }
 }
 
 /// A request that cannot be forwarded as it is, and why (the body of weir's answer).

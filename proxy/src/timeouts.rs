@@ -204,3 +204,33 @@ impl BodyClock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, Limits};
+
+    #[test]
+    fn an_upload_is_late_by_apaches_rule_and_zero_turns_each_limit_off() {
+        let start = Instant::now();
+        let p = Progress::new(start);
+        let defaults = UploadLimits::new(&Limits::default());
+        // No request timeout; 20 s of grace, then one second per 500 bytes received.
+        assert_eq!(defaults.deadline(&p), Some(start + Duration::from_secs(20)));
+        p.moved(5_000);
+        assert_eq!(defaults.deadline(&p), Some(start + Duration::from_secs(30)));
+        let limits = Limits {
+            request_timeout: Dur::secs(25),
+            ..Limits::default()
+        };
+        assert_eq!(
+            UploadLimits::new(&limits).deadline(&p),
+            Some(start + Duration::from_secs(25))
+        );
+        let off = Limits {
+            upload_min_rate: 0,
+            ..Limits::default()
+        };
+        assert_eq!(UploadLimits::new(&off).deadline(&p), None);
+    }
+}

@@ -135,15 +135,26 @@ pub fn envoy(args: &EnvoyArgs) -> Result<String, String> {
         }
     });
     if tls {
-        let mut common = json!({ "alpn_protocols": ["h2"] });
-        if let Some(ca) = &args.access.ca {
-            let pem =
-                std::fs::read_to_string(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-            common["validation_context"] = json!({
-                "trusted_ca": { "inline_string": pem },
-                "match_typed_subject_alt_names": [ { "san_type": "DNS", "matcher": { "exact": host } } ]
-            });
-        }
+        let trusted_ca = match &args.access.ca {
+            Some(ca) => {
+                let pem = std::fs::read_to_string(ca)
+                    .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+                json!({ "inline_string": pem })
+            }
+            // The node's system CAs, at the path Debian and Ubuntu (and Envoy's images
+            // built on them) keep them.
+            None => json!({ "filename": crate::xds::SYSTEM_CAS }),
+        };
+        // The controller's certificate must name the host the node dials: a DNS name,
+        // or an IP address as an IP SAN.
+        let san_type = if by_name { "DNS" } else { "IP_ADDRESS" };
+        let mut common = json!({
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": trusted_ca,
+                "match_typed_subject_alt_names": [ { "san_type": san_type, "matcher": { "exact": host } } ]
+            }
+        });
         if let (Some(cert), Some(key)) = (&args.access.cert, &args.access.key) {
             // The files as the node sees them (a mounted Secret): the key is not copied.
             common["tls_certificates"] = json!([{
@@ -151,13 +162,17 @@ pub fn envoy(args: &EnvoyArgs) -> Result<String, String> {
                 "private_key": { "filename": key.display().to_string() }
             }]);
         }
+        let mut context = json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": common
+        });
+        // SNI carries host names only.
+        if by_name {
+            context["sni"] = json!(host);
+        }
         control["transport_socket"] = json!({
             "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
-                "common_tls_context": common
-            }
+            "typed_config": context
         });
     }
     let mut node = json!({ "id": args.node, "cluster": args.cluster });
@@ -202,4 +217,85 @@ pub fn envoy(args: &EnvoyArgs) -> Result<String, String> {
     }
     out.push_str(&serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(control: &str, ca: Option<std::path::PathBuf>) -> EnvoyArgs {
+        EnvoyArgs {
+            access: Access {
+                control: control.to_string(),
+                token_file: None,
+                ca,
+                cert: None,
+                key: None,
+            },
+            node: "gw-1".into(),
+            cluster: "weir".into(),
+            listen: Some("0.0.0.0:10000".into()),
+            admin: "127.0.0.1:9901".into(),
+            stats_flush: "250ms".into(),
+        }
+    }
+
+    /// The TLS context of the control cluster in the written bootstrap.
+    fn control_tls(args: &EnvoyArgs) -> Value {
+        let yaml = envoy(args).expect("a bootstrap");
+        let doc: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+        doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"].clone()
+    }
+
+    #[test]
+    fn https_without_ca_checks_the_controller_against_the_system_cas() {
+        let tls = control_tls(&args("https://weir-control:9090", None));
+        assert_eq!(tls["sni"], "weir-control");
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"],
+            json!({
+                "trusted_ca": { "filename": "/etc/ssl/certs/ca-certificates.crt" },
+                "match_typed_subject_alt_names": [ { "san_type": "DNS", "matcher": { "exact": "weir-control" } } ]
+            })
+        );
+    }
+
+    #[test]
+    fn https_to_an_ip_checks_an_ip_san_and_sends_no_sni() {
+        let tls = control_tls(&args("https://10.1.2.3:9090", None));
+        assert_eq!(tls.get("sni"), None);
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+            json!([ { "san_type": "IP_ADDRESS", "matcher": { "exact": "10.1.2.3" } } ])
+        );
+        let v6 = control_tls(&args("https://[fd00::1]:9090", None));
+        assert_eq!(
+            v6["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+                ["matcher"]["exact"],
+            "fd00::1"
+        );
+    }
+
+    #[test]
+    fn a_ca_is_written_inline() {
+        let path =
+            std::env::temp_dir().join(format!("weir-bootstrap-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\ntest\n").expect("write CA");
+        let tls = control_tls(&args("weir-control:9090", Some(path.clone())));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["trusted_ca"],
+            json!({ "inline_string": "-----BEGIN CERTIFICATE-----\ntest\n" })
+        );
+    }
+
+    #[test]
+    fn plain_http_has_no_tls() {
+        let yaml = envoy(&args("http://weir-control:9090", None)).expect("a bootstrap");
+        let doc: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+        assert_eq!(
+            doc["static_resources"]["clusters"][0].get("transport_socket"),
+            None
+        );
+    }
 }

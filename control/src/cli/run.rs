@@ -157,7 +157,7 @@ pub(super) fn terminated() -> anyhow::Result<impl std::future::Future<Output = (
 /// Says where rollout state goes, or that it goes nowhere, and what the file leaves to
 /// defaults.
 pub(super) fn announce_state(cfg: &WeirConfig) {
-    if let Some(state) = &cfg.state {
+    if let (Some(state), true) = (&cfg.state, cfg.serves_control()) {
         println!("weir: rollout state in {}", state.display());
     }
     for note in cfg.notes() {
@@ -245,7 +245,8 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let proxy = Proxy::new(cfg.proxy.clone())?;
-    if !controller {
+    let data_plane_only = !controller;
+    if data_plane_only {
         ignored_by_data_plane(&cfg);
     }
     let controller = match controller && cfg.serves_control() {
@@ -257,8 +258,9 @@ pub async fn run(path: &Path, controller: bool) -> anyhow::Result<ExitCode> {
     };
     let listeners = proxy.bind().await?;
     let admin = AdminListeners::bind(&cfg.proxy).await?;
-    if controller.is_some() {
-        announce_state(&cfg);
+    match data_plane_only {
+        false => announce_state(&cfg),
+        true => cfg.proxy.notes().iter().for_each(|n| tracing::warn!("{n}")),
     }
     // Signal handlers first: a SIGHUP sent as soon as the addresses are printed must
     // reload, not kill the process.

@@ -111,16 +111,7 @@ impl AggregatedDiscoveryService for AdsService {
             .map_err(Status::already_exists)?;
         tracing::info!(node = %node.id, cluster = %node.cluster, "Envoy node connected");
         let (tx, rx) = mpsc::channel(8);
-        let mut sync = NodeSync {
-            name: node.id.clone(),
-            session,
-            listen,
-            nonce: 0,
-            types: ORDER.iter().map(|t| (*t, Exchange::default())).collect(),
-            version: 0,
-            desired: Resources::default(),
-            made_with: None,
-        };
+        let mut sync = NodeSync::new(&node.id, session, listen);
         let (routes, fleet, mut settings) = (
             self.routes.clone(),
             self.fleet.clone(),
@@ -176,6 +167,21 @@ impl AggregatedDiscoveryService for AdsService {
 }
 
 impl NodeSync {
+    /// The stream of node `name` (listening on `listen`), session `session`: nothing
+    /// asked for or sent yet.
+    fn new(name: &str, session: u64, listen: Option<String>) -> NodeSync {
+        NodeSync {
+            name: name.to_string(),
+            session,
+            listen,
+            nonce: 0,
+            types: ORDER.iter().map(|t| (*t, Exchange::default())).collect(),
+            version: 0,
+            desired: Resources::default(),
+            made_with: None,
+        }
+    }
+
     /// A request from the node: an ACK or NACK of what was sent, and what it asks for.
     fn received(&mut self, r: DiscoveryRequest, fleet: &Fleet) {
         let Some(t) = self.types.get_mut(r.type_url.as_str()) else {
@@ -358,3 +364,7 @@ impl NodeSync {
         false
     }
 }
+
+#[cfg(test)]
+#[path = "ads_tests.rs"]
+mod tests;

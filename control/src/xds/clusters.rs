@@ -101,12 +101,20 @@ pub fn cluster(version: &str, v: &VersionConfig, name: &str) -> Result<VersionCl
         ..Cluster::default()
     };
     if let Some(tls) = &v.tls {
-        let sni = tls
-            .server_name
-            .clone()
-            .or_else(|| endpoints.first().map(|(h, _)| h.clone()))
-            .unwrap_or_default();
-        c.transport_socket = Some(upstream_tls(version, tls, &sni, v.http2)?);
+        // `serverName`, else each endpoint's own host, as weir's proxies check them; a
+        // cluster has one check in Envoy, so it takes any of the version's endpoints.
+        let mut names: Vec<&str> = Vec::new();
+        match &tls.server_name {
+            Some(name) => names.push(name),
+            None => {
+                for (host, _) in &endpoints {
+                    if !names.contains(&host.as_str()) {
+                        names.push(host);
+                    }
+                }
+            }
+        }
+        c.transport_socket = Some(upstream_tls(version, tls, &names, v.http2)?);
     }
     if by_name {
         c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
@@ -151,11 +159,13 @@ pub fn address_of(host: &str, port: u32) -> Address {
 }
 
 /// TLS to the endpoints: their certificate checked against the version's CA (the
-/// system's when it names none) and its server name, weir's client certificate for mTLS.
+/// system's when it names none) and one of `names` (a DNS name, or an IP address as an
+/// IP SAN), weir's client certificate for mTLS. The first name is the SNI unless it is
+/// an IP address, which SNI cannot carry.
 fn upstream_tls(
     version: &str,
     tls: &weir_proxy::config::UpstreamTls,
-    sni: &str,
+    names: &[&str],
     http2: bool,
 ) -> Result<TransportSocket, Problem> {
     let field = |f: &str| format!("version {version}: tls.{f}");
@@ -163,18 +173,27 @@ fn upstream_tls(
         Some(path) => data(path, &field("ca"))?,
         None => super::file_source(SYSTEM_CAS),
     };
+    let is_ip = |name: &str| name.parse::<std::net::IpAddr>().is_ok();
     let validation = CertificateValidationContext {
         trusted_ca: Some(trusted_ca),
-        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-            san_type: subject_alt_name_matcher::SanType::Dns as i32,
-            matcher: Some(StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact(sni.to_string())),
-                ..StringMatcher::default()
-            }),
-            ..SubjectAltNameMatcher::default()
-        }],
+        match_typed_subject_alt_names: names
+            .iter()
+            .map(|name| SubjectAltNameMatcher {
+                san_type: if is_ip(name) {
+                    subject_alt_name_matcher::SanType::IpAddress
+                } else {
+                    subject_alt_name_matcher::SanType::Dns
+                } as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(name.to_string())),
+                    ..StringMatcher::default()
+                }),
+                ..SubjectAltNameMatcher::default()
+            })
+            .collect(),
         ..CertificateValidationContext::default()
     };
+    let sni = names.first().filter(|n| !is_ip(n)).copied().unwrap_or("");
     let certificates = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => vec![TlsCertificate {
             certificate_chain: Some(data(cert, &field("cert"))?),
@@ -196,4 +215,76 @@ fn upstream_tls(
         ..UpstreamTlsContext::default()
     };
     Ok(super::tls_socket(pack_any(context)))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use prost::Message;
+
+    use super::*;
+
+    /// The TLS context of the cluster of a version given as YAML.
+    fn tls_of(yaml: &str) -> UpstreamTlsContext {
+        let v: VersionConfig = serde_yaml_ng::from_str(yaml).expect("valid version");
+        let c = cluster("canary", &v, "test_shop-canary_8443").expect("translates");
+        let socket = c.cluster.transport_socket.expect("TLS");
+        let Some(ConfigType::TypedConfig(any)) = socket.config_type else {
+            panic!("no typed config");
+        };
+        UpstreamTlsContext::decode(any.value.as_slice()).expect("an UpstreamTlsContext")
+    }
+
+    /// Each SAN matcher as (type, exact value).
+    fn sans(t: &UpstreamTlsContext) -> Vec<(subject_alt_name_matcher::SanType, String)> {
+        let common = t.common_tls_context.as_ref().expect("common context");
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            &common.validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        v.match_typed_subject_alt_names
+            .iter()
+            .map(|m| {
+                let Some(string_matcher::MatchPattern::Exact(e)) =
+                    m.matcher.as_ref().and_then(|s| s.match_pattern.clone())
+                else {
+                    panic!("not an exact match");
+                };
+                (m.san_type(), e)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tls_to_ip_endpoints_checks_ip_sans_and_sends_no_sni() {
+        use subject_alt_name_matcher::SanType;
+        let t = tls_of(
+            r#"{ endpoints: ["10.0.0.1:8443", "10.0.0.2:8443", "[fd00::1]:8443", "10.0.0.1:8444"], tls: {} }"#,
+        );
+        assert_eq!(t.sni, "");
+        assert_eq!(
+            sans(&t),
+            [
+                (SanType::IpAddress, "10.0.0.1".to_string()),
+                (SanType::IpAddress, "10.0.0.2".to_string()),
+                (SanType::IpAddress, "fd00::1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_with_a_server_name_sends_and_checks_it() {
+        use subject_alt_name_matcher::SanType;
+        let t =
+            tls_of(r#"{ endpoints: ["10.0.0.1:8443"], tls: { serverName: shop-canary.shop } }"#);
+        assert_eq!(t.sni, "shop-canary.shop");
+        assert_eq!(sans(&t), [(SanType::Dns, "shop-canary.shop".to_string())]);
+        let by_name = tls_of(r#"{ endpoints: ["shop-canary.shop:8443"], tls: {} }"#);
+        assert_eq!(by_name.sni, "shop-canary.shop");
+        assert_eq!(
+            sans(&by_name),
+            [(SanType::Dns, "shop-canary.shop".to_string())]
+        );
+    }
 }

@@ -26,6 +26,7 @@ use weir_proxy::config::{Limits, ListenerTls};
 use weir_proxy::{Routing, ServiceRouting};
 
 pub use ads::AdsService;
+pub use clusters::SYSTEM_CAS;
 pub use stats::StatsService;
 
 /// The route configuration every node's listener takes over RDS.

@@ -8,9 +8,11 @@
 //! broken stream is made good by the next; a total that goes down (or `server.uptime`
 //! that does) is a restarted Envoy, whose totals are all new. A node this controller has
 //! not seen before counts from its first flush unless it has been up for a while (its
-//! totals are then from before this controller: they only set the baseline). Histograms
-//! cover one flush each. A node id is one Envoy: a second stream under a live one's id
-//! is refused, so two Envoys' totals never mix.
+//! totals are then from before this controller: they only set the baseline, and that
+//! flush's latencies are left out with them). Histograms cover one flush each. A timed-out
+//! connect is among Envoy's connect failures too: weir counts it once, as a timeout. A
+//! node id is one Envoy: a second stream under a live one's id is refused, so two
+//! Envoys' totals never mix.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -53,11 +55,27 @@ impl StatsService {
     }
 }
 
+/// Every version's cluster: its service, its version, and whether only mirrored copies
+/// reach it.
+type Versions = HashMap<String, (String, String, bool)>;
+
 /// One node's running totals by (cluster, counter) and its uptime.
 #[derive(Default, Clone)]
 struct Totals {
-    counters: HashMap<(String, String), f64>,
+    counters: HashMap<(String, Counter), f64>,
     uptime: f64,
+    /// A flush of this node was taken already (its first only sets the baseline of an
+    /// Envoy up from before).
+    seen: bool,
+}
+
+/// A running total weir reads per cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Counter {
+    /// `upstream_rq` with this response code.
+    Code(u16),
+    /// A failure, by weir's reason label.
+    Failure(&'static str),
 }
 
 /// What one flush adds to one version.
@@ -112,7 +130,8 @@ impl MetricsService for StatsService {
                 },
             };
             let t = totals.get_or_insert_with(Totals::default);
-            self.flush(&node, &msg.envoy_metrics, t);
+            let deltas = flush(&self.versions(), &msg.envoy_metrics, t);
+            self.fleet.envoy_measured(&node, deltas);
             self.totals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -131,105 +150,9 @@ impl StatsService {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one flush of `node`: its counters differenced against `totals`, its
-    /// histograms as they are; the versions' gains go to the fleet.
-    fn flush(&self, node: &str, families: &[MetricFamily], totals: &mut Totals) {
-        let uptime = families
-            .iter()
-            .filter(|f| f.name() == "server.uptime")
-            .flat_map(|f| &f.metric)
-            .find_map(|m| m.gauge.as_ref().and_then(|g| g.value))
-            .unwrap_or(totals.uptime);
-        let fresh = totals.counters.is_empty();
-        let restarted = uptime < totals.uptime;
-        // A node first seen: its totals count only if it is new itself.
-        let baseline_only = fresh && uptime >= NEW_NODE_UPTIME_S;
-        if restarted {
-            totals.counters.clear();
-        }
-        totals.uptime = uptime;
-        let versions = self.versions();
-        let mut gained: HashMap<String, Gained> = HashMap::new();
-        for f in families {
-            for m in &f.metric {
-                let Some(cluster) = label(m, "envoy.cluster_name") else {
-                    continue;
-                };
-                if !versions.contains_key(cluster) {
-                    continue;
-                }
-                let key = match f.name() {
-                    "cluster.upstream_rq" => match label(m, "envoy.response_code") {
-                        Some(code) => format!("rq_{code}"),
-                        None => continue,
-                    },
-                    "cluster.upstream_rq_timeout" => "timeout".into(),
-                    "cluster.upstream_cx_connect_fail" => "connect_refused".into(),
-                    "cluster.upstream_cx_connect_timeout" => "connect_timeout".into(),
-                    "cluster.upstream_rq_rx_reset" => "reset".into(),
-                    "cluster.upstream_rq_time" => {
-                        if let Some(h) = &m.histogram {
-                            let g = gained.entry(cluster.to_string()).or_default();
-                            g.sum_ms += h.sample_sum.unwrap_or(0.0);
-                            g.buckets = per_bucket(h);
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                let Some(total) = m.counter.as_ref().and_then(|c| c.value) else {
-                    continue;
-                };
-                let last = totals
-                    .counters
-                    .insert((cluster.to_string(), key.clone()), total)
-                    .unwrap_or(0.0);
-                let new = if total < last { total } else { total - last };
-                if baseline_only || new <= 0.0 {
-                    continue;
-                }
-                let g = gained.entry(cluster.to_string()).or_default();
-                let n = new.round() as u64;
-                match key.strip_prefix("rq_").map(str::parse::<u16>) {
-                    Some(Ok(code)) => *g.codes.entry(code).or_default() += n,
-                    _ => {
-                        let reason = match key.as_str() {
-                            "timeout" => "timeout",
-                            "connect_refused" => "connect_refused",
-                            "connect_timeout" => "connect_timeout",
-                            _ => "reset",
-                        };
-                        *g.failures.entry(reason).or_default() += n;
-                    }
-                }
-            }
-        }
-        let deltas: Vec<MeasurementDelta> = gained
-            .into_iter()
-            .filter_map(|(cluster, g)| {
-                let (service, version, mirrored) = versions.get(&cluster)?.clone();
-                let mut codes: Vec<(u16, u64)> = g.codes.into_iter().collect();
-                codes.sort_unstable();
-                Some(MeasurementDelta::from_envoy(
-                    service,
-                    version,
-                    mirrored,
-                    codes,
-                    g.failures
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
-                    g.buckets,
-                    (g.sum_ms * 1000.0).round() as u64,
-                ))
-            })
-            .collect();
-        self.fleet.envoy_measured(node, deltas);
-    }
-
     /// Every version's cluster: its service, its name, and whether only mirrored copies
     /// reach it (a mirror target no rule sends users to: its traffic is the shadow's).
-    fn versions(&self) -> HashMap<String, (String, String, bool)> {
+    fn versions(&self) -> Versions {
         let routing = self.routes.current();
         let mut out = HashMap::new();
         for svc in routing.services.values() {
@@ -251,6 +174,135 @@ impl StatsService {
         out
     }
 }
+
+/// Takes one flush of a node: its counters differenced against `totals`, its histograms
+/// as they are; returns what each version gained. The first flush of a node up from
+/// before only sets the baseline: neither its counters nor its latencies count.
+fn flush(
+    versions: &Versions,
+    families: &[MetricFamily],
+    totals: &mut Totals,
+) -> Vec<MeasurementDelta> {
+    let uptime = families
+        .iter()
+        .filter(|f| f.name() == "server.uptime")
+        .flat_map(|f| &f.metric)
+        .find_map(|m| m.gauge.as_ref().and_then(|g| g.value))
+        .unwrap_or(totals.uptime);
+    let restarted = uptime < totals.uptime;
+    // A node first seen: its totals count only if it is new itself.
+    let baseline_only = !totals.seen && uptime >= NEW_NODE_UPTIME_S;
+    totals.seen = true;
+    if restarted {
+        totals.counters.clear();
+    }
+    totals.uptime = uptime;
+    let mut gained: HashMap<String, Gained> = HashMap::new();
+    // (cluster, counter, running total, derived by weir).
+    let mut readings: Vec<(&str, Counter, f64, bool)> = Vec::new();
+    // Per cluster: Envoy's connect failures and its connect timeouts, which are among them.
+    let mut connect: HashMap<&str, (Option<f64>, Option<f64>)> = HashMap::new();
+    for f in families {
+        for m in &f.metric {
+            let Some(cluster) = label(m, "envoy.cluster_name") else {
+                continue;
+            };
+            if !versions.contains_key(cluster) {
+                continue;
+            }
+            let total = m.counter.as_ref().and_then(|c| c.value);
+            let counter = match f.name() {
+                "cluster.upstream_rq" => {
+                    match label(m, "envoy.response_code").and_then(|c| c.parse().ok()) {
+                        Some(code) => Counter::Code(code),
+                        None => continue,
+                    }
+                }
+                "cluster.upstream_rq_timeout" => Counter::Failure("timeout"),
+                "cluster.upstream_rq_rx_reset" => Counter::Failure("reset"),
+                "cluster.upstream_cx_connect_fail" => {
+                    connect.entry(cluster).or_default().0 = total;
+                    continue;
+                }
+                "cluster.upstream_cx_connect_timeout" => {
+                    connect.entry(cluster).or_default().1 = total;
+                    continue;
+                }
+                "cluster.upstream_rq_time" => {
+                    if let Some(h) = m.histogram.as_ref().filter(|_| !baseline_only) {
+                        let g = gained.entry(cluster.to_string()).or_default();
+                        g.sum_ms += h.sample_sum.unwrap_or(0.0);
+                        g.buckets = per_bucket(h);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(total) = total {
+                readings.push((cluster, counter, total, false));
+            }
+        }
+    }
+    // A timed-out connect is one of Envoy's connect failures too: it counts once, as a
+    // timeout, and the failures beside the timeouts as refused.
+    for (cluster, (fail, timeout)) in connect {
+        if let Some(t) = timeout {
+            readings.push((cluster, Counter::Failure("connect_timeout"), t, false));
+        }
+        if let Some(f) = fail {
+            let refused = (f - timeout.unwrap_or(0.0)).max(0.0);
+            readings.push((cluster, Counter::Failure("connect_refused"), refused, true));
+        }
+    }
+    for (cluster, counter, total, derived) in readings {
+        let key = (cluster.to_string(), counter);
+        let (new, keep) = match totals.counters.get(&key).copied() {
+            Some(last) if total >= last => (total - last, total),
+            // One weir derives from two of Envoy's totals, which a flush may read a
+            // moment apart: it may dip, and counts only past its highest.
+            Some(last) if derived => (0.0, last),
+            // A total that went down is a restarted Envoy's: all of it is new.
+            _ => (total, total),
+        };
+        totals.counters.insert(key, keep);
+        if baseline_only || new <= 0.0 {
+            continue;
+        }
+        let g = gained.entry(cluster.to_string()).or_default();
+        let n = new.round() as u64;
+        match counter {
+            Counter::Code(code) => *g.codes.entry(code).or_default() += n,
+            Counter::Failure(reason) => *g.failures.entry(reason).or_default() += n,
+        }
+    }
+    gained
+        .into_iter()
+        .filter_map(|(cluster, g)| {
+            let (service, version, mirrored) = versions.get(&cluster)?.clone();
+            let mut codes: Vec<(u16, u64)> = g.codes.into_iter().collect();
+            codes.sort_unstable();
+            let mut failures: Vec<(String, u64)> = g
+                .failures
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            failures.sort_unstable();
+            Some(MeasurementDelta::from_envoy(
+                service,
+                version,
+                mirrored,
+                codes,
+                failures,
+                g.buckets,
+                (g.sum_ms * 1000.0).round() as u64,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "stats_tests.rs"]
+mod tests;
 
 fn label<'m>(m: &'m Metric, name: &str) -> Option<&'m str> {
     m.label.iter().find(|l| l.name() == name).map(|l| l.value())

@@ -190,6 +190,36 @@ impl ProxyConfig {
         ConfigErrors::check(validate::config(self))
     }
 
+    /// What a valid config sets that cannot take effect, each naming its field (said by
+    /// `weir check` and at start).
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let l = &self.limits;
+        if l.upload_min_rate == 0 && l.upload_grace_period != Limits::default().upload_grace_period
+        {
+            out.push(
+                "limits.uploadGracePeriod has no effect: limits.uploadMinRate is 0 (no minimum upload rate)"
+                    .into(),
+            );
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            for (j, r) in s.routes.iter().enumerate() {
+                if r.upgrades.as_ref().is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                let targets = r.to.iter().chain(r.split.iter().flat_map(|w| w.keys()));
+                for v in targets {
+                    if s.versions.get(v).is_some_and(|c| c.http2) {
+                        out.push(format!(
+                            "services[{i}].routes[{j}].upgrades: version {v} speaks HTTP/2 to its endpoints (http2: true), so an upgrade sent to it is refused (403 upgrade_refused)"
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The service with this name.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
@@ -223,6 +253,31 @@ services:
         assert_eq!(
             errs,
             ["services[0].routes[1].match.headers.x-canary.regex: unclosed group"]
+        );
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_or_a_non_token_is_refused_by_its_path() {
+        let errs = errors_of(
+            r#"
+services:
+  - name: podinfo
+    versions: { primary: { endpoints: ["127.0.0.1:1"] } }
+    routes:
+      - to: primary
+        upgrades: [websocket, H2C, "web socket"]
+"#,
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("services[0].routes[0].upgrades[1]: h2c is never forwarded"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with(
+                "services[0].routes[0].upgrades[2]: \"web socket\" is not a protocol name"
+            ),
+            "{errs:?}"
         );
     }
 

@@ -65,8 +65,9 @@ pub(crate) enum Upgrade {
     /// Not an upgrade, or only `h2c` (a client trying HTTP/2 opportunistically): the
     /// request goes on as plain HTTP/1.1 without its upgrade headers, as Envoy does.
     Plain,
-    /// Every protocol asked for is allowed: the connection may become a tunnel.
-    Tunnel,
+    /// Every protocol asked for is allowed: the connection may become a tunnel to one of
+    /// these (the `Upgrade` value the upstream gets: the request's, `h2c` left out).
+    Tunnel(HeaderValue),
     /// A protocol the rule does not allow (the first one named).
     Refused(String),
 }
@@ -77,24 +78,47 @@ pub(crate) fn upgrade(headers: &HeaderMap, allowed: &[Box<str>]) -> Upgrade {
     if !is_upgrade(headers) {
         return Upgrade::Plain;
     }
-    let mut asked = headers
+    let asked: Vec<String> = headers
         .get_all(header::UPGRADE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(|t| String::from_utf8_lossy(t).trim().to_string())
         .filter(|t| !t.is_empty())
         .filter(|t| !protocol_name(t).eq_ignore_ascii_case("h2c"))
-        .peekable();
-    if asked.peek().is_none() {
+        .collect();
+    if asked.is_empty() {
         return Upgrade::Plain;
     }
-    for t in asked {
-        let name = protocol_name(&t);
+    for t in &asked {
+        let name = protocol_name(t);
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
-            return Upgrade::Refused(t);
+            return Upgrade::Refused(t.clone());
         }
     }
-    Upgrade::Tunnel
+    match HeaderValue::from_str(&asked.join(", ")) {
+        Ok(v) => Upgrade::Tunnel(v),
+        Err(_) => Upgrade::Refused(asked.join(", ")),
+    }
+}
+
+/// True when a `101` answer switched to a protocol the request was sent with (`asked`,
+/// the `Upgrade` value weir forwarded): anything else is the upstream's protocol error,
+/// never a tunnel.
+pub(crate) fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
+    let names = |v: &HeaderValue| -> Vec<String> {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .map(|t| protocol_name(t).to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let offered = names(asked);
+    let mut chosen = response
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(names)
+        .peekable();
+    chosen.peek().is_some() && chosen.all(|c| offered.contains(&c))
 }
 
 /// `websocket` of `websocket/13`.
@@ -152,11 +176,12 @@ mod tests {
         assert_eq!(upgrade(&asking("upgrade", "H2C"), &both), Upgrade::Plain);
         assert_eq!(
             upgrade(&asking("keep-alive, Upgrade", "WebSocket"), &ws),
-            Upgrade::Tunnel
+            Upgrade::Tunnel(HeaderValue::from_static("WebSocket"))
         );
+        // h2c beside an allowed protocol: the upstream is offered the allowed one alone.
         assert_eq!(
-            upgrade(&asking("Upgrade", "h2c, websocket/13"), &ws),
-            Upgrade::Tunnel
+            upgrade(&asking("Upgrade, HTTP2-Settings", "h2c, websocket/13"), &ws),
+            Upgrade::Tunnel(HeaderValue::from_static("websocket/13"))
         );
         assert_eq!(
             upgrade(&asking("Upgrade", "connect-udp"), &ws),
@@ -164,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             upgrade(&asking("Upgrade", "connect-udp"), &both),
-            Upgrade::Tunnel
+            Upgrade::Tunnel(HeaderValue::from_static("connect-udp"))
         );
         assert_eq!(
             upgrade(&asking("keep-alive", "websocket"), &ws),
@@ -177,6 +202,20 @@ mod tests {
         );
         strip_hop_by_hop(&mut h, false);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn a_switch_counts_only_to_a_protocol_that_was_asked_for() {
+        let asked = HeaderValue::from_static("websocket/13");
+        let answer = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_static(v));
+            h
+        };
+        assert!(switched_as_asked(&answer("WebSocket"), &asked));
+        assert!(!switched_as_asked(&answer("h2c"), &asked));
+        assert!(!switched_as_asked(&answer("websocket, h2c"), &asked));
+        assert!(!switched_as_asked(&HeaderMap::new(), &asked));
     }
 
     #[test]

@@ -10,6 +10,6 @@ mod trusted;
 
 pub(crate) use cookie::cookie;
 pub(crate) use forwarding::{add_forwarding, forwarded_for, request_id, strip_inbound};
-pub(crate) use hop::{strip_hop_by_hop, upgrade, Upgrade};
+pub(crate) use hop::{strip_hop_by_hop, switched_as_asked, upgrade, Upgrade};
 pub(crate) use host::{authority_of, routed_host, shadow_host, strip_port};
 pub(crate) use trusted::{cidr, TrustedProxies};
