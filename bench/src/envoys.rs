@@ -4,11 +4,13 @@
 //! routing, then times `--steps` weight steps (SetWeight, one service at a time) from the
 //! call to every node having ACKed the new version (the controller's own view, polled
 //! every millisecond). Prints one TSV line: nodes, services, steps, ACK p50/p99 ms, the
-//! controller's RSS with no node and with all of them, its CPU (cores) with the nodes
-//! connected and flushing their stats (every 250 ms, the bootstrap default) and with none.
+//! controller's RSS with no node and with all of them, its CPU (cores) with none, with
+//! the nodes connected and flushing their stats (every 250 ms, the bootstrap default), and
+//! while stepping, and its CPU per step above the nodes' flushes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod process;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,6 +18,8 @@ use clap::Parser;
 use tonic::transport::Channel;
 use weir_protos::control as pb;
 use weir_protos::control::control_client::ControlClient;
+
+use process::{cpu_seconds, free_port, memory_mib, percentile, start_control, Proc};
 
 #[derive(Parser)]
 struct Args {
@@ -36,40 +40,6 @@ struct Args {
     dir: String,
 }
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// CPU cores `pid` uses over `span`.
 async fn cores(pid: u32, span: Duration) -> f64 {
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
@@ -85,11 +55,6 @@ fn config(args: &Args, control: &str) -> String {
         ));
     }
     y
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 /// Envoy nodes that ACKed `version` (or later), by the controller's list.
@@ -110,30 +75,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = std::path::Path::new(&args.dir);
     let control = format!("127.0.0.1:{}", free_port()?);
-    let path = dir.join("weir.yaml");
-    std::fs::write(&path, config(&args, &control))?;
-    let mut child = Command::new(&args.weir)
-        .args(["control", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start weir control")?;
-    let out = child.stdout.take().context("stdout")?;
-    let controller = Proc(child);
+    let controller = start_control(&args.weir, dir, &config(&args, &control))?;
     let pid = controller.0.id();
-    for line in BufReader::new(out).lines() {
-        if line?.starts_with("weir: admin listening on") {
-            break;
-        }
-    }
     let mut api = ControlClient::new(
         Channel::from_shared(format!("http://{control}"))?
             .connect()
             .await?,
     );
-    let rss_alone = rss_mib(pid);
+    let rss_alone = memory_mib(pid, "VmRSS:");
     let cores_alone = cores(pid, Duration::from_secs(3)).await;
     let mut envoys = Vec::new();
     for n in 0..args.nodes {
@@ -188,8 +137,9 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cores_nodes = cores(pid, Duration::from_secs(5)).await;
-    let rss_nodes = rss_mib(pid);
+    let rss_nodes = memory_mib(pid, "VmRSS:");
     let mut times = Vec::with_capacity(args.steps);
+    let (cpu0, wall0) = (cpu_seconds(pid), Instant::now());
     for step in 0..args.steps {
         let t0 = Instant::now();
         let status = api
@@ -217,9 +167,13 @@ async fn main() -> anyhow::Result<()> {
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let (cpu, wall) = (cpu_seconds(pid) - cpu0, wall0.elapsed().as_secs_f64());
+    let cores_stepping = cpu / wall;
+    // Above what the connected nodes cost with no step (their stats flushes).
+    let cpu_ms_per_step = (cpu - cores_nodes * wall).max(0.0) * 1000.0 / times.len() as f64;
     times.sort_by(f64::total_cmp);
     println!(
-        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.1}\t{:.1}\t{:.3}\t{:.3}",
+        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.3}\t{:.2}",
         args.nodes,
         args.services,
         times.len(),
@@ -229,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
         rss_nodes,
         cores_alone,
         cores_nodes,
+        cores_stepping,
+        cpu_ms_per_step,
     );
     drop(envoys);
     drop(controller);

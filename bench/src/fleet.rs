@@ -10,16 +10,17 @@
 //! replica per step, and the controller's CPU per step (over what it spends on reports
 //! alone in an equally long quiet phase before).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod process;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
+use process::{cpu_seconds, free_port, memory_mib, percentile, start_control, Proc};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -93,12 +94,12 @@ fn delta(service: &str, version: &str, n: u64, seed: u64) -> fb::VersionDelta {
     let mut errors = 0;
     for i in 0..n {
         let x = splitmix(seed ^ splitmix(i));
-        let micros = 2_000 + (x % 40_000) + if x % 97 == 0 { 200_000 } else { 0 };
+        let micros = 2_000 + (x % 40_000) + if x.is_multiple_of(97) { 200_000 } else { 0 };
         let _ = h.record(micros);
         sum += micros;
         let ms = micros as f64 / 1000.0;
         buckets[BUCKETS_MS.partition_point(|b| *b < ms)] += 1;
-        errors += u64::from(x % 100 == 0);
+        errors += u64::from(x.is_multiple_of(100));
     }
     let mut latency = Vec::new();
     if n > 0 {
@@ -202,62 +203,12 @@ async fn replica(i: usize, url: String, args: Arc<Args>, seen: Arc<Seen>) -> any
     }
 }
 
-/// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32, key: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_controller(args: &Args) -> anyhow::Result<(Controller, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let control = format!("127.0.0.1:{port}");
-    let path = std::path::Path::new(&args.dir).join("weir.yaml");
-    std::fs::write(&path, controller_config(args, &control))?;
-    let mut child = Command::new(&args.weir)
-        .args(["control", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start weir control")?;
-    let out = child.stdout.take().context("stdout")?;
-    let ctl = Controller(child);
-    for line in BufReader::new(out).lines() {
-        if line?.starts_with("weir: admin listening on") {
-            return Ok((ctl, control));
-        }
-    }
-    bail!("weir control exited before listening")
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+/// `weir control` on this run's config, and its control address.
+fn start_controller(args: &Args) -> anyhow::Result<(Proc, String)> {
+    let control = format!("127.0.0.1:{}", free_port()?);
+    let yaml = controller_config(args, &control);
+    let ctl = start_control(&args.weir, std::path::Path::new(&args.dir), &yaml)?;
+    Ok((ctl, control))
 }
 
 #[tokio::main]
@@ -381,8 +332,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(&times, 0.5),
         percentile(&times, 0.99),
         cores,
-        rss_mib(pid, "VmRSS:"),
-        rss_mib(pid, "VmHWM:"),
+        memory_mib(pid, "VmRSS:"),
+        memory_mib(pid, "VmHWM:"),
         bytes,
         synced,
         push_bytes,

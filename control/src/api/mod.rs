@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 use weir_protos::control::control_server::ControlServer;
 use weir_protos::fleet::fleet_server::FleetServer;
 use weir_proxy::tls::ServerTls;
@@ -104,8 +105,15 @@ pub async fn serve(
     let served = async move {
         match tls {
             None => {
+                // Without Nagle: a push or an ACK small enough to wait on the peer's delayed
+                // TCP ACK (40 ms and more) would stall a step on every data plane it reaches.
+                let accepted = TcpListenerStream::new(listener).map(|s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .serve_with_incoming_shutdown(accepted, shutdown)
                     .await
             }
             Some(tls) => {
@@ -143,6 +151,7 @@ fn handshakes(
                 // The server stopped reading: it has shut down.
                 _ = tx.closed() => return,
             };
+            let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -21,7 +21,6 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weir_protos::fleet as fb;
 use weir_proxy::{MeasurementDelta, Proxy};
 
 use crate::routes::Routes;
@@ -225,6 +224,25 @@ pub struct Fleet {
     standing: watch::Sender<()>,
 }
 
+/// A replica's greeting, as its stream opened.
+struct Hello {
+    name: String,
+    address: String,
+    /// The routing version it serves.
+    version: u64,
+    /// Its process (a reconnect of the same process keeps what was taken of its reports).
+    incarnation: u64,
+}
+
+/// One measurement report of a replica, read off the wire.
+struct Report {
+    deltas: Vec<MeasurementDelta>,
+    /// Versions of it that could not be read.
+    malformed: usize,
+    /// Its size on the wire.
+    bytes: usize,
+}
+
 impl Fleet {
     /// The fleet serving `routes`; replicas' measurements go into `proxy`'s.
     pub fn start(routes: Arc<Routes>, proxy: Proxy, dedicated: bool) -> Arc<Fleet> {
@@ -266,7 +284,7 @@ impl Fleet {
     /// A replica opened a stream: returns its session. A replica serving a version at or
     /// above ours (a restarted controller) lifts ours past it. A reconnect of the same
     /// replica process keeps what was taken of its reports.
-    fn connected(&self, hello: &fb::Hello) -> u64 {
+    fn connected(&self, hello: &Hello) -> u64 {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         self.routes.lift(hello.version);
         let now = Instant::now();
@@ -309,37 +327,34 @@ impl Fleet {
         });
     }
 
-    fn applied(&self, name: &str, session: u64, a: &fb::Applied) {
-        if !a.error.is_empty() {
+    fn applied(&self, name: &str, session: u64, version: u64, refused: Option<&str>) {
+        if let Some(error) = refused {
             self.metrics.nacks.inc();
-            tracing::error!(replica = name, version = a.version, error = %a.error, "replica refused the routing; it keeps serving its previous routing");
+            tracing::error!(
+                replica = name,
+                version,
+                error,
+                "replica refused the routing; it keeps serving its previous routing"
+            );
         }
-        self.with(name, session, |e| {
-            if a.error.is_empty() {
-                e.acked = e.acked.max(a.version);
+        self.with(name, session, |e| match refused {
+            None => {
+                e.acked = e.acked.max(version);
                 e.error = None;
-            } else {
-                e.error = Some(a.error.clone());
             }
+            Some(error) => e.error = Some(error.to_string()),
         });
         self.housekeeping();
         self.standing.send_replace(());
     }
 
-    /// Takes a replica's report: added to the controller's measurements unless the replica
-    /// is stale, once (a report sent again after a reconnect is skipped). Returns the
-    /// number of the last report taken, for the replica to forget.
-    fn measured(
-        &self,
-        name: &str,
-        session: u64,
-        report: fb::Measurements,
-        bytes: usize,
-    ) -> Option<u64> {
+    /// Takes a replica's report number `seq`: added to the controller's measurements
+    /// unless the replica is stale, once (a report sent again after a reconnect is
+    /// skipped). Returns the number of the last report taken, for the replica to forget.
+    fn measured(&self, name: &str, session: u64, seq: u64, report: Report) -> Option<u64> {
         self.metrics
             .report_bytes
-            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
-        let seq = report.seq;
+            .inc_by(u64::try_from(report.bytes).unwrap_or(u64::MAX));
         let fresh = self.with(name, session, |e| {
             let fresh = seq > e.taken;
             e.taken = e.taken.max(seq);
@@ -349,14 +364,9 @@ impl Fleet {
             self.metrics.dropped.with_label_values(&["duplicate"]).inc();
             return Some(seq);
         }
-        let sent = report.versions.len();
-        let deltas: Vec<MeasurementDelta> = report
-            .versions
-            .into_iter()
-            .filter_map(wire::delta_from_pb)
-            .collect();
-        if deltas.len() < sent {
-            let malformed = u64::try_from(sent - deltas.len()).unwrap_or(u64::MAX);
+        let deltas = report.deltas;
+        if report.malformed > 0 {
+            let malformed = u64::try_from(report.malformed).unwrap_or(u64::MAX);
             self.metrics
                 .dropped
                 .with_label_values(&["invalid"])

@@ -46,7 +46,12 @@ impl fb::fleet_server::Fleet for FleetService {
             }
         };
         let fleet = self.fleet.clone();
-        let session = fleet.connected(&hello);
+        let session = fleet.connected(&super::Hello {
+            name: hello.name.clone(),
+            address: hello.address.clone(),
+            version: hello.version,
+            incarnation: hello.incarnation,
+        });
         let name = hello.name.clone();
         tracing::info!(replica = %name, address = %hello.address, version = hello.version, "replica connected");
         let (tx, rx) = mpsc::channel(16);
@@ -85,10 +90,22 @@ impl fb::fleet_server::Fleet for FleetService {
                 let bytes = report.encoded_len();
                 match report.report {
                     Some(fb::replica_report::Report::Applied(a)) => {
-                        fleet.applied(&name, session, &a)
+                        let refused = (!a.error.is_empty()).then_some(a.error.as_str());
+                        fleet.applied(&name, session, a.version, refused)
                     }
                     Some(fb::replica_report::Report::Measurements(m)) => {
-                        if let Some(seq) = fleet.measured(&name, session, m, bytes) {
+                        let sent = m.versions.len();
+                        let deltas: Vec<_> = m
+                            .versions
+                            .into_iter()
+                            .filter_map(wire::delta_from_pb)
+                            .collect();
+                        let report = super::Report {
+                            malformed: sent - deltas.len(),
+                            deltas,
+                            bytes,
+                        };
+                        if let Some(seq) = fleet.measured(&name, session, m.seq, report) {
                             let taken = fb::controller_message::Message::ReportsTaken(seq);
                             if tx.send(message(taken)).await.is_err() {
                                 break;

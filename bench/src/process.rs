@@ -1,0 +1,77 @@
+//! What the controller benchmarks share: `weir control` started on a config, a child
+//! process killed when dropped, a process's CPU time and memory from /proc, percentiles.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `weir control` on `yaml` (written into `dir`), once its admin listens; its control
+/// address is the one `yaml` names.
+pub fn start_control(weir: &str, dir: &Path, yaml: &str) -> anyhow::Result<Proc> {
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, yaml)?;
+    let mut child = Command::new(weir)
+        .args(["control", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start weir control")?;
+    let out = child.stdout.take().context("stdout")?;
+    let controller = Proc(child);
+    for line in BufReader::new(out).lines() {
+        if line?.starts_with("weir: admin listening on") {
+            return Ok(controller);
+        }
+    }
+    bail!("weir control exited before listening")
+}
+
+/// CPU seconds (user + system) of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// A memory figure of /proc/PID/status (`VmRSS:`, `VmHWM:`) in MiB.
+pub fn memory_mib(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The `q` quantile of sorted values (nearest rank); 0 for none.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
