@@ -1,7 +1,10 @@
 //! The control API as a client sees it: gRPC health and reflection, ApplySpec with typed
-//! messages and Flagger manifests, and `weir check` naming analysis errors.
+//! messages and Flagger manifests, `weir check` naming analysis errors, and a refused
+//! action naming the action and the service.
 
 mod support;
+
+use std::time::Duration;
 
 use support::control::*;
 use support::*;
@@ -130,5 +133,85 @@ async fn reflection_lists_the_control_service() {
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_action_names_the_action_and_the_service() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    // podinfo under analysis, and `web` (no analysis) split 90/10.
+    let web = format!(
+        "  - name: web\n    hosts: [web]\n    versions:\n      primary: {{ endpoints: [\"{}\"] }}\n      canary: {{ endpoints: [\"{}\"] }}\n    routes:\n      - split: {{ primary: 90, canary: 10 }}\n",
+        v1.endpoint(),
+        v2.endpoint()
+    );
+    let weir = Weir::start(&format!("{}{web}", config(&v1, FAST, "")));
+    let mut c = client(&weir).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    let refused = |args: &[&str], action: &str, service: &str| {
+        let (code, out, err) = ctl(&weir, args);
+        assert_ne!(code, 0, "{args:?} was accepted: {out}");
+        assert!(
+            err.contains(action) && err.contains(service) && !err.contains("services["),
+            "{args:?}: the refusal names {action} and {service}, not a field of weir.yaml: {err}"
+        );
+    };
+    // Weights no split can hold.
+    refused(
+        &[
+            "set-weight",
+            "web",
+            "--weight",
+            "primary=4294967295",
+            "--weight",
+            "canary=1",
+        ],
+        "SetWeight",
+        "web",
+    );
+    // A weight out of range, on a static service and on one under analysis; a version
+    // the service does not have.
+    refused(
+        &["set-weight", "web", "--canary", "150"],
+        "SetWeight",
+        "web",
+    );
+    refused(
+        &["set-weight", "podinfo", "--canary", "150"],
+        "SetWeight",
+        "podinfo",
+    );
+    refused(
+        &["set-weight", "web", "--weight", "ghost=10"],
+        "SetWeight",
+        "web",
+    );
+    // A canary endpoint that is no address.
+    refused(
+        &[
+            "start",
+            "podinfo",
+            "--revision",
+            "2",
+            "--canary-endpoint",
+            "not an address",
+        ],
+        "StartRollout",
+        "podinfo",
+    );
+    // Neither changed anything.
+    let web_status = c
+        .get_status(pb::ServiceRef {
+            service: "web".into(),
+        })
+        .await
+        .expect("GetStatus")
+        .into_inner();
+    assert_eq!(web_status.canary_weight, 10);
+    let s = status(&mut c).await;
+    assert_eq!(
+        (s.phase.as_str(), s.canary_revision.as_str()),
+        ("Initialized", "1")
     );
 }

@@ -1,78 +1,18 @@
 //! Envoy as the data plane: `weir control` serves real Envoy 1.40 nodes (bootstrapped by
 //! `weir bootstrap envoy`) over ADS and judges canaries from the stats they push. A healthy
-//! canary is promoted through two Envoys (their config dumps carry each step's weights, no
-//! request fails, none is NR/NC, weir's totals equal Envoy's own); a dead canary is rolled
+//! canary is promoted through two Envoys (each step held at a manual gate is in both config
+//! dumps, every weight the controller set in order, no request fails, none is NR/NC, weir's totals equal Envoy's own); a dead canary is rolled
 //! back by the fast-fail guard and a 5%-error canary by the analysis; A/B rules and
 //! mirroring reach the right upstreams; a resource Envoy refuses is NACKed while the node
 //! keeps serving; the controller killed mid-rollout costs no request and resumes.
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use support::control::{ctl_at, start_args};
-use support::envoy::Envoy;
+use support::control::start_args;
+use support::envoy::{Controller, Envoy};
 use support::*;
-
-/// `weir control` with `envoy: {}` on a fixed free address (it can come back on it).
-struct Controller {
-    weir: Weir,
-    control: String,
-    path: PathBuf,
-}
-
-impl Controller {
-    fn start(tag: &str, services: &str) -> Controller {
-        let dir = temp_dir(tag);
-        let control = format!("127.0.0.1:{}", closed_port());
-        let path = dir.join("weir.yaml");
-        let yaml = format!(
-            "admin: 127.0.0.1:0\ncontrol: {control}\nstate: {}\nenvoy: {{}}\n{services}",
-            dir.join("state.json").display()
-        );
-        std::fs::write(&path, yaml).expect("write config");
-        Controller {
-            weir: Weir::spawn_args(&["control"], path.clone()),
-            control,
-            path,
-        }
-    }
-
-    fn restart(&mut self) {
-        self.weir = Weir::spawn_args(&["control"], self.path.clone());
-    }
-
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        ctl_at(&self.control, args)
-    }
-
-    /// `weir ctl status podinfo`'s row.
-    fn status(&self) -> String {
-        self.ctl(&["status", "podinfo"]).1
-    }
-
-    async fn wait_phase(&self, phase: &str, limit: Duration) {
-        let what = format!("phase {phase}");
-        wait_for(&what, limit, || async {
-            self.status()
-                .lines()
-                .nth(1)
-                .is_some_and(|l| l.split_whitespace().nth(1) == Some(phase))
-        })
-        .await;
-    }
-
-    /// The canary weight `weir ctl status` shows.
-    fn weight(&self) -> u64 {
-        self.status()
-            .lines()
-            .nth(1)
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0)
-    }
-}
 
 /// podinfo (every host) with its primary and canary at revision 1, `routes` and
 /// `analysis` (each indented as in a service).
@@ -102,6 +42,28 @@ fn analysis(step: u32, guard: bool) -> String {
 const PRIMARY: &str = "cluster.test_podinfo-primary_9898.upstream_rq_total";
 const CANARY: &str = "cluster.test_podinfo-canary_9898.upstream_rq_total";
 
+/// Waits (generously) until `e`'s podinfo route splits as `want` (by version), and
+/// fails with what it has otherwise.
+async fn expect_weights(e: &Envoy, want: &[(&str, u64)]) {
+    let want: Vec<(String, u64)> = want
+        .iter()
+        .map(|(v, w)| (format!("test_podinfo-{v}_9898"), *w))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = e.weights("podinfo").await;
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} routes {now:?}, not {want:?}",
+            e.node
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Requests to `url` with `headers`: who served them.
 async fn served(url: &str, headers: &[(&str, &str)], n: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -123,9 +85,12 @@ async fn a_healthy_canary_is_promoted_through_two_envoys_step_by_step() {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
     let routes = "      - match: { headers: { x-canary: { exact: always } } }\n        to: canary\n      - match: { cookies: { beta: { present: true } } }\n        to: canary\n      - split: { primary: 100, canary: 0 }";
+    // Manual gates hold each step (and the promotion) until approved, so every weight
+    // the controller sets can be read in both Envoys however busy the machine is.
+    let gates = "\n      webhooks:\n        - { name: step, type: confirm-traffic-increase }\n        - { name: promote, type: confirm-promotion }";
     let c = Controller::start(
         "envoy-promote",
-        &podinfo(&v1, &v2, routes, &analysis(20, true)),
+        &podinfo(&v1, &v2, routes, &(analysis(20, true) + gates)),
     );
     let e1 = Envoy::start(&c.control, "gw-1", None).await;
     let e2 = Envoy::start(&c.control, "gw-2", None).await;
@@ -138,35 +103,51 @@ async fn a_healthy_canary_is_promoted_through_two_envoys_step_by_step() {
     assert!(cookie.iter().all(|s| s == "v2"), "{cookie:?}");
 
     let loads = [
-        Load::start(e1.url("/"), 40, Duration::from_secs(120)),
-        Load::start(e2.url("/"), 40, Duration::from_secs(120)),
+        Load::start(e1.url("/"), 40, Duration::from_secs(180)),
+        Load::start(e2.url("/"), 40, Duration::from_secs(180)),
     ];
     let (code, _, err) = c.ctl(&start_args(&v2.endpoint()));
     assert_eq!(code, 0, "{err}");
-    // Each step reaches both Envoys: their routes carry the weight weir routes.
-    let mut seen_steps = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !c.status().contains("Succeeded") {
-        assert!(std::time::Instant::now() < deadline, "{}", c.status());
-        let w = c.weight();
-        if w > 0 && !seen_steps.contains(&w) {
-            let want = [
-                ("test_podinfo-primary_9898".to_string(), 100 - w),
-                ("test_podinfo-canary_9898".to_string(), w),
-            ];
-            for e in [&e1, &e2] {
-                let limit = Duration::from_secs(10);
-                wait_for("the step in Envoy's routes", limit, || async {
-                    let now = e.weights("podinfo").await;
-                    now == want || c.weight() != w
-                })
-                .await;
-            }
-            seen_steps.push(w);
+    // Each weight the rollout holds at a gate is in both Envoys' routes before it moves on.
+    let mut held: Vec<u32> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = c.rollout().await;
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        if s.phase == "Succeeded" {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.waiting_gate.is_empty() || held.last() == Some(&s.canary_weight) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let w = u64::from(s.canary_weight);
+        for e in [&e1, &e2] {
+            expect_weights(e, &[("primary", 100 - w), ("canary", w)]).await;
+        }
+        held.push(s.canary_weight);
+        let (code, _, err) = c.ctl(&["approve", "podinfo"]);
+        assert_eq!(code, 0, "{err}");
     }
-    assert!(seen_steps.len() >= 2, "steps seen: {seen_steps:?}");
+    assert_eq!(held, [0, 20, 40, 60], "the weights held at the gates");
+    // The controller set no weight but those: its own events, in order.
+    let advanced: Vec<u32> = c
+        .weir
+        .logs()
+        .split("Advance podinfo.test canary weight ")
+        .skip(1)
+        .filter_map(|t| {
+            t.split(|ch: char| !ch.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(advanced, held[1..], "the controller's Advance events");
+    for e in [&e1, &e2] {
+        expect_weights(e, &[("primary", 100), ("canary", 0)]).await;
+    }
+    assert!(served(&e1.url("/"), &[], 5).await.iter().all(|s| s == "v2"));
     let failed: usize = loads
         .iter()
         .map(|l| l.failed.load(std::sync::atomic::Ordering::SeqCst))

@@ -6,7 +6,8 @@
 //! every millisecond). Prints one TSV line: nodes, services, steps, ACK p50/p99 ms, the
 //! controller's RSS with no node and with all of them, its CPU (cores) with none, with
 //! the nodes connected and flushing their stats (every 250 ms, the bootstrap default), and
-//! while stepping, and its CPU per step above the nodes' flushes.
+//! while stepping, its CPU per step above the nodes' flushes, and the xDS bytes each node
+//! was sent per step (`weir_control_push_bytes_total`).
 
 mod process;
 
@@ -19,7 +20,7 @@ use tonic::transport::Channel;
 use weir_protos::control as pb;
 use weir_protos::control::control_client::ControlClient;
 
-use process::{cpu_seconds, free_port, memory_mib, percentile, start_control, Proc};
+use process::{cpu_seconds, free_port, memory_mib, metric, percentile, start_control, Proc};
 
 #[derive(Parser)]
 struct Args {
@@ -75,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = std::path::Path::new(&args.dir);
     let control = format!("127.0.0.1:{}", free_port()?);
-    let controller = start_control(&args.weir, dir, &config(&args, &control))?;
+    let (controller, admin) = start_control(&args.weir, dir, &config(&args, &control))?;
     let pid = controller.0.id();
     let mut api = ControlClient::new(
         Channel::from_shared(format!("http://{control}"))?
@@ -140,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_nodes = memory_mib(pid, "VmRSS:");
     let mut times = Vec::with_capacity(args.steps);
     let (cpu0, wall0) = (cpu_seconds(pid), Instant::now());
+    let bytes0 = metric(&admin, "weir_control_push_bytes_total")?;
     for step in 0..args.steps {
         let t0 = Instant::now();
         let status = api
@@ -168,12 +170,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (cpu, wall) = (cpu_seconds(pid) - cpu0, wall0.elapsed().as_secs_f64());
+    let pushed = metric(&admin, "weir_control_push_bytes_total")? - bytes0;
+    let bytes_per_node_step = pushed / (args.nodes * times.len()) as f64;
     let cores_stepping = cpu / wall;
     // Above what the connected nodes cost with no step (their stats flushes).
     let cpu_ms_per_step = (cpu - cores_nodes * wall).max(0.0) * 1000.0 / times.len() as f64;
     times.sort_by(f64::total_cmp);
     println!(
-        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.3}\t{:.2}",
+        "{}\t{}\t{}\t{:.2}\t{:.2}\t{:.1}\t{:.1}\t{:.3}\t{:.3}\t{:.3}\t{:.2}\t{:.0}",
         args.nodes,
         args.services,
         times.len(),
@@ -185,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         cores_nodes,
         cores_stepping,
         cpu_ms_per_step,
+        bytes_per_node_step,
     );
     drop(envoys);
     drop(controller);

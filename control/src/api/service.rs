@@ -29,7 +29,8 @@ struct Change {
 }
 
 impl Change {
-    /// The controller's answer as the RPC's; an accepted change is logged with its caller.
+    /// The controller's answer as the RPC's; an accepted change is logged with its caller,
+    /// a refused one names the action and the service (`SetWeight refused: podinfo: ...`).
     fn answer(
         &self,
         service: &str,
@@ -40,7 +41,23 @@ impl Change {
         }
         result
             .map(|s| Response::new(convert::status(s)))
-            .map_err(Status::from)
+            .map_err(|r| Status::from(r.named(self.rpc, service)))
+    }
+}
+
+impl Refusal {
+    /// The refusal with the action and the service in front of its reason (the service
+    /// once: not again when the reason names it).
+    fn named(self, rpc: &str, service: &str) -> Refusal {
+        let name = |m: String| match m.contains(service) {
+            true => format!("{rpc} refused: {m}"),
+            false => format!("{rpc} refused: {service}: {m}"),
+        };
+        match self {
+            Refusal::NotFound(m) => Refusal::NotFound(name(m)),
+            Refusal::Invalid(m) => Refusal::Invalid(name(m)),
+            Refusal::Precondition(m) => Refusal::Precondition(name(m)),
+        }
     }
 }
 

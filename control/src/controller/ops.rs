@@ -62,7 +62,7 @@ impl Controller {
         let previous = r.canary.replace(canary);
         if let Err(e) = self.route(&r) {
             r.canary = previous;
-            return Err(Refusal::Invalid(format!("StartRollout refused: {e}")));
+            return Err(Refusal::Invalid(e.to_string()));
         }
         if first {
             // The canary version exists from now on: measure it.
@@ -95,7 +95,7 @@ impl Controller {
         );
         if let Err(e) = self.route(&r) {
             (r.analysis, r.applied_spec) = previous;
-            return Err(Refusal::Invalid(format!("ApplySpec refused: {e}")));
+            return Err(Refusal::Invalid(e.to_string()));
         }
         let status = self.after_change(&handle, &r);
         drop(r);

@@ -224,7 +224,7 @@ impl Controller {
             .and_then(|r| self.shared.routes.commit(vec![r], &[]));
         if let Err(e) = routed {
             s.weights = before;
-            return Err(Refusal::Invalid(format!("SetWeight refused: {e}")));
+            return Err(Refusal::Invalid(e.to_string()));
         }
         s.last_transition_ms = now_ms();
         s.last_event = format!(

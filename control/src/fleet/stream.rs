@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weir_protos::fleet as fb;
@@ -55,8 +55,12 @@ impl fb::fleet_server::Fleet for FleetService {
         let name = hello.name.clone();
         tracing::info!(replica = %name, address = %hello.address, version = hello.version, "replica connected");
         let (tx, rx) = mpsc::channel(16);
+        // The version the replica last refused: what was sent since is no base for a delta.
+        let (refused_tx, mut refused) = watch::channel(0u64);
         // The whole routing first, then at each new version what changed since what this
-        // replica was sent (a replica that falls behind gets one delta to the newest).
+        // replica was sent (a replica that falls behind gets one delta to the newest). After
+        // a refusal the whole routing again: at once when a newer version exists (a delta
+        // may have gone out on the refused base), else with the next version.
         let (push_fleet, push_name, push_tx) = (fleet.clone(), name.clone(), tx.clone());
         let push = tokio::spawn(async move {
             let mut routing = push_fleet.subscribe();
@@ -72,8 +76,23 @@ impl fb::fleet_server::Fleet for FleetService {
                 }
                 push_fleet.pushed(&push_name, session, now.version, bytes);
                 sent = Some(now);
-                if routing.changed().await.is_err() {
-                    return;
+                loop {
+                    tokio::select! {
+                        c = routing.changed() => match c {
+                            Ok(()) => break,
+                            Err(_) => return,
+                        },
+                        c = refused.changed() => {
+                            if c.is_err() {
+                                return;
+                            }
+                            let nacked = *refused.borrow_and_update();
+                            sent = None;
+                            if routing.borrow().version > nacked {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -91,7 +110,10 @@ impl fb::fleet_server::Fleet for FleetService {
                 match report.report {
                     Some(fb::replica_report::Report::Applied(a)) => {
                         let refused = (!a.error.is_empty()).then_some(a.error.as_str());
-                        fleet.applied(&name, session, a.version, refused)
+                        fleet.applied(&name, session, a.version, refused);
+                        if refused.is_some() {
+                            refused_tx.send_replace(a.version);
+                        }
                     }
                     Some(fb::replica_report::Report::Measurements(m)) => {
                         let sent = m.versions.len();

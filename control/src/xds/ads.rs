@@ -108,7 +108,10 @@ impl AggregatedDiscoveryService for AdsService {
         let session = self
             .fleet
             .connected_envoy(&node.id, listen.as_deref().unwrap_or(""))
-            .map_err(Status::already_exists)?;
+            .map_err(|why| {
+                tracing::warn!(node = %node.id, "a second Envoy asks for configuration under a live node's id: refused");
+                Status::already_exists(why)
+            })?;
         tracing::info!(node = %node.id, cluster = %node.cluster, "Envoy node connected");
         let (tx, rx) = mpsc::channel(8);
         let mut sync = NodeSync::new(&node.id, session, listen);
