@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::control::ctl_at;
+use support::control::{ctl_at, served_by};
 use support::pki::Pki;
 use support::*;
 use tonic::transport::Channel;
@@ -59,20 +59,10 @@ async fn replicas(control: &str) -> pb::ListReplicasReply {
         .into_inner()
 }
 
-/// Who answers `n` requests for `host` through `w`, each of which must succeed.
+/// Which upstreams answer `n` requests for `host` through `w` (weir's own answers carry
+/// no `x-served-by`: they show as `?`).
 async fn answers(w: &Weir, host: &str, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let got = get(&w.url("/"), &[("host", host)]).await;
-        assert_eq!(got.status, 200, "{host}: {}", got.text());
-        out.push(
-            got.headers
-                .get("x-served-by")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string(),
-        );
-    }
+    let mut out = served_by(w, n, &[("host", host)]).await;
     out.sort();
     out.dedup();
     out

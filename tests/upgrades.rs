@@ -49,6 +49,22 @@ fn connect_to(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
+/// Sends an upgrade request through weir, then `ping` on the connection: the answer's
+/// head and the four bytes that came back.
+async fn upgrade_and_echo(weir: &Weir, request: &'static [u8]) -> (String, [u8; 4]) {
+    let mut s = connect(weir);
+    tokio::task::spawn_blocking(move || {
+        s.write_all(request).expect("write");
+        let head = read_response(&mut s);
+        s.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).expect("echo");
+        (head, buf)
+    })
+    .await
+    .expect("client")
+}
+
 const H2C_UPGRADE: &str = "GET / HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,20 +134,11 @@ async fn h2c_beside_an_allowed_protocol_is_left_out_and_an_unasked_switch_is_a_5
     let weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
     // h2c listed first: an upstream that takes the first protocol would have switched
     // to HTTP/2 had weir forwarded it.
-    let mut s = connect(&weir);
-    let (head, echo) = tokio::task::spawn_blocking(move || {
-        s.write_all(
-            b"GET /chat HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-        )
-        .expect("write");
-        let head = read_response(&mut s);
-        s.write_all(b"ping").expect("write");
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).expect("echo");
-        (head, buf)
-    })
-    .await
-    .expect("client");
+    let (head, echo) = upgrade_and_echo(
+        &weir,
+        b"GET /chat HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("upgrade: websocket"),
@@ -215,20 +222,11 @@ async fn upgrades_a_route_does_not_allow_are_refused_and_listed_ones_tunnel() {
         1.0
     );
     // The route that lists it lets it through: the upstream switches and echoes.
-    let mut s = connect(&weir);
-    let echoed = tokio::task::spawn_blocking(move || {
-        s.write_all(
-            b"GET /udp HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade\r\nUpgrade: connect-udp\r\n\r\n",
-        )
-        .expect("write");
-        let head = read_response(&mut s);
-        s.write_all(b"ping").expect("write");
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).expect("echo");
-        (head, buf)
-    })
-    .await
-    .expect("client");
+    let echoed = upgrade_and_echo(
+        &weir,
+        b"GET /udp HTTP/1.1\r\nHost: podinfo\r\nConnection: Upgrade\r\nUpgrade: connect-udp\r\n\r\n",
+    )
+    .await;
     assert!(echoed.0.starts_with("HTTP/1.1 101"), "{}", echoed.0);
     assert_eq!(&echoed.1, b"ping");
 }
