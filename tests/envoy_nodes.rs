@@ -2,7 +2,8 @@
 //! named by its IP address (checked against the certificate's IP SAN, no SNI) and HTTP/2
 //! to upstreams, over TLS and h2c; a second Envoy under a live node's id is refused while
 //! the first keeps serving (and admitted once the first is gone); an Envoy with a wrong
-//! token is refused, counted, and gets nothing.
+//! token is refused, counted, and gets nothing; a cluster changed in place (its
+//! endpoints the same) finishes warming and serves.
 
 mod support;
 
@@ -161,4 +162,59 @@ async fn an_envoy_with_a_wrong_token_is_refused_counted_and_gets_nothing() {
     assert!(c.replicas_named("intruder").is_empty());
     assert_eq!(c.replicas_named("gw").len(), 1);
     assert_eq!(through(&gw, "podinfo").await, (200, "v1".into()));
+}
+
+/// The `connect_timeout` of each of Envoy's active and warming clusters named `name`.
+async fn cluster_timeouts(e: &Envoy, name: &str) -> (Vec<String>, Vec<String>) {
+    let dump = e.config_dump().await;
+    let of = |key: &str| -> Vec<String> {
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c[key].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["cluster"]["name"] == name)
+            .map(|c| {
+                c["cluster"]["connect_timeout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    (
+        of("dynamic_active_clusters"),
+        of("dynamic_warming_clusters"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_changed_in_place_finishes_warming_and_serves() {
+    let v1 = Upstream::start("v1").await;
+    let yaml = |settings: &str| {
+        podinfo_yaml(
+            &v1.endpoint(),
+            &v1.endpoint(),
+            settings,
+            &format!("    routes:\n{SPLIT}\n"),
+        )
+    };
+    let c = Controller::start("envoy-rewarm", &yaml(""));
+    let e = Envoy::start(&c.control, "gw", None).await;
+    assert_eq!(through(&e, "podinfo").await, (200, "v1".into()));
+    // The same endpoints, another connect timeout: Envoy takes the cluster anew and warms
+    // it until its endpoints come again.
+    let head = std::fs::read_to_string(&c.path).expect("read config");
+    let head = &head[..head.find("services:").expect("services")];
+    std::fs::write(&c.path, format!("{head}{}", yaml(", connectTimeout: 7s"))).expect("write");
+    c.weir.signal("HUP");
+    let cluster = "test_podinfo-primary_9898";
+    wait_for(
+        "the changed cluster active",
+        Duration::from_secs(60),
+        || async { cluster_timeouts(&e, cluster).await == (vec!["7s".to_string()], vec![]) },
+    )
+    .await;
+    assert_eq!(e.stat("cluster_manager.warming_clusters").await, 0);
+    assert_eq!(through(&e, "podinfo").await, (200, "v1".into()));
 }

@@ -67,6 +67,8 @@ struct NodeSync {
     desired: Resources,
     /// The settings the desired resources were made with.
     made_with: Option<Arc<EnvoySettings>>,
+    /// A routing version that could not be translated (said once).
+    untranslatable: Option<u64>,
 }
 
 #[tonic::async_trait]
@@ -182,6 +184,7 @@ impl NodeSync {
             version: 0,
             desired: Resources::default(),
             made_with: None,
+            untranslatable: None,
         }
     }
 
@@ -208,7 +211,29 @@ impl NodeSync {
                     fleet.envoy_refused(&self.name, self.session, &e.message);
                     t.refused = Some(resources);
                 }
-                None => t.acked = resources,
+                None => {
+                    let old = std::mem::replace(&mut t.acked, resources);
+                    if r.type_url == CLUSTER {
+                        self.rewarm(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A cluster Envoy took anew warms until it gets its endpoints again: those of every
+    /// cluster that changed from `before` count as not sent, so they go out even when
+    /// they are the same.
+    fn rewarm(&mut self, before: &BTreeMap<String, Any>) {
+        let changed: Vec<String> = self.types[CLUSTER]
+            .acked
+            .iter()
+            .filter(|(n, v)| before.get(*n).is_some_and(|old| old != *v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if let Some(endpoints) = self.types.get_mut(ENDPOINTS) {
+            for n in changed {
+                endpoints.acked.remove(&n);
             }
         }
     }
@@ -227,7 +252,8 @@ impl NodeSync {
             .made_with
             .as_ref()
             .is_some_and(|m| Arc::ptr_eq(m, settings));
-        if routing.version == self.version && same_settings {
+        let known = routing.version == self.version || self.untranslatable == Some(routing.version);
+        if known && same_settings {
             return;
         }
         self.made_with = Some(settings.clone());
@@ -235,11 +261,13 @@ impl NodeSync {
             Ok(r) => {
                 self.desired = r;
                 self.version = routing.version;
+                self.untranslatable = None;
                 for t in self.types.values_mut() {
                     t.refused = None;
                 }
             }
             Err(p) => {
+                self.untranslatable = Some(routing.version);
                 tracing::error!(node = %self.name, error = %p, "the routing cannot be translated for Envoy; the node keeps what it has");
                 fleet.envoy_refused(&self.name, self.session, &p.0);
             }

@@ -30,9 +30,13 @@ fn routing(version: u64, versions: &[(&str, &str)], routes: &str) -> Routing {
         .iter()
         .map(|(name, ep)| format!("      {name}: {{ endpoints: [\"{ep}\"] }}\n"))
         .collect();
+    routing_of(version, &versions.concat(), routes)
+}
+
+/// The shop service with its `versions:` block as written, and routes.
+fn routing_of(version: u64, versions: &str, routes: &str) -> Routing {
     let yaml = format!(
-        "services:\n  - name: shop\n    namespace: test\n    port: 8080\n    versions:\n{}{routes}",
-        versions.concat()
+        "services:\n  - name: shop\n    namespace: test\n    port: 8080\n    versions:\n{versions}{routes}"
     );
     let cfg = ProxyConfig::parse(&yaml).expect("valid test config");
     Routing {
@@ -326,4 +330,25 @@ async fn refused_routes_are_not_sent_again_until_the_routing_changes() {
         "the new routes are sent: {sent:?}"
     );
     assert_eq!(envoy.standing(), (3, String::new()));
+}
+
+#[tokio::test]
+async fn a_changed_cluster_gets_its_endpoints_again_to_finish_warming() {
+    let fleet = fleet();
+    let mut envoy = Envoy::connect(&fleet);
+    envoy.run(&primary_only(1));
+    envoy.sent();
+    // The same endpoint, another connect timeout: Envoy warms the changed cluster until
+    // its endpoints come again.
+    let v2 = routing_of(
+        2,
+        "      primary: { endpoints: [\"127.0.0.1:1\"], connectTimeout: 5s }\n",
+        "",
+    );
+    envoy.run(&v2);
+    assert_eq!(
+        envoy.sent(),
+        [(CLUSTER, named(&[PRIMARY])), (ENDPOINTS, named(&[PRIMARY])),]
+    );
+    assert_eq!(envoy.standing(), (2, String::new()));
 }
