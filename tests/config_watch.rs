@@ -25,10 +25,7 @@ fn routed(primary: &Upstream, canary: &Upstream, to: &str) -> String {
 }
 
 async fn served_by(weir: &Weir) -> String {
-    get(&weir.url("/"), &[]).await.headers["x-served-by"]
-        .to_str()
-        .unwrap_or("?")
-        .to_string()
+    support::control::served_by(weir, 1, &[]).await.remove(0)
 }
 
 async fn wait_served(weir: &Weir, who: &str) {

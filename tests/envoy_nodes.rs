@@ -73,8 +73,7 @@ async fn envoy_speaks_tls_to_an_ip_endpoint_and_http2_to_upstreams() {
             .await,
         0
     );
-    let got = get(&e.url("/"), &[("host", "cleartext2")]).await;
-    assert_eq!((got.status.as_u16(), got.text()), (200, "h2c".into()));
+    assert_eq!(through(&e, "cleartext2").await, (200, "h2c".into()));
     assert_eq!(h2c.last_seen().version, http::Version::HTTP_2);
 }
 
@@ -99,8 +98,7 @@ async fn a_second_envoy_under_a_live_node_id_is_refused_and_the_first_keeps_serv
     assert!(!second.listening());
 
     // The first serves, and weir counts its requests alone.
-    let served = get(&first.url("/"), &[]).await;
-    assert_eq!((served.status.as_u16(), served.text()), (200, "v1".into()));
+    assert_eq!(through(&first, "podinfo").await, (200, "v1".into()));
     wait_for(
         "weir's total to be the first node's own",
         Duration::from_secs(30),
@@ -120,8 +118,7 @@ async fn a_second_envoy_under_a_live_node_id_is_refused_and_the_first_keeps_serv
     let first_listen = first.listen.to_string();
     drop(first);
     second.wait_serving().await;
-    let got = get(&second.url("/"), &[]).await;
-    assert_eq!((got.status.as_u16(), got.text()), (200, "v1".into()));
+    assert_eq!(through(&second, "podinfo").await, (200, "v1".into()));
     wait_for("the second node's row", Duration::from_secs(30), || async {
         let rows = c.replicas_named("gw");
         rows.len() == 1 && rows[0].contains(&second.listen.to_string())

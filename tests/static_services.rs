@@ -171,16 +171,8 @@ async fn keys_that_cannot_take_effect_are_named_by_check_and_at_start() {
             "    routes:\n      - to: canary\n        upgrades: [websocket]\n",
         )
     );
-    let file = dir.join("weir.yaml");
-    std::fs::write(&file, &yaml).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "-c"])
-        .arg(&file)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run weir check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (code, text) = weir_check(&yaml);
+    assert_eq!(code, 0, "{text}");
     let notes = [
         "note: state: has no effect",
         "note: limits.uploadGracePeriod has no effect: limits.uploadMinRate is 0",

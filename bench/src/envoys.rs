@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 use weir_protos::control as pb;
 use weir_protos::control::control_client::ControlClient;
 
-use process::{cpu_seconds, free_port, memory_mib, metric, percentile, start_control, Proc};
+use process::{cores, cpu_seconds, free_port, memory_mib, metric, percentile, start_control, Proc};
 
 #[derive(Parser)]
 struct Args {
@@ -39,13 +39,6 @@ struct Args {
     /// A scratch directory.
     #[arg(long)]
     dir: String,
-}
-
-/// CPU cores `pid` uses over `span`.
-async fn cores(pid: u32, span: Duration) -> f64 {
-    let (c0, t0) = (cpu_seconds(pid), Instant::now());
-    tokio::time::sleep(span).await;
-    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
 }
 
 fn config(args: &Args, control: &str) -> String {
@@ -144,16 +137,13 @@ async fn main() -> anyhow::Result<()> {
     let bytes0 = metric(&admin, "weir_control_push_bytes_total")?;
     for step in 0..args.steps {
         let t0 = Instant::now();
-        let status = api
-            .set_weight(pb::SetWeightRequest {
-                service: format!("svc-{}", step % args.services),
-                canary_weight: 5 + (step as u32 % 80),
-                force: false,
-                weights: Default::default(),
-            })
-            .await?
-            .into_inner();
-        let _ = status;
+        api.set_weight(pb::SetWeightRequest {
+            service: format!("svc-{}", step % args.services),
+            canary_weight: 5 + (step as u32 % 80),
+            force: false,
+            weights: Default::default(),
+        })
+        .await?;
         let version = api
             .list_replicas(pb::ListReplicasRequest {})
             .await?
@@ -191,7 +181,5 @@ async fn main() -> anyhow::Result<()> {
         cpu_ms_per_step,
         bytes_per_node_step,
     );
-    drop(envoys);
-    drop(controller);
     Ok(())
 }

@@ -20,7 +20,7 @@ use anyhow::bail;
 use clap::Parser;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
-use process::{cpu_seconds, free_port, memory_mib, percentile, start_control, Proc};
+use process::{cores, cpu_seconds, free_port, memory_mib, percentile, start_control, Proc};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -268,9 +268,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // A quiet phase as long as the stepping will be: what reports and the guard cost.
     let quiet = Duration::from_millis(300) * args.steps as u32;
-    let (cpu_q, wall_q) = (cpu_seconds(pid), Instant::now());
-    tokio::time::sleep(quiet).await;
-    let quiet_cores = (cpu_seconds(pid) - cpu_q) / wall_q.elapsed().as_secs_f64();
+    let quiet_cores = cores(pid, quiet).await;
     let (cpu0, wall0, bytes0, push0) = (
         cpu_seconds(pid),
         Instant::now(),

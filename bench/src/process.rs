@@ -64,6 +64,13 @@ pub fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// CPU cores `pid` uses over `span`.
+pub async fn cores(pid: u32, span: std::time::Duration) -> f64 {
+    let (c0, t0) = (cpu_seconds(pid), std::time::Instant::now());
+    tokio::time::sleep(span).await;
+    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
+}
+
 /// CPU seconds (user + system) of a process so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

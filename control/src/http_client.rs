@@ -135,7 +135,6 @@ impl HttpPoster {
     }
 }
 
-/// An error and its causes on one line: `outer: inner: root`.
 /// An error and its causes as one line; a cause that only repeats what is said already
 /// (`tcp connect error: tcp connect error`) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -98,9 +98,8 @@ pub type AdminBody = BoxBody<Bytes, std::io::Error>;
 /// More pages for the admin listener (never the metrics listener), from whoever drives
 /// the proxy: the controller's dashboard.
 pub trait AdminPages: Send + Sync {
-    /// The response for a GET of `path` with these request headers, or None when the
-    /// path is not one of these pages.
-    fn page(&self, path: &str, headers: &HeaderMap) -> Option<Response<AdminBody>>;
+    /// The response for a GET of `path`, or None when the path is not one of these pages.
+    fn page(&self, path: &str) -> Option<Response<AdminBody>>;
 }
 
 /// Which endpoints a listener serves.
@@ -120,7 +119,7 @@ async fn handle(
 ) -> Response<AdminBody> {
     if let Some(pages) = pages.filter(|_| endpoints == Endpoints::Admin) {
         if req.method() == Method::GET {
-            if let Some(resp) = pages.page(req.uri().path(), req.headers()) {
+            if let Some(resp) = pages.page(req.uri().path()) {
                 return resp;
             }
         }

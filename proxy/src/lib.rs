@@ -162,8 +162,11 @@ impl Proxy {
     /// endpoint's resolved addresses); None when there is no such version.
     pub fn addresses(&self, service: &str, version: &str) -> Option<(Vec<String>, Vec<String>)> {
         let table = self.state.table.load();
-        let svc = table.services.iter().find(|s| s.name == service)?;
-        let v = svc.versions.iter().find(|v| v.name == version)?;
+        let v = table
+            .service(service)?
+            .versions
+            .iter()
+            .find(|v| v.name == version)?;
         Some((
             v.upstream.settings.endpoints.clone(),
             v.upstream.addresses(),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use weir_protos::control::control_server::ControlServer;
 use weir_protos::fleet::fleet_server::FleetServer;
 use weir_proxy::tls::ServerTls;
@@ -107,11 +107,7 @@ pub async fn serve(
             None => {
                 // Without Nagle: a push or an ACK small enough to wait on the peer's delayed
                 // TCP ACK (40 ms and more) would stall a step on every data plane it reaches.
-                let accepted = TcpListenerStream::new(listener).map(|s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
                 router
                     .serve_with_incoming_shutdown(accepted, shutdown)
                     .await

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::broadcast;
@@ -170,7 +170,7 @@ fn whole(
 pub struct Pages(pub Arc<Dashboard>);
 
 impl AdminPages for Pages {
-    fn page(&self, path: &str, _headers: &HeaderMap) -> Option<Response<AdminBody>> {
+    fn page(&self, path: &str) -> Option<Response<AdminBody>> {
         let d = &self.0;
         Some(match path {
             "/" => {

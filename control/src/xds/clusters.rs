@@ -142,9 +142,8 @@ pub fn cluster(version: &str, v: &VersionConfig, name: &str) -> Result<VersionCl
 
 /// `host:port` split, the port as Envoy takes it.
 fn socket(ep: &str) -> Option<(String, u32)> {
-    let (host, port) = ep.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_string(), port.parse().ok()?))
+    let (host, port) = weir_proxy::config::endpoint(ep).ok()?;
+    Some((host.to_string(), u32::from(port)))
 }
 
 /// An address Envoy connects to.

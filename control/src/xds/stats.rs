@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamM
 use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
 use tonic::{Request, Response, Status, Streaming};
 use weir_proxy::routing::Target;
-use weir_proxy::{MeasurementDelta, ENVOY_BUCKETS_MS};
+use weir_proxy::{MeasurementDelta, Routing, ENVOY_BUCKETS_MS};
 
 use super::cluster_name;
 use crate::auth::{Authorizer, Need};
@@ -41,6 +41,8 @@ pub struct StatsService {
     totals: Mutex<HashMap<String, Totals>>,
     /// Nodes with a stats stream open now.
     live: Mutex<HashSet<String>>,
+    /// The cluster map of the routing it was made from (remade when the routing changes).
+    versions: Mutex<Option<(Arc<Routing>, Arc<Versions>)>>,
 }
 
 impl StatsService {
@@ -51,6 +53,7 @@ impl StatsService {
             auth,
             totals: Mutex::default(),
             live: Mutex::default(),
+            versions: Mutex::default(),
         }
     }
 }
@@ -132,11 +135,14 @@ impl MetricsService for StatsService {
             let t = totals.get_or_insert_with(Totals::default);
             let deltas = flush(&self.versions(), &msg.envoy_metrics, t);
             self.fleet.envoy_measured(&node, deltas);
+        };
+        // Kept for the node's next stream (only one is open at a time).
+        if let Some(t) = totals {
             self.totals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(node.clone(), t.clone());
-        };
+                .insert(node.clone(), t);
+        }
         self.lock_live().remove(&node);
         if let Err(e) = result {
             tracing::warn!(node = %node, error = %e, "Envoy node's stats stream broke");
@@ -150,29 +156,43 @@ impl StatsService {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every version's cluster: its service, its name, and whether only mirrored copies
-    /// reach it (a mirror target no rule sends users to: its traffic is the shadow's).
-    fn versions(&self) -> Versions {
+    /// Every version's cluster in the current routing (made once per routing).
+    fn versions(&self) -> Arc<Versions> {
         let routing = self.routes.current();
-        let mut out = HashMap::new();
-        for svc in routing.services.values() {
-            for version in svc.versions.keys() {
-                let users = svc.rules.iter().any(|r| match &r.target {
-                    Target::To(v) => v == version,
-                    Target::Split(w) => w.get(version).is_some_and(|w| *w > 0),
-                });
-                let mirrored = svc
-                    .rules
-                    .iter()
-                    .any(|r| r.mirror.as_ref().is_some_and(|m| &m.version == version));
-                out.insert(
-                    cluster_name(svc, version),
-                    (svc.name.clone(), version.clone(), mirrored && !users),
-                );
+        let mut cached = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_from, v)) = cached.as_ref() {
+            if Arc::ptr_eq(made_from, &routing) {
+                return v.clone();
             }
         }
-        out
+        let v = Arc::new(cluster_versions(&routing));
+        *cached = Some((routing, v.clone()));
+        v
     }
+}
+
+/// Every version's cluster in `routing`: its service, its version, and whether only
+/// mirrored copies reach it (a mirror target no rule sends users to: its traffic is the
+/// shadow's).
+fn cluster_versions(routing: &Routing) -> Versions {
+    let mut out = HashMap::new();
+    for svc in routing.services.values() {
+        for version in svc.versions.keys() {
+            let users = svc.rules.iter().any(|r| match &r.target {
+                Target::To(v) => v == version,
+                Target::Split(w) => w.get(version).is_some_and(|w| *w > 0),
+            });
+            let mirrored = svc
+                .rules
+                .iter()
+                .any(|r| r.mirror.as_ref().is_some_and(|m| &m.version == version));
+            out.insert(
+                cluster_name(svc, version),
+                (svc.name.clone(), version.clone(), mirrored && !users),
+            );
+        }
+    }
+    out
 }
 
 /// Takes one flush of a node: its counters differenced against `totals`, its histograms
@@ -197,7 +217,7 @@ fn flush(
         totals.counters.clear();
     }
     totals.uptime = uptime;
-    let mut gained: HashMap<String, Gained> = HashMap::new();
+    let mut gained: HashMap<&str, Gained> = HashMap::new();
     // (cluster, counter, running total, derived by weir).
     let mut readings: Vec<(&str, Counter, f64, bool)> = Vec::new();
     // Per cluster: Envoy's connect failures and its connect timeouts, which are among them.
@@ -230,7 +250,7 @@ fn flush(
                 }
                 "cluster.upstream_rq_time" => {
                     if let Some(h) = m.histogram.as_ref().filter(|_| !baseline_only) {
-                        let g = gained.entry(cluster.to_string()).or_default();
+                        let g = gained.entry(cluster).or_default();
                         g.sum_ms += h.sample_sum.unwrap_or(0.0);
                         g.buckets = per_bucket(h);
                     }
@@ -268,7 +288,7 @@ fn flush(
         if baseline_only || new <= 0.0 {
             continue;
         }
-        let g = gained.entry(cluster.to_string()).or_default();
+        let g = gained.entry(cluster).or_default();
         let n = new.round() as u64;
         match counter {
             Counter::Code(code) => *g.codes.entry(code).or_default() += n,
@@ -278,7 +298,7 @@ fn flush(
     gained
         .into_iter()
         .filter_map(|(cluster, g)| {
-            let (service, version, mirrored) = versions.get(&cluster)?.clone();
+            let (service, version, mirrored) = versions.get(cluster)?.clone();
             let mut codes: Vec<(u16, u64)> = g.codes.into_iter().collect();
             codes.sort_unstable();
             let mut failures: Vec<(String, u64)> = g

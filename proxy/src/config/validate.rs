@@ -366,15 +366,17 @@ pub fn nameserver(ns: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{ns:?} is not an ip:port address (or an ip, for port 53)"))
 }
 
-/// A `host:port` endpoint, or why not.
-pub fn endpoint(ep: &str) -> Result<(), String> {
+/// A `host:port` endpoint's host (an IPv6 address without its brackets) and port, or
+/// why it is not one.
+pub fn endpoint(ep: &str) -> Result<(&str, u16), String> {
     let (host, port) = ep
         .rsplit_once(':')
         .ok_or_else(|| format!("{ep:?} is not host:port"))?;
     if host.is_empty() {
         return Err(format!("{ep:?} has no host"));
     }
-    port.parse::<u16>()
+    let port = port
+        .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{ep:?} has no valid port"))?;
@@ -383,5 +385,5 @@ pub fn endpoint(ep: &str) -> Result<(), String> {
             "{ep:?} must be host:port, without a scheme or path"
         ));
     }
-    Ok(())
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }

@@ -190,18 +190,21 @@ impl Upstream {
         let named: Vec<usize> = (0..cfg.endpoints.len())
             .filter(|&i| cfg.endpoints[i].parse::<SocketAddr>().is_err())
             .collect();
-        let members = if named.is_empty() || tokio::runtime::Handle::try_current().is_err() {
-            Members::Listed(written)
-        } else {
+        // Followed on the runtime; without one (a config checked, not served) the names
+        // are dialled as written.
+        let runtime = tokio::runtime::Handle::try_current();
+        let members = if let (false, Ok(rt)) = (named.is_empty(), &runtime) {
             let (version, tls2, dns2) = (cfg.clone(), tls.clone(), dns.clone());
             let make: resolved::Make = Box::new(move |address, ip| {
                 Endpoint::new(address, Some(ip), &version, tls2.as_ref(), &dns2)
             });
             let set = Resolved::new(written, make);
             for i in named {
-                resolved::follow(&set, i, cfg.endpoints[i].clone(), dns.clone());
+                resolved::follow(rt, &set, i, cfg.endpoints[i].clone(), dns.clone());
             }
             Members::Resolved(set)
+        } else {
+            Members::Listed(written)
         };
         Ok(Upstream {
             members,

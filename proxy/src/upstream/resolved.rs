@@ -81,17 +81,16 @@ impl Resolved {
     }
 }
 
-/// Resolves entry `i` (`name` = `host:port`) now and again at each answer's TTL, for as
-/// long as the set lives; nothing when there is no runtime to run on (the name is then
-/// dialled as written).
-pub(super) fn follow(set: &Arc<Resolved>, i: usize, name: String, dns: Arc<Dns>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let Some((host, port)) = name
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-    else {
+/// Resolves entry `i` (`name` = `host:port`) on `rt` now and again at each answer's TTL,
+/// for as long as the set lives.
+pub(super) fn follow(
+    rt: &tokio::runtime::Handle,
+    set: &Arc<Resolved>,
+    i: usize,
+    name: String,
+    dns: Arc<Dns>,
+) {
+    let Ok((host, port)) = crate::config::endpoint(&name).map(|(h, p)| (h.to_string(), p)) else {
         return;
     };
     let set = Arc::downgrade(set);
