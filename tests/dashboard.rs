@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::browser::watch;
+use support::browser::{connections_to, watch};
 use support::control::{client, start, wait_phase};
 use support::*;
 
@@ -61,8 +61,14 @@ async fn the_page_follows_a_rollout_to_succeeded() {
     let starter = {
         let mut c = c.clone();
         let canary_ep = canary.endpoint();
+        let admin = weir.admin.port();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Once the page holds its event stream, it has been sent the snapshot.
+            wait_for("the page's event stream", LIMIT, || async {
+                connections_to(admin) > 0
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             c.start_rollout(weir_protos::control::StartRolloutRequest {
                 service: "podinfo".into(),
                 revision: "2".into(),
@@ -229,10 +235,18 @@ async fn the_snapshot_and_stream_serve_the_page_read_only_and_only_on_admin() {
         "metrics: 127.0.0.1:0\ncontrol: 127.0.0.1:0\n{}",
         support::control::podinfo_services(&primary.endpoint(), &primary.endpoint(), STEPS)
     ));
-    let snap: serde_json::Value =
-        serde_json::from_str(&get_text(&weir.admin_url("/ui/snapshot")).await).expect("json");
+    let url = weir.admin_url("/ui/snapshot");
+    let snapshot = || async {
+        serde_json::from_str::<serde_json::Value>(&get_text(&url).await).expect("json")
+    };
+    let snap = snapshot().await;
     assert_eq!(snap["services"][0]["name"], "podinfo", "{snap}");
-    assert_eq!(snap["services"][0]["phase"], "Initialized", "{snap}");
+    // The controller's first wake-up takes the service from Initializing to Initialized.
+    wait_for("the snapshot to show Initialized", LIMIT, || async {
+        snapshot().await["services"][0]["phase"] == "Initialized"
+    })
+    .await;
+    let snap = snapshot().await;
     assert!(
         snap["events"].is_array() && snap["planes"].is_object(),
         "{snap}"

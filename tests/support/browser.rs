@@ -69,3 +69,19 @@ pub fn watch(
         dom: text(&v["dom"]),
     }
 }
+
+/// How many connections are open to `port` on this machine, from the kernel's
+/// `/proc/net/tcp`: a page holding its event stream shows here.
+pub fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local_port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|row| {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // Established (01) rows whose local address is the listener's port.
+            cols.len() > 3 && cols[1].ends_with(&local_port) && cols[3] == "01"
+        })
+        .count()
+}
