@@ -191,7 +191,7 @@ async fn changing_weights_every_10ms_under_load_fails_no_request() {
             "primary"
         );
     }
-    wait_for("10 mirrors", Duration::from_secs(10), || async {
+    wait_for("10 mirrors", Duration::from_secs(30), || async {
         canary.count() == before + 10
     })
     .await;

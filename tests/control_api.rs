@@ -148,7 +148,7 @@ async fn a_refused_action_names_the_action_and_the_service() {
     );
     let weir = Weir::start(&format!("{}{web}", config(&v1, FAST, "")));
     let mut c = client(&weir).await;
-    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(30)).await;
     let refused = |args: &[&str], action: &str, service: &str| {
         let (code, out, err) = ctl(&weir, args);
         assert_ne!(code, 0, "{args:?} was accepted: {out}");

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::browser::{connections_to, watch};
+use support::browser::watch;
 use support::control::{client, start, wait_phase};
 use support::*;
 
@@ -56,19 +56,19 @@ async fn the_page_follows_a_rollout_to_succeeded() {
     let mut c = client(&weir).await;
     wait_phase(&mut c, "Initialized", LIMIT).await;
     let url = weir.admin_url("/ui/");
+    let progress = temp_dir("dashboard-follow").join("samples.jsonl");
 
     // One page, opened before the rollout starts, follows it by itself.
     let starter = {
         let mut c = c.clone();
         let canary_ep = canary.endpoint();
-        let admin = weir.admin.port();
+        let progress = progress.clone();
         tokio::spawn(async move {
-            // Once the page holds its event stream, it has been sent the snapshot.
-            wait_for("the page's event stream", LIMIT, || async {
-                connections_to(admin) > 0
+            // Once the page shows the service waiting for a rollout.
+            wait_for("the page to show Initialized", LIMIT, || async {
+                std::fs::read_to_string(&progress).is_ok_and(|p| p.contains("Initialized"))
             })
             .await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
             c.start_rollout(weir_protos::control::StartRolloutRequest {
                 service: "podinfo".into(),
                 revision: "2".into(),
@@ -78,10 +78,11 @@ async fn the_page_follows_a_rollout_to_succeeded() {
             .expect("StartRollout");
         })
     };
-    let page =
-        tokio::task::spawn_blocking(move || watch(&url, 80, SHOWN, "Succeeded", None, SCREEN))
-            .await
-            .expect("watch");
+    let page = tokio::task::spawn_blocking(move || {
+        watch(&url, 80, SHOWN, "Succeeded", None, Some(&progress), SCREEN)
+    })
+    .await
+    .expect("watch");
     starter.await.expect("start");
     let shown: Vec<(String, String)> = page
         .samples
@@ -121,10 +122,11 @@ async fn a_rolled_back_canary_shows_failed_and_why() {
     start(&mut c, "2", &canary).await;
     wait_phase(&mut c, "Failed", LIMIT).await;
     let url = weir.admin_url("/ui/");
-    let page =
-        tokio::task::spawn_blocking(move || watch(&url, 20, SHOWN, "Rolling back", None, SCREEN))
-            .await
-            .expect("watch");
+    let page = tokio::task::spawn_blocking(move || {
+        watch(&url, 60, SHOWN, "Rolling back", None, None, SCREEN)
+    })
+    .await
+    .expect("watch");
     assert!(page.dom.contains("Failed"), "{}", page.dom);
     assert!(
         page.dom.contains("Rolling back podinfo.test"),
@@ -145,10 +147,11 @@ async fn text_from_the_config_stays_text_and_the_console_is_clean() {
     let url = weir.admin_url("/ui/?service=plain&theme=dark");
     let png = temp_dir("dashboard-shot").join("page.png");
     let shot = png.clone();
-    let page =
-        tokio::task::spawn_blocking(move || watch(&url, 20, SHOWN, "onerror", Some(&shot), SCREEN))
-            .await
-            .expect("watch");
+    let page = tokio::task::spawn_blocking(move || {
+        watch(&url, 60, SHOWN, "onerror", Some(&shot), None, SCREEN)
+    })
+    .await
+    .expect("watch");
     assert!(page.dom.contains("plain"), "{}", page.dom);
     assert!(
         page.dom.contains("&lt;img src=x onerror=alert(1)&gt;"),

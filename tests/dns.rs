@@ -106,11 +106,7 @@ async fn a_hostname_stands_for_all_its_addresses_and_follows_the_answer() {
         || async { pods[1].open.load(Ordering::SeqCst) == 0 },
     )
     .await;
-    assert!(
-        weir.logs().contains("endpoint addresses changed"),
-        "{}",
-        weir.logs()
-    );
+    weir.wait_log("endpoint addresses changed");
 
     // The DNS server goes away: the last answer stays in use, the failures are counted.
     dns.stop();
@@ -125,11 +121,7 @@ async fn a_hostname_stands_for_all_its_addresses_and_follows_the_answer() {
     for p in ["pod1", "pod3", "pod4"] {
         assert!(seen.iter().any(|s| s == p), "{p} still serves: {seen:?}");
     }
-    assert!(
-        weir.logs().contains("cannot resolve the endpoint"),
-        "{}",
-        weir.logs()
-    );
+    weir.wait_log("cannot resolve the endpoint");
     assert!(
         weir.metric(
             "weir_dns_resolutions_total",

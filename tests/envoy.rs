@@ -131,9 +131,13 @@ async fn a_healthy_canary_is_promoted_through_two_envoys_step_by_step() {
     }
     assert_eq!(held, [0, 20, 40, 60], "the weights held at the gates");
     // The controller set no weight but those: its own events, in order.
+    let last = format!(
+        "Advance podinfo.test canary weight {}",
+        held[held.len() - 1]
+    );
     let advanced: Vec<u32> = c
         .weir
-        .logs()
+        .wait_log(&last)
         .split("Advance podinfo.test canary weight ")
         .skip(1)
         .filter_map(|t| {
@@ -397,13 +401,18 @@ async fn envoys_need_credentials_and_serve_weirs_listener_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, list, err) = ctl_env_tls(&control, &pki.ca, &ops);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        list.lines()
-            .any(|l| l.starts_with("envoy") && l.contains("gw") && l.contains("synced")),
-        "{list}"
-    );
+    // Envoy's last ACK reaches the controller on its own time.
+    wait_for(
+        "Envoy gw listed as synced",
+        Duration::from_secs(60),
+        || async {
+            let (code, list, err) = ctl_env_tls(&control, &pki.ca, &ops);
+            assert_eq!(code, 0, "{err}");
+            list.lines()
+                .any(|l| l.starts_with("envoy") && l.contains("gw") && l.contains("synced"))
+        },
+    )
+    .await;
 }
 
 /// `weir ctl replicas` over TLS with a token file.

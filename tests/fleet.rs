@@ -153,8 +153,21 @@ async fn a_healthy_canary_is_promoted_with_traffic_through_every_replica() {
     start(&mut client, "2", &canary).await;
     let s = wait_phase(&mut client, "Succeeded", Duration::from_secs(120)).await;
     assert_eq!(s.primary_revision, "2");
-    let summary = s.replicas.expect("status shows the replicas");
-    assert_eq!((summary.synced, summary.live), (3, 3), "{summary:?}");
+    // The promotion's last routing reaches every replica on its own time.
+    wait_for("every replica synced", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        async move {
+            status(&mut client)
+                .await
+                .replicas
+                .is_some_and(|r| (r.synced, r.live) == (3, 3))
+        }
+    })
+    .await;
+    let summary = status(&mut client)
+        .await
+        .replicas
+        .expect("status shows the replicas");
     assert!(summary.generation > 1, "{summary:?}");
     for r in &c.replicas {
         // The canary served users through this replica during the analysis.

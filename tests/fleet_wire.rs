@@ -117,6 +117,14 @@ async fn a_one_service_step_is_a_one_service_delta_and_a_reconnect_gets_everythi
     assert!(first.full, "a new stream starts with the whole routing");
     assert_eq!(first.services.len(), 20);
     ack(&tx, first.version).await;
+    // A push is counted just after it is handed to the stream.
+    let pushed = first.encoded_len() as f64;
+    wait_for(
+        "the first push to be counted",
+        Duration::from_secs(30),
+        || async { weir.metric("weir_control_push_bytes_total", &[]).await >= pushed },
+    )
+    .await;
     let bytes_before = weir.metric("weir_control_push_bytes_total", &[]).await;
 
     let (code, out, err) = ctl_at(&control, &["set-weight", "svc-7", "--canary", "30"]);
@@ -133,7 +141,7 @@ async fn a_one_service_step_is_a_one_service_delta_and_a_reconnect_gets_everythi
         "weir_control_push_bytes_total",
         &[],
         bytes_before + size as f64,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     let split = step.services[0].rules[0].target.clone();

@@ -16,14 +16,10 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_counts_the_failure(
     let bad = good.replace("      - to: primary", "      - to: nightly\n      - match: { headers: { x: { regex: \"(\" } } }\n        to: canary");
     // The reload failure is counted.
     weir.reload_rejected(&bad).await;
-    let logs = weir.logs();
+    let logs = weir.wait_log("services[0].routes[1].match.headers.x.regex: unclosed group");
     assert!(
         logs.contains("services[0].routes[0].to: unknown version \\\"nightly\\\"")
             || logs.contains("services[0].routes[0].to: unknown version \"nightly\""),
-        "{logs}"
-    );
-    assert!(
-        logs.contains("services[0].routes[1].match.headers.x.regex: unclosed group"),
         "{logs}"
     );
     assert_eq!(
@@ -36,15 +32,18 @@ async fn sighup_with_a_bad_file_keeps_the_running_config_and_counts_the_failure(
     )
     .expect("write good config");
     weir.signal("HUP");
-    wait_for("the new routes", Duration::from_secs(10), || async {
+    wait_for("the new routes", Duration::from_secs(30), || async {
         get(&weir.url("/"), &[]).await.headers["x-served-by"] == "canary"
     })
     .await;
-    assert_eq!(
-        weir.metric("weir_config_reloads_total", &[("result", "ok")])
-            .await,
-        1.0
-    );
+    let ok = [("result", "ok")];
+    weir.wait_metric(
+        "weir_config_reloads_total",
+        &ok,
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     let config: serde_json::Value =
         serde_json::from_str(&get_text(&weir.admin_url("/config")).await).expect("json");
     assert_eq!(config["services"][0]["versions"][1]["weight"], 100);
@@ -55,18 +54,19 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
     let mut weir = Weir::start(&two_versions(&primary, &canary, "      - to: primary"));
-    let url = weir.url("/slow/1500");
+    // In flight long enough to see the drain from outside, well within the drain timeout.
+    let url = weir.url("/slow/8000");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     wait_for(
         "the slow request to reach the upstream",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async { primary.count() > 0 },
     )
     .await;
     weir.signal("TERM");
     wait_for(
         "admin /ready to say draining",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || async {
             match tokio::time::timeout(Duration::from_secs(1), async {
                 get(&weir.admin_url("/ready"), &[]).await.status

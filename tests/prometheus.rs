@@ -70,7 +70,7 @@ async fn query(prom: &str, q: &str) -> Option<f64> {
     let req = http::Request::get(url)
         .body(full(bytes::Bytes::new()))
         .ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), http1_client().request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(20), http1_client().request(req))
         .await
         .ok()?
         .ok()?;
@@ -84,6 +84,22 @@ async fn query(prom: &str, q: &str) -> Option<f64> {
         .as_str()?
         .to_string();
     value.parse().ok().filter(|x: &f64| x.is_finite())
+}
+
+/// The answer to `q`, asked again while Prometheus is busy or has none yet; panics after
+/// a generous limit naming `what`.
+async fn answer(prom: &str, q: &str, what: &str) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = query(prom, q).await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} selects no series of weir's: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn encode(q: &str) -> String {
@@ -188,12 +204,8 @@ async fn flagger_contour_queries_select_weirs_series_and_agree_with_weir() {
     let p99 = format!(
         r#"histogram_quantile(0.99, sum(rate(envoy_cluster_upstream_rq_time_bucket{{{selector}}}[{window}])) by (le))"#
     );
-    let prom_success = query(&prom, &success)
-        .await
-        .expect("the success-rate query selects weir's canary series");
-    let prom_p99 = query(&prom, &p99)
-        .await
-        .expect("the p99 query selects weir's canary series");
+    let prom_success = answer(&prom, &success, "the success-rate query").await;
+    let prom_p99 = answer(&prom, &p99, "the p99 query").await;
 
     let weir_success = 100.0 * (ok - ok0) / (total - total0);
     // rate() extrapolates each series to the window's edges on its own, so the query's
@@ -369,11 +381,7 @@ metricTemplates:
     start(&mut c, "2", &missing).await;
     let failed = wait_phase(&mut c, "Failed", Duration::from_secs(90)).await;
     assert_eq!(failed.canary_weight, 0);
-    let logs = weir.logs();
-    assert!(
-        logs.contains("Halt podinfo.test advancement not-found-rate 100.00 > 5"),
-        "{logs}"
-    );
+    let logs = weir.wait_log("Halt podinfo.test advancement not-found-rate 100.00 > 5");
     assert!(
         logs.contains("canary-served") && logs.contains("verdict=\"pass\""),
         "the upstream's own metric was read: {logs}"

@@ -422,7 +422,12 @@ async fn pooled_connections_the_upstream_closed_are_never_reused_into_a_failure(
             "request {i} after the upstream closed idle"
         );
         assert_eq!(got.text(), "ok");
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        wait_for(
+            "the upstream's idle close",
+            Duration::from_secs(30),
+            || async { short.idle_closed() == i + 1 },
+        )
+        .await;
     }
     assert_eq!(short.accepted(), 10, "a closed connection is never reused");
     for i in 0..10 {
@@ -448,7 +453,7 @@ async fn pooled_connections_the_upstream_closed_are_never_reused_into_a_failure(
 async fn idle_pooled_connections_are_reused_then_closed_after_the_idle_timeout() {
     let upstream = KeepAliveUpstream::start(Duration::from_secs(60), false).await;
     let weir = Weir::start(&format!(
-        "services:\n  - name: s\n    versions:\n      v1: {{ endpoints: [\"{}\"], idleTimeout: 300ms }}\n",
+        "services:\n  - name: s\n    versions:\n      v1: {{ endpoints: [\"{}\"], idleTimeout: 2s }}\n",
         upstream.addr
     ));
     for _ in 0..20 {
@@ -461,7 +466,7 @@ async fn idle_pooled_connections_are_reused_then_closed_after_the_idle_timeout()
     );
     assert_eq!(upstream.closed_by_weir(), 0);
     // Quiet for longer than the idle timeout: weir closes the connections itself.
-    wait_for("the idle close", Duration::from_secs(5), || async {
+    wait_for("the idle close", Duration::from_secs(30), || async {
         upstream.closed_by_weir() == opened
     })
     .await;
@@ -480,6 +485,7 @@ struct KeepAliveUpstream {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     closed_by_weir: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    idle_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -500,11 +506,16 @@ impl KeepAliveUpstream {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed_by_weir = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed_by_weir.clone());
+        let idle_closed = Arc::new(AtomicUsize::new(0));
+        let (a, c, i) = (
+            accepted.clone(),
+            closed_by_weir.clone(),
+            idle_closed.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
+                let (c, i) = (c.clone(), i.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -512,7 +523,11 @@ impl KeepAliveUpstream {
                         let read = tokio::time::timeout(keep_alive, stream.read(&mut chunk)).await;
                         match read {
                             // Idle past its keep-alive: the upstream closes.
-                            Err(_) => return,
+                            Err(_) => {
+                                drop(stream);
+                                i.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(Ok(0)) => {
                                 if buf.is_empty() {
                                     c.fetch_add(1, Ordering::SeqCst);
@@ -542,12 +557,18 @@ impl KeepAliveUpstream {
             addr,
             accepted,
             closed_by_weir,
+            idle_closed,
             task,
         }
     }
 
     fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections the upstream closed after they were idle past its keep-alive.
+    fn idle_closed(&self) -> usize {
+        self.idle_closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn closed_by_weir(&self) -> usize {

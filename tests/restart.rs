@@ -23,10 +23,23 @@ async fn kill_9_at_weight(
     let (path, state) = config_with_state(tag, primary, analysis);
     let mut weir = Weir::start_file(path.clone());
     let mut c = client(&weir).await;
-    wait_phase(&mut c, "Initialized", Duration::from_secs(10)).await;
+    wait_phase(&mut c, "Initialized", Duration::from_secs(30)).await;
     let _load = Load::start(weir.url("/"), 100, Duration::from_secs(60));
     start(&mut c, "2", canary).await;
-    wait_weight(&c, weight, Duration::from_secs(20)).await;
+    wait_weight(&c, weight, Duration::from_secs(30)).await;
+    // A step is written to the state file just after it is shown.
+    wait_for(
+        "the state file at the weight",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read(&state)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["services"]["podinfo"]["status"]["canary_weight"].as_u64())
+                .is_some_and(|w| w >= u64::from(weight))
+        },
+    )
+    .await;
     weir.signal("KILL");
     let _ = weir.child.wait();
     (path, state)
@@ -115,7 +128,7 @@ async fn routing_version(w: &Weir) -> u64 {
         "weir_control_routing_version",
         &[],
         listed as f64,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     listed

@@ -65,7 +65,7 @@ async fn bodies_that_break_off_or_stall_count_against_the_version_that_sent_them
         "weir_requests_total",
         &canary_class("5xx"),
         3.0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     assert_eq!(
@@ -135,7 +135,7 @@ async fn malformed_slow_and_vanishing_clients_are_answered_and_never_blamed_on_t
         "weir_client_errors_total",
         &client("gone"),
         1.0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     let malformed = weir
@@ -197,9 +197,16 @@ async fn a_client_that_stops_reading_is_cut_off_and_not_blamed_on_the_version() 
 async fn the_route_timeout_starts_when_the_upload_ends() {
     let primary = Upstream::start("primary").await;
     let canary = Upstream::start("canary").await;
-    let weir = Weir::start_mode("proxy", &config(&primary, &canary, ""));
-    // Three seconds of upload under a one-second route timeout (and idle timeout: every
-    // chunk moves within it).
+    let weir = Weir::start_mode(
+        "proxy",
+        &two_versions(
+            &primary,
+            &canary,
+            "      - to: primary\n        timeout: 1s\n        idleTimeout: 30s",
+        ),
+    );
+    // Three seconds of upload under a one-second route timeout (the idle timeout is far
+    // longer than any pause between chunks).
     let chunks = futures_util::stream::unfold(0u32, |i| async move {
         if i == 6 {
             return None;

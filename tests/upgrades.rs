@@ -112,7 +112,7 @@ async fn an_h2c_upgrade_goes_on_as_plain_http1_and_the_connection_stays_weirs() 
             "weir_requests_total",
             &[("version", version), ("code_class", "2xx")],
             1.0,
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
     }
@@ -189,7 +189,7 @@ async fn h2c_beside_an_allowed_protocol_is_left_out_and_an_unasked_switch_is_a_5
         "weir_upstream_errors_total",
         &[("version", "primary"), ("reason", "protocol")],
         2.0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 }
@@ -273,7 +273,7 @@ async fn a_websocket_tunnel_counts_for_its_version_and_closes_when_idle() {
         "weir_requests_total",
         &[("version", "canary"), ("code_class", "1xx")],
         1.0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 }
@@ -321,7 +321,7 @@ async fn trickle_is_the_clients_408(weir: &Weir, up: &Upstream, total: usize, ga
         "weir_client_errors_total",
         &[("reason", "timeout")],
         1.0,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     assert_eq!(

@@ -21,11 +21,7 @@ async fn a_canary_whose_bodies_break_off_is_rolled_back_not_promoted() {
     start(&mut c, "2", &broken).await;
     let failed = wait_phase(&mut c, "Failed", Duration::from_secs(60)).await;
     assert_eq!(failed.canary_weight, 0);
-    assert!(
-        weir.logs().contains("Rolling back podinfo.test"),
-        "{}",
-        weir.logs()
-    );
+    weir.wait_log("Rolling back podinfo.test");
     assert!(
         weir.metric(
             "weir_upstream_errors_total",
@@ -143,10 +139,5 @@ async fn a_canary_answering_404s_fails_the_request_status_rate_check() {
     start(&mut c, "2", &missing).await;
     let failed = wait_phase(&mut c, "Failed", Duration::from_secs(60)).await;
     assert_eq!(failed.canary_weight, 0);
-    assert!(
-        weir.logs()
-            .contains("Halt podinfo.test advancement request-status-rate 100.00% > 5%"),
-        "{}",
-        weir.logs()
-    );
+    weir.wait_log("Halt podinfo.test advancement request-status-rate 100.00% > 5%");
 }

@@ -21,18 +21,24 @@ pub struct Session {
 
 /// Opens `url` at `width` x `height`, samples the JavaScript `expression` every half
 /// second until the page's text contains `until` (or `seconds` pass), and writes a PNG
-/// screenshot to `screenshot` when given.
+/// screenshot to `screenshot` when given. With `progress`, each sample is also appended
+/// to that file as a JSON line as soon as it is taken.
 pub fn watch(
     url: &str,
     seconds: u32,
     expression: &str,
     until: &str,
     screenshot: Option<&Path>,
+    progress: Option<&Path>,
     (width, height): (u32, u32),
 ) -> Session {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/cdp.py");
     let shot = screenshot.map_or("-".to_string(), |p| p.display().to_string());
-    let out = Command::new("timeout")
+    let mut command = Command::new("timeout");
+    if let Some(progress) = progress {
+        command.env("CDP_PROGRESS", progress);
+    }
+    let out = command
         .arg((seconds + 60).to_string())
         .arg("python3")
         .arg(&script)
@@ -68,20 +74,4 @@ pub fn watch(
             .collect(),
         dom: text(&v["dom"]),
     }
-}
-
-/// How many connections are open to `port` on this machine, from the kernel's
-/// `/proc/net/tcp`: a page holding its event stream shows here.
-pub fn connections_to(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let local_port = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|row| {
-            let cols: Vec<&str> = row.split_whitespace().collect();
-            // Established (01) rows whose local address is the listener's port.
-            cols.len() > 3 && cols[1].ends_with(&local_port) && cols[3] == "01"
-        })
-        .count()
 }

@@ -5,6 +5,9 @@ console messages and exceptions, log entries (failed loads, CSP), the final DOM,
 writes a PNG screenshot when asked.
 
 usage: cdp.py URL SECONDS EXPRESSION UNTIL SCREENSHOT_OR_DASH WIDTH HEIGHT
+
+With CDP_PROGRESS set to a file, each sample's value is also appended to it as a JSON
+line the moment it is taken, for a caller that acts on what the page shows.
 """
 import base64
 import json
@@ -16,6 +19,7 @@ import time
 
 url, seconds, expression, until, shot, width, height = sys.argv[1:8]
 seconds, width, height = float(seconds), int(width), int(height)
+progress = os.environ.get("CDP_PROGRESS")
 
 to_chrome_r, to_chrome_w = os.pipe()
 from_chrome_r, from_chrome_w = os.pipe()
@@ -92,6 +96,9 @@ try:
         got = call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
         value = got.get("result", {}).get("value")
         samples.append({"t": round(time.time() - start, 2), "value": value})
+        if progress:
+            with open(progress, "a") as f:
+                f.write(json.dumps(value) + "\n")
         text = call("Runtime.evaluate", {"expression": "document.body ? document.body.innerText : ''",
                                           "returnByValue": True}, session)
         if until and until in (text.get("result", {}).get("value") or ""):

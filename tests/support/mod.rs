@@ -273,7 +273,7 @@ impl Load {
                 tokio::spawn(async move {
                     let req = Request::get(url).body(full("")).expect("request");
                     let ok =
-                        match tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                        match tokio::time::timeout(Duration::from_secs(30), client.request(req))
                             .await
                         {
                             Ok(Ok(resp)) => {

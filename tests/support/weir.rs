@@ -222,7 +222,7 @@ impl Weir {
         self.signal("HUP");
         wait_for(
             "the reload to be rejected",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async { self.metric("weir_config_reloads_total", &labels).await > before },
         )
         .await;
@@ -235,7 +235,7 @@ impl Weir {
     /// Waits (generously) until weir's log contains `want`: the log is read by another
     /// thread, so a line weir wrote may not be in [`Weir::logs`] yet.
     pub fn wait_log(&self, want: &str) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let logs = self.logs();
             if logs.contains(want) {

@@ -34,13 +34,22 @@ impl Controller {
                 "revision {revision:?} is already the primary of {service}"
             )));
         }
-        if matches!(r.status.phase, Phase::Initializing | Phase::Initialized)
-            && r.status.last_applied.as_deref() == Some(revision)
-        {
+        let found = match r.status.phase {
             // The revision found at the first start, never analysed: starting it is the
             // explicit change the rollout waits for.
-            r.status.last_applied = None;
-        }
+            Phase::Initialized if r.status.last_applied.as_deref() == Some(revision) => Some(None),
+            // Before the first wake-up, which takes the canary revision it finds as
+            // deployed: it must find the one deployed until now (the canary's, else the
+            // primary's, never this one), so this start stays a change.
+            Phase::Initializing => Some(Some(
+                r.canary_revision()
+                    .filter(|deployed| *deployed != revision)
+                    .or(r.primary.revision.as_deref())
+                    .unwrap_or_default()
+                    .to_string(),
+            )),
+            _ => None,
+        };
         // A first canary reaches its endpoints the way the primary does (HTTP/2, TLS,
         // timeouts); the rollout routes it from its start (weight 0 until the analysis
         // moves it).
@@ -63,6 +72,9 @@ impl Controller {
         if let Err(e) = self.route(&r) {
             r.canary = previous;
             return Err(Refusal::Invalid(e.to_string()));
+        }
+        if let Some(last_applied) = found {
+            r.status.last_applied = last_applied;
         }
         if first {
             // The canary version exists from now on: measure it.
