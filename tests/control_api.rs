@@ -201,14 +201,7 @@ async fn a_refused_action_names_the_action_and_the_service() {
         "podinfo",
     );
     // Neither changed anything.
-    let web_status = c
-        .get_status(pb::ServiceRef {
-            service: "web".into(),
-        })
-        .await
-        .expect("GetStatus")
-        .into_inner();
-    assert_eq!(web_status.canary_weight, 10);
+    assert_eq!(status_of(&mut c, "web").await.canary_weight, 10);
     let s = status(&mut c).await;
     assert_eq!(
         (s.phase.as_str(), s.canary_revision.as_str()),

@@ -32,10 +32,8 @@ async fn kill_9_at_weight(
         "the state file at the weight",
         Duration::from_secs(30),
         || async {
-            std::fs::read(&state)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["services"]["podinfo"]["status"]["canary_weight"].as_u64())
+            saved_status(&state)
+                .and_then(|s| s["canary_weight"].as_u64())
                 .is_some_and(|w| w >= u64::from(weight))
         },
     )
@@ -43,6 +41,12 @@ async fn kill_9_at_weight(
     weir.signal("KILL");
     let _ = weir.child.wait();
     (path, state)
+}
+
+/// podinfo's status as the state file holds it (None while there is no file yet).
+fn saved_status(state: &std::path::Path) -> Option<serde_json::Value> {
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(state).ok()?).ok()?;
+    Some(saved["services"]["podinfo"]["status"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,15 +57,9 @@ async fn kill_9_mid_rollout_resumes_at_the_same_step() {
         .replace("interval: 1s", "interval: 2s")
         .replace("maxWeight: 30", "maxWeight: 60");
     let (path, state) = kill_9_at_weight("resume", &analysis, &v1, &v2, 20).await;
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("json");
-    let weight = saved["services"]["podinfo"]["status"]["canary_weight"]
-        .as_u64()
-        .expect("saved weight");
-    assert_eq!(
-        saved["services"]["podinfo"]["status"]["phase"],
-        "Progressing"
-    );
+    let saved = saved_status(&state).expect("the state file holds podinfo's status");
+    let weight = saved["canary_weight"].as_u64().expect("saved weight");
+    assert_eq!(saved["phase"], "Progressing");
     assert!(weight >= 20);
 
     let weir = Weir::start_file(path);

@@ -82,8 +82,13 @@ pub async fn client(weir: &Weir) -> ControlClient<Channel> {
 }
 
 pub async fn status(c: &mut ControlClient<Channel>) -> pb::RolloutStatus {
+    status_of(c, "podinfo").await
+}
+
+/// The status of `service`.
+pub async fn status_of(c: &mut ControlClient<Channel>, service: &str) -> pb::RolloutStatus {
     c.get_status(pb::ServiceRef {
-        service: "podinfo".into(),
+        service: service.into(),
     })
     .await
     .expect("GetStatus")

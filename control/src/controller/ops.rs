@@ -34,22 +34,6 @@ impl Controller {
                 "revision {revision:?} is already the primary of {service}"
             )));
         }
-        let found = match r.status.phase {
-            // The revision found at the first start, never analysed: starting it is the
-            // explicit change the rollout waits for.
-            Phase::Initialized if r.status.last_applied.as_deref() == Some(revision) => Some(None),
-            // Before the first wake-up, which takes the canary revision it finds as
-            // deployed: it must find the one deployed until now (the canary's, else the
-            // primary's, never this one), so this start stays a change.
-            Phase::Initializing => Some(Some(
-                r.canary_revision()
-                    .filter(|deployed| *deployed != revision)
-                    .or(r.primary.revision.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
-            )),
-            _ => None,
-        };
         // A first canary reaches its endpoints the way the primary does (HTTP/2, TLS,
         // timeouts); the rollout routes it from its start (weight 0 until the analysis
         // moves it).
@@ -67,16 +51,31 @@ impl Controller {
                 "{service} has no canary version yet: give the new revision's endpoints (--canary-endpoint)"
             )));
         }
-        let first = r.canary.is_none();
         let previous = r.canary.replace(canary);
         if let Err(e) = self.route(&r) {
             r.canary = previous;
             return Err(Refusal::Invalid(e.to_string()));
         }
-        if let Some(last_applied) = found {
-            r.status.last_applied = last_applied;
+        match r.status.phase {
+            // The revision found at the first start, never analysed: starting it is the
+            // explicit change the rollout waits for.
+            Phase::Initialized if r.status.last_applied.as_deref() == Some(revision) => {
+                r.status.last_applied = None;
+            }
+            // Before the first wake-up, which takes the canary revision it finds as
+            // deployed: it must find the one deployed until now (the canary's, else the
+            // primary's, never this one), so this start stays a change.
+            Phase::Initializing => {
+                let deployed = previous
+                    .as_ref()
+                    .and_then(|c| c.revision.as_deref())
+                    .filter(|deployed| *deployed != revision)
+                    .or(r.primary.revision.as_deref());
+                r.status.last_applied = Some(deployed.unwrap_or_default().to_string());
+            }
+            _ => {}
         }
-        if first {
+        if previous.is_none() {
             // The canary version exists from now on: measure it.
             let canary = self.shared.proxy.version(service, &r.canary_name);
             r.measurements.attach_canary(canary);
